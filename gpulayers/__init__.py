@@ -1,0 +1,35 @@
+"""gpulayers: neural-network layers with explicit forward and backward passes.
+
+NumPy on the CPU, CuPy with custom CUDA kernels on NVIDIA GPUs; PyTorch's names, defaults,
+layouts and state_dict keys.
+
+    import gpulayers as gl
+    from gpulayers import nn, optim, functional as F
+"""
+
+from . import functional, nn, optim
+from .backend import (
+    cuda_is_available,
+    default_device,
+    get_array_module,
+    manual_seed,
+    to_device,
+    to_numpy,
+)
+from .gradcheck import gradcheck
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "cuda_is_available",
+    "default_device",
+    "functional",
+    "get_array_module",
+    "gradcheck",
+    "manual_seed",
+    "nn",
+    "optim",
+    "to_device",
+    "to_numpy",
+]

@@ -1,0 +1,223 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Every layer is written once against the array API and asks :func:`get_array_module`
+which of the two libraries holds its input. This module also owns the random
+sources of the library, so that :func:`manual_seed` makes initialisation, dropout
+and shuffling reproducible on either device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "cuda_is_available",
+    "cuda_unavailable_reason",
+    "default_device",
+    "get_array_module",
+    "to_device",
+    "to_numpy",
+    "is_cuda_array",
+    "manual_seed",
+    "cpu_rng",
+    "rng_for",
+    "get_rng_state",
+    "set_rng_state",
+    "parse_device",
+]
+
+_cupy: Any = None
+_cupy_import_error: str | None = None
+_cuda_checked = False
+_cuda_ok = False
+_cuda_reason = ""
+
+
+def _import_cupy():
+    """Import CuPy once; remember why it failed instead of raising."""
+    global _cupy, _cupy_import_error
+    if _cupy is None and _cupy_import_error is None:
+        try:
+            import cupy  # noqa: PLC0415
+
+            _cupy = cupy
+        except Exception as exc:  # ImportError, or a broken install raising anything
+            _cupy_import_error = f"{type(exc).__name__}: {exc}"
+    return _cupy
+
+
+def _probe_cuda() -> None:
+    global _cuda_checked, _cuda_ok, _cuda_reason
+    if _cuda_checked:
+        return
+    _cuda_checked = True
+    cp = _import_cupy()
+    if cp is None:
+        _cuda_reason = f"CuPy is not installed or failed to import ({_cupy_import_error})"
+        return
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, no device, driver too old
+        _cuda_reason = f"CuPy found no usable CUDA device ({type(exc).__name__}: {exc})"
+        return
+    if count < 1:
+        _cuda_reason = "CuPy found no CUDA device (device count is 0)"
+        return
+    try:
+        cp.zeros(1).sum().item()
+    except Exception as exc:
+        _cuda_reason = f"the CUDA device is present but not usable ({type(exc).__name__}: {exc})"
+        return
+    _cuda_ok = True
+    _cuda_reason = f"CUDA device available ({count} device(s))"
+
+
+def cuda_is_available() -> bool:
+    """True when CuPy imports and a CUDA device can run work. Never raises."""
+    try:
+        _probe_cuda()
+    except Exception:  # belt and braces: the contract is "never raises"
+        return False
+    return _cuda_ok
+
+
+def cuda_unavailable_reason() -> str:
+    """Why CUDA is (not) available, in words, e.g. for ``python -m gpulayers.info``."""
+    cuda_is_available()
+    return _cuda_reason
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """Split ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into (kind, index)."""
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected a string such as 'cpu' or 'cuda', got {type(device).__name__}")
+    text = device.strip().lower()
+    if text == "cpu":
+        return "cpu", 0
+    if text == "cuda":
+        return "cuda", -1
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _require_cuda(device: str) -> None:
+    if not cuda_is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not usable: {_cuda_reason}")
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is usable, else ``"cpu"``; ``GPULAYERS_DEVICE`` overrides."""
+    forced = os.environ.get("GPULAYERS_DEVICE", "").strip()
+    if forced:
+        kind, _ = parse_device(forced)
+        if kind == "cuda":
+            _require_cuda(forced)
+        return forced.lower()
+    return "cuda" if cuda_is_available() else "cpu"
+
+
+def is_cuda_array(x: Any) -> bool:
+    """True for a ``cupy.ndarray`` (without importing CuPy when it is not loaded)."""
+    cp = _cupy
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+def get_array_module(x: Any):
+    """``numpy`` or ``cupy``, from the array itself."""
+    if is_cuda_array(x):
+        return _cupy
+    if type(x).__module__.startswith("cupy"):
+        return _import_cupy()
+    return np
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Always a NumPy array (copies a CuPy array to the host)."""
+    if is_cuda_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def to_device(x: Any, device: str):
+    """Copy an array to ``"cpu"`` or ``"cuda"``/``"cuda:N"``; no copy when already there."""
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return to_numpy(x)
+    _require_cuda(device)
+    cp = _cupy
+    if index < 0:
+        index = cp.cuda.Device().id
+    if is_cuda_array(x) and x.device.id == index:
+        return x
+    with cp.cuda.Device(index):
+        return cp.asarray(x)
+
+
+def device_of(x: Any) -> str:
+    """``"cpu"`` or ``"cuda:N"`` for an array."""
+    if is_cuda_array(x):
+        return f"cuda:{x.device.id}"
+    return "cpu"
+
+
+# ----------------------------------------------------------------------------------------------
+# Random sources. One NumPy Generator serves everything on the CPU (initialisation always
+# happens on the CPU, as new modules start there); CuPy's generator serves arrays on the GPU.
+# ----------------------------------------------------------------------------------------------
+_seed: int | None = None
+_cpu_rng = np.random.Generator(np.random.PCG64())
+_gpu_rngs: dict[int, Any] = {}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random source the library uses (init, dropout, shuffling), CPU and GPU."""
+    global _seed, _cpu_rng
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"manual_seed: expected a non-negative integer, got {seed}")
+    _seed = seed
+    _cpu_rng = np.random.Generator(np.random.PCG64(seed))
+    _gpu_rngs.clear()  # re-created lazily from the new seed, per device
+
+
+def cpu_rng() -> np.random.Generator:
+    """The library's CPU generator."""
+    return _cpu_rng
+
+
+def rng_for(xp, device_id: int | None = None):
+    """The generator for arrays of ``xp``: a NumPy ``Generator`` or a CuPy ``Generator``."""
+    if xp is np:
+        return _cpu_rng
+    cp = _cupy
+    dev = cp.cuda.Device().id if device_id is None else device_id
+    gen = _gpu_rngs.get(dev)
+    if gen is None:
+        # Derive the GPU seed from the CPU generator's seed so one manual_seed covers both.
+        seed = _seed if _seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+        with cp.cuda.Device(dev):
+            gen = cp.random.default_rng(seed + 7919 * dev)
+        _gpu_rngs[dev] = gen
+    return gen
+
+
+def get_rng_state() -> dict:
+    """A JSON-serialisable snapshot of the CPU generator (checkpoints store it)."""
+    return {"seed": _seed, "cpu": _cpu_rng.bit_generator.state}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a snapshot taken by :func:`get_rng_state`."""
+    global _seed, _cpu_rng
+    if isinstance(state, (str, bytes)):
+        state = json.loads(state)
+    _seed = state.get("seed")
+    gen = np.random.Generator(np.random.PCG64())
+    gen.bit_generator.state = state["cpu"]
+    _cpu_rng = gen
+    _gpu_rngs.clear()

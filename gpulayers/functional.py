@@ -1,0 +1,59 @@
+"""The stable functional API: stateless forward/backward pairs that the layers use.
+
+``y, cache = conv2d_forward(x, weight, bias, stride, padding, dilation, groups)`` and
+``dx, dw, db = conv2d_backward(dy, cache)``; the same shape of pair for every op. Each
+dispatches on the array type: NumPy to vectorised CPU code, CuPy to the GPU.
+"""
+
+from .ops.activation import (
+    leaky_relu_backward,
+    leaky_relu_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    tanh_backward,
+    tanh_forward,
+)
+from .ops.conv import conv2d_backward, conv2d_forward
+from .ops.dropout import dropout_backward, dropout_forward
+from .ops.linear import linear_backward, linear_forward
+from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
+from .ops.normalization import batch_norm_backward, batch_norm_forward
+from .ops.pooling import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+
+__all__ = [
+    "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "avg_pool2d_forward",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "conv2d_backward",
+    "conv2d_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "leaky_relu_backward",
+    "leaky_relu_forward",
+    "linear_backward",
+    "linear_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "mse_loss_backward",
+    "mse_loss_forward",
+    "relu_backward",
+    "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "tanh_backward",
+    "tanh_forward",
+]

@@ -1,0 +1,6 @@
+"""STUB: replaced by the owner of this file."""
+
+def gradcheck(*args, **kwargs):
+    raise NotImplementedError('gradcheck')
+
+

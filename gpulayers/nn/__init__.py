@@ -1,0 +1,36 @@
+"""Layers, losses and the module system (PyTorch's names and defaults)."""
+
+from . import init
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Flatten, Identity, Linear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter, Sequential
+from .normalization import BatchNorm1d, BatchNorm2d
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .summary import summary
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "MSELoss",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "init",
+    "summary",
+]

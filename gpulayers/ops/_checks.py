@@ -1,0 +1,112 @@
+"""Argument and input checks shared by the ops and the layers.
+
+Every message names the layer (or op), what was expected and what came, so that a user
+can fix the call without reading the source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+
+
+def pair(name: str, arg: str, value: Any, *, minimum: int = 0) -> tuple[int, int]:
+    """An int or a pair of ints as ``(h, w)``, each at least ``minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name}: expected {arg} to be an int or a pair of ints, got {value!r}")
+    if min(out) < minimum:
+        raise ValueError(f"{name}: expected {arg} >= {minimum}, got {value!r}")
+    return out
+
+
+def check_floating(name: str, x: Any) -> None:
+    """The input must be a NumPy or CuPy array of a floating dtype."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    if np.dtype(x.dtype).kind != "f":
+        raise TypeError(f"{name}: expected a floating-point input (float32 or float64), got dtype {x.dtype}")
+
+
+def check_input(name: str, x: Any, ndim: int | tuple[int, ...], layout: str) -> None:
+    """Floating array of the given rank (``layout`` names the axes for the message)."""
+    check_floating(name, x)
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {want} input {layout}, got shape {tuple(x.shape)}")
+
+
+def check_same_device(name: str, x: Any, reference: Any, what: str = "weight") -> None:
+    """Input and parameters must live on the same device, with the same dtype."""
+    if reference is None:
+        return
+    dx, dr = backend.device_of(x), backend.device_of(reference)
+    if dx != dr:
+        raise RuntimeError(
+            f"{name}: input is on {dx} but the {what} is on {dr}; move one with .to(device) / gl.to_device"
+        )
+    if x.dtype != reference.dtype:
+        raise TypeError(
+            f"{name}: input dtype {x.dtype} does not match the {what} dtype {reference.dtype}; "
+            "cast the input or call .to(dtype=...) on the layer"
+        )
+
+
+def check_channels(name: str, x: Any, expected: int, axis: int = 1, what: str = "channels") -> None:
+    got = x.shape[axis]
+    if got != expected:
+        raise ValueError(f"{name}: expected input with {expected} {what}, got {got} (input shape {tuple(x.shape)})")
+
+
+def check_grad(name: str, grad: Any, shape: tuple[int, ...], like: Any) -> None:
+    """``backward``'s gradient must have the shape of the last output and live on its device."""
+    check_floating(name + ".backward", grad)
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"{name}.backward: expected grad_output of shape {tuple(shape)}, got {tuple(grad.shape)}")
+    if backend.device_of(grad) != backend.device_of(like):
+        raise RuntimeError(
+            f"{name}.backward: grad_output is on {backend.device_of(grad)} but the forward ran on "
+            f"{backend.device_of(like)}"
+        )
+
+
+def no_forward(name: str) -> RuntimeError:
+    return RuntimeError(f"{name}.backward: called before forward (no saved input); run forward first")
+
+
+def pooled_size(name: str, size: int, k: int, s: int, p: int, d: int, ceil_mode: bool, axis: str) -> int:
+    """PyTorch's pooling output size, raising when the window does not fit."""
+    span = d * (k - 1) + 1
+    if size + 2 * p < span:
+        raise ValueError(
+            f"{name}: the window ({span} after dilation) is larger than the padded input {axis} "
+            f"({size} + 2*{p} = {size + 2 * p})"
+        )
+    num = size + 2 * p - span
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    # The last window must start inside the input or its left padding (PyTorch's rule).
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def conv_size(name: str, size: int, k: int, s: int, p: int, d: int, axis: str) -> int:
+    """Convolution output size, raising when the kernel does not fit the padded input."""
+    span = d * (k - 1) + 1
+    if size + 2 * p < span:
+        raise ValueError(
+            f"{name}: the kernel ({span} after dilation) is larger than the padded input {axis} "
+            f"({size} + 2*{p} = {size + 2 * p})"
+        )
+    return (size + 2 * p - span) // s + 1

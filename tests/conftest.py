@@ -1,0 +1,35 @@
+"""Shared fixtures: every case runs on NumPy, and (marked ``gpu``) on CuPy when a GPU is usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpulayers as gl
+
+try:  # the PyTorch oracle is a test-time dependency only
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+except Exception:  # pragma: no cover - torch missing
+    torch = None
+
+requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the parity oracle) is not installed")
+requires_gpu = pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_gpu])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Runs a test once per backend: ``"cpu"`` always, ``"cuda"`` when a GPU is usable."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    gl.manual_seed(0)
+    np.random.seed(0)
+    if torch is not None:
+        torch.manual_seed(0)
+    yield
