@@ -1,9 +1,49 @@
-"""STUB: replaced by the owner of this file."""
+"""Dropout layer (inverted dropout; identity in eval mode)."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from ..ops import dropout as ops
+from ..ops._checks import check_floating, check_grad, no_forward
 from .module import Module
+
+__all__ = ["Dropout"]
 
 
 class Dropout(Module):
-    pass
+    """Zero each element with probability ``p`` in training and scale the rest by ``1 / (1 - p)``.
 
+    The mask is drawn from the library's generator for the input's device, so
+    ``gl.manual_seed`` makes it reproducible. In eval mode the layer is the identity.
 
+    Args:
+        p: probability of zeroing an element, in [0, 1]. Defaults to 0.5.
+        inplace: accepted for PyTorch compatibility (the output is a new array). Defaults to False.
+
+    Shape:
+        - Input: (*), any shape
+        - Output: (*), same shape
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        self.p = ops.check_p("Dropout", p)
+        self.inplace = bool(inplace)
+        self._cache = None  # (op cache, output)
+
+    def forward(self, x: Any) -> Any:
+        check_floating("Dropout", x)
+        y, cache = ops.dropout_forward(x, self.p, self.training)
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._cache is None:
+            raise no_forward("Dropout")
+        cache, y = self._cache
+        check_grad("Dropout", grad_output, y.shape, y)
+        return ops.dropout_backward(grad_output, cache)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"

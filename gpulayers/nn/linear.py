@@ -1,17 +1,156 @@
-"""STUB: replaced by the owner of this file."""
+"""Linear, Flatten and Identity layers."""
 
-from .module import Module
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ops import linear as ops
+from ..ops._checks import check_channels, check_floating, check_grad, check_same_device, no_forward
+from .init import default_weight_and_bias
+from .module import Module, Parameter
+
+__all__ = ["Linear", "Flatten", "Identity"]
+
+
+def _check_int(name: str, arg: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {arg} to be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected {arg} >= {minimum}, got {value}")
+    return int(value)
 
 
 class Linear(Module):
-    pass
+    """``y = x @ weight.T + bias`` over the last axis.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: learn an additive bias. Defaults to True.
+
+    Attributes:
+        weight: (out_features, in_features), kaiming-uniform(a=sqrt(5)) as in PyTorch.
+        bias: (out_features,), uniform in ±1/sqrt(in_features).
+
+    Shape:
+        - Input: (*, in_features): (N, in_features), extra leading dimensions, or one vector
+        - Output: (*, out_features)
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = _check_int("Linear", "in_features", in_features, 0)
+        self.out_features = _check_int("Linear", "out_features", out_features, 0)
+        w, b = default_weight_and_bias((self.out_features, self.in_features), self.out_features, bool(bias))
+        self.weight = Parameter(w)
+        if b is not None:
+            self.bias = Parameter(b)
+        else:
+            self.register_parameter("bias", None)
+        self._cache = None  # (op cache, output)
+
+    def forward(self, x: Any) -> Any:
+        check_floating("Linear", x)
+        if x.ndim < 1:
+            raise ValueError(f"Linear: expected an input of shape (*, {self.in_features}), got a 0-D array")
+        check_channels("Linear", x, self.in_features, axis=-1, what="features (last axis)")
+        check_same_device("Linear", x, self.weight.data)
+        bias = self.bias.data if self.bias is not None else None
+        y, cache = ops.linear_forward(x, self.weight.data, bias)
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._cache is None:
+            raise no_forward("Linear")
+        cache, y = self._cache
+        check_grad("Linear", grad_output, y.shape, y)
+        dx, dw, db = ops.linear_backward(grad_output, cache)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class Flatten(Module):
-    pass
+    """Flatten the dimensions ``start_dim`` .. ``end_dim`` into one (a reshape).
+
+    Args:
+        start_dim: first dimension to flatten. Defaults to 1 (keeps the batch axis).
+        end_dim: last dimension to flatten. Defaults to -1.
+
+    Shape:
+        - Input: (*, S_start, ..., S_end, *)
+        - Output: (*, S_start * ... * S_end, *)
+    """
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim = _check_int("Flatten", "start_dim", start_dim, -(2**31))
+        self.end_dim = _check_int("Flatten", "end_dim", end_dim, -(2**31))
+        self._cache = None  # (input shape, output)
+
+    def _dims(self, ndim: int) -> tuple[int, int]:
+        rank = max(ndim, 1)  # a 0-D input flattens like a 1-element vector (PyTorch)
+        dims = []
+        for arg, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -rank <= d < rank:
+                raise ValueError(
+                    f"Flatten: {arg}={d} is out of range for a {ndim}-D input (expected in [{-rank}, {rank - 1}])"
+                )
+            dims.append(d % rank)
+        if dims[0] > dims[1]:
+            raise ValueError(
+                f"Flatten: start_dim ({self.start_dim}) comes after end_dim ({self.end_dim}) for a {ndim}-D input"
+            )
+        return dims[0], dims[1]
+
+    def forward(self, x: Any) -> Any:
+        if not hasattr(x, "shape") or not hasattr(x, "reshape"):
+            raise TypeError(f"Flatten: expected a NumPy or CuPy array, got {type(x).__name__}")
+        shape = tuple(x.shape)
+        if not shape:
+            shape_out = (1,)
+        else:
+            start, end = self._dims(len(shape))
+            shape_out = shape[:start] + (int(np.prod(shape[start : end + 1])),) + shape[end + 1 :]
+        y = x.reshape(shape_out)
+        self._cache = (shape, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._cache is None:
+            raise no_forward("Flatten")
+        shape, y = self._cache
+        check_grad("Flatten", grad_output, y.shape, y)
+        return grad_output.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Identity(Module):
-    pass
+    """Returns its input unchanged (a placeholder); accepts and ignores any arguments.
 
+    Shape:
+        - Input: (*)
+        - Output: (*), the same array
+    """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x: Any) -> Any:
+        self._cache = x
+        return x
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._cache is None:
+            raise no_forward("Identity")
+        check_grad("Identity", grad_output, self._cache.shape, self._cache)
+        return grad_output

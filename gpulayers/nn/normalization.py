@@ -1,13 +1,159 @@
-"""STUB: replaced by the owner of this file."""
+"""BatchNorm1d and BatchNorm2d (PyTorch's arguments, buffers and state_dict keys)."""
 
-from .module import Module
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ..ops import normalization as ops
+from ..ops._checks import check_channels, check_grad, check_input, check_same_device, no_forward
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
 
 
-class BatchNorm1d(Module):
-    pass
+class _BatchNorm(Module):
+    """Shared state and logic; subclasses fix the accepted input ranks."""
+
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
+            raise TypeError(f"{name}: expected num_features to be an int, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"{name}: expected num_features >= 1, got {num_features}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+            raise ValueError(f"{name}: expected eps >= 0, got {eps!r}")
+        if momentum is not None and (
+            isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1
+        ):
+            raise ValueError(f"{name}: expected momentum in [0, 1] or None (cumulative average), got {momentum!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        c = self.num_features
+        if self.affine:
+            self.weight = Parameter(np.ones(c, dtype=np.float32))
+            self.bias = Parameter(np.zeros(c, dtype=np.float32))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(c, dtype=np.float32))
+            self.register_buffer("running_var", np.ones(c, dtype=np.float32))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._cache = None  # (op cache, output)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, counter 0 (in place, on the buffers' device)."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def forward(self, x: Any) -> Any:
+        name = type(self).__name__
+        check_input(name, x, self._ranks, self._layout)
+        check_channels(name, x, self.num_features, axis=1, what="features (axis 1)")
+        reference = self.weight.data if self.weight is not None else self.running_mean
+        check_same_device(name, x, reference, "weight" if self.weight is not None else "running_mean")
+        use_batch_stats = self.training or not self.track_running_stats
+        if use_batch_stats:
+            count = x.shape[0] * int(np.prod(x.shape[2:]))
+            if count == 1:
+                raise ValueError(
+                    f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+                )
+        y, cache = ops.batch_norm_forward(
+            x,
+            self.weight.data if self.weight is not None else None,
+            self.bias.data if self.bias is not None else None,
+            self.running_mean,
+            self.running_var,
+            use_batch_stats,
+            self.momentum,
+            self.eps,
+            self.num_batches_tracked,
+        )
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        name = type(self).__name__
+        if self._cache is None:
+            raise no_forward(name)
+        cache, y = self._cache
+        check_grad(name, grad_output, y.shape, y)
+        dx, dw, db = ops.batch_norm_backward(grad_output, cache)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
 
 
-class BatchNorm2d(Module):
-    pass
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) input over the batch (and length) axes.
+
+    In training the batch mean and (biased) variance normalise the input and the running
+    statistics are updated with the unbiased variance; in eval the running statistics are used
+    (batch statistics when ``track_running_stats=False``). See ``torch.nn.BatchNorm1d``.
+
+    Args:
+        num_features: C, the number of features (channels).
+        eps: added to the variance for stability. Defaults to 1e-5.
+        momentum: running-average factor, or None for a cumulative average. Defaults to 0.1.
+        affine: learn a per-feature scale ``weight`` (ones) and shift ``bias`` (zeros). Defaults to True.
+        track_running_stats: keep ``running_mean``, ``running_var`` and ``num_batches_tracked``
+            buffers. Defaults to True.
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same as the input
+    """
+
+    _ranks = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
 
 
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input over the batch and spatial axes.
+
+    Same arguments and behaviour as :class:`BatchNorm1d` (see ``torch.nn.BatchNorm2d``).
+
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance for stability. Defaults to 1e-5.
+        momentum: running-average factor, or None for a cumulative average. Defaults to 0.1.
+        affine: learn a per-channel ``weight`` and ``bias``. Defaults to True.
+        track_running_stats: keep running statistics buffers. Defaults to True.
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: (N, C, H, W)
+    """
+
+    _ranks = (4,)
+    _layout = "(N, C, H, W)"

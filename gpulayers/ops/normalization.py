@@ -1,10 +1,152 @@
-"""STUB: replaced by the owner of this file."""
+"""Batch normalisation over the channel axis 1 of (N, C), (N, C, L) or (N, C, H, W) input.
 
-def batch_norm_forward(*args, **kwargs):
-    raise NotImplementedError('batch_norm_forward')
+One xp-generic implementation (NumPy or CuPy): the statistics are reductions over every axis
+but the channel axis, computed in the input dtype with the two-pass variance (mean first, then
+the mean of squared deviations), as PyTorch does. See ``torch.nn.functional.batch_norm``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+
+__all__ = ["batch_norm_forward", "batch_norm_backward"]
 
 
-def batch_norm_backward(*args, **kwargs):
-    raise NotImplementedError('batch_norm_backward')
+def _layout(x: Any) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """Reduction axes, the broadcast shape of a per-channel vector, and values per channel."""
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expected an input of rank 2, 3 or 4 with channels on axis 1, got {x.shape}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    count = int(np.prod([x.shape[a] for a in axes]))
+    return axes, bshape, count
 
 
+def batch_norm_forward(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Any = None,
+) -> tuple[Any, dict]:
+    """Normalise ``x`` per channel, then scale by ``weight`` and shift by ``bias``.
+
+    Batch statistics are used when ``training`` is true or no running statistics are given
+    (``running_mean is None``); otherwise the running statistics. In training with running
+    statistics, ``running_mean``/``running_var`` are updated **in place** with the batch mean and
+    the unbiased batch variance: ``r = (1 - f) * r + f * batch`` with ``f = momentum``, or
+    ``f = 1 / num_batches_tracked`` (a cumulative average) when ``momentum`` is None.
+    ``num_batches_tracked`` (a 0-d int64 array), when given, is incremented in place.
+
+    Args:
+        x: input of shape (N, C), (N, C, L) or (N, C, H, W).
+        weight: scale (C,), or None for no affine scale.
+        bias: shift (C,), or None.
+        running_mean: (C,) running mean, or None to always use batch statistics.
+        running_var: (C,) running variance, or None.
+        training: use (and track) batch statistics.
+        momentum: running-average factor, or None for a cumulative average.
+        eps: added to the variance before the square root.
+        num_batches_tracked: 0-d int64 counter (required when ``momentum`` is None).
+
+    Returns:
+        ``(y, cache)``; ``y`` has the shape and dtype of ``x``.
+
+    Shape:
+        - x: (N, C, *) with * empty, (L,) or (H, W)
+        - y: same as x
+    """
+    xp = backend.get_array_module(x)
+    axes, bshape, count = _layout(x)
+    use_batch_stats = bool(training) or running_mean is None
+    update = bool(training) and running_mean is not None
+
+    if use_batch_stats:
+        if count == 1:
+            raise ValueError(
+                f"batch_norm: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+            )
+        if count == 0:  # empty batch: nothing to normalise, running statistics left as they are
+            mean = xp.zeros(bshape, dtype=x.dtype)
+            var = xp.ones(bshape, dtype=x.dtype)
+        else:
+            mean = x.mean(axis=axes, keepdims=True)
+            centred = x - mean
+            var = (centred * centred).mean(axis=axes, keepdims=True)
+    else:
+        mean = running_mean.reshape(bshape)
+        var = running_var.reshape(bshape)
+
+    if update:
+        if num_batches_tracked is not None:
+            num_batches_tracked += 1
+        if count > 0:
+            if momentum is None:
+                if num_batches_tracked is None:
+                    raise ValueError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked")
+                # Kept on the device: 1 / count as a 0-d array, no host round trip.
+                factor = 1.0 / num_batches_tracked.astype(running_mean.dtype)
+            else:
+                factor = float(momentum)
+            unbiased = var.reshape(-1) * (count / (count - 1))
+            running_mean[...] = (1 - factor) * running_mean + factor * mean.reshape(-1)
+            running_var[...] = (1 - factor) * running_var + factor * unbiased
+
+    invstd = 1.0 / xp.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(bshape)
+    if bias is not None:
+        y = y + bias.reshape(bshape)
+    cache = {
+        "xhat": xhat,
+        "invstd": invstd,
+        "weight": weight,
+        "has_bias": bias is not None,
+        "batch_stats": use_batch_stats,
+        "axes": axes,
+        "bshape": bshape,
+        "count": count,
+    }
+    return y, cache
+
+
+def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`batch_norm_forward`.
+
+    With batch statistics the mean and variance depend on ``x``, giving the compact form
+    ``dx = invstd / m * (m * g - sum(g) - xhat * sum(g * xhat))`` with ``g = dy * weight`` and
+    ``m`` values per channel; with running statistics ``dx = g * invstd``.
+
+    Args:
+        dy: gradient w.r.t. the output (shape of ``x``).
+        cache: the cache returned by the forward pass.
+
+    Returns:
+        ``(dx, dweight, dbias)``; ``dweight``/``dbias`` are None when the forward had none.
+    """
+    xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
+    axes, bshape, count = cache["axes"], cache["bshape"], cache["count"]
+    dbias_full = dy.sum(axis=axes)
+    dweight_full = (dy * xhat).sum(axis=axes)
+    g = dy if weight is None else dy * weight.reshape(bshape)
+    if cache["batch_stats"] and count > 0:
+        w = 1.0 if weight is None else weight
+        sum_g = (dbias_full * w).reshape(bshape)
+        sum_gx = (dweight_full * w).reshape(bshape)
+        dx = (invstd / count) * (count * g - sum_g - xhat * sum_gx)
+    else:
+        dx = g * invstd
+    dx = dx.astype(dy.dtype, copy=False)
+    dweight = dweight_full if weight is not None else None
+    dbias = dbias_full if cache["has_bias"] else None
+    return dx, dweight, dbias
