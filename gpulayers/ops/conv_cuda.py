@@ -1,0 +1,316 @@
+"""conv2d on the GPU: the launchers of ``cuda_kernels/conv2d.cu`` and cuBLAS GEMMs through CuPy.
+
+Called by :mod:`gpulayers.ops.conv` for CuPy arrays, after validation. Two algorithms:
+
+* ``"gemm"`` (the default): ``im2col`` into a group-major column matrix of shape
+  ``(C * kh * kw, N * OH * OW)``, one (batched-over-groups) GEMM with the weight, then a
+  kernel that transposes the channel-major product to NCHW and adds the bias. Backward:
+  ``dW`` by GEMM, ``dcol`` by GEMM and ``col2im`` (a gather) for ``dx``, ``db`` by a sum.
+  The column matrix is built for at most :data:`COL_BUDGET_BYTES` at a time (the batch is
+  processed in chunks beyond that) and kept for backward when one chunk covers the batch.
+* ``"direct"``, chosen when each output channel reads a single input channel
+  (``in_channels / groups == 1``: depthwise convolutions and one-channel inputs), where the
+  GEMMs would be tiny and memory-bound: one thread per output / input / weight element.
+
+Everything is written against the array module of the input, so the same code runs with
+NumPy arrays when :func:`gpulayers.kernels.get_function` is replaced by a CPU emulation of
+the kernels (as ``tests/test_kernels_harness.py`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import backend, kernels
+
+__all__ = ["COL_BUDGET_BYTES", "choose_algorithm", "conv2d_backward", "conv2d_forward"]
+
+_FILE = "conv2d.cu"
+
+#: Largest column matrix (bytes) built at once; bigger batches are processed in chunks.
+COL_BUDGET_BYTES = 512 * 2**20
+
+#: Largest buffer (bytes) of per-lane partial weight gradients on the direct path.
+_PARTIAL_BUDGET_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    groups: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    out_h: int
+    out_w: int
+
+    @property
+    def in_per_group(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def plane_out(self) -> int:
+        return self.out_h * self.out_w
+
+
+@dataclass
+class _ConvCache:
+    x: Any
+    weight: Any
+    has_bias: bool
+    geometry: _Geometry
+    algorithm: str
+    col: Any  # the GEMM path's column matrix when it covers the whole batch, else None
+
+
+def _i32(value: int) -> np.int32:
+    return np.int32(value)
+
+
+def _window_args(g: _Geometry) -> tuple:
+    """The argument tail shared by every conv kernel, in C order:
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, out_h, out_w."""
+    return (
+        _i32(g.kernel_h),
+        _i32(g.kernel_w),
+        _i32(g.stride_h),
+        _i32(g.stride_w),
+        _i32(g.pad_h),
+        _i32(g.pad_w),
+        _i32(g.dilation_h),
+        _i32(g.dilation_w),
+        _i32(g.out_h),
+        _i32(g.out_w),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# One launcher per kernel
+# ----------------------------------------------------------------------------------------------
+def _launch_im2col(x, col, batch: int, g: _Geometry) -> None:
+    total = g.channels * batch * g.plane_out
+    args = (x, col, np.int64(total), _i32(batch), _i32(g.channels), _i32(g.height), _i32(g.width))
+    kernels.launch(_FILE, "im2col_kernel", x.dtype, total, args + _window_args(g))
+
+
+def _launch_col2im(col, x_grad, batch: int, g: _Geometry) -> None:
+    total = x_grad.size
+    args = (col, x_grad, np.int64(total), _i32(batch), _i32(g.channels), _i32(g.height), _i32(g.width))
+    kernels.launch(_FILE, "col2im_kernel", col.dtype, total, args + _window_args(g))
+
+
+def _launch_gemm_to_nchw(gemm_out, bias, y, batch: int, g: _Geometry) -> None:
+    total = y.size
+    has_bias = bias is not None
+    args = (
+        gemm_out,
+        bias if has_bias else gemm_out,  # never read when has_bias == 0
+        y,
+        np.int64(total),
+        _i32(has_bias),
+        _i32(batch),
+        _i32(g.out_channels),
+        np.int64(g.plane_out),
+    )
+    kernels.launch(_FILE, "gemm_to_nchw_kernel", y.dtype, total, args)
+
+
+def _launch_direct_forward(x, weight, bias, y, g: _Geometry) -> None:
+    total = y.size
+    has_bias = bias is not None
+    args = (
+        x,
+        weight,
+        bias if has_bias else weight,  # never read when has_bias == 0
+        y,
+        np.int64(total),
+        _i32(has_bias),
+        _i32(g.channels),
+        _i32(g.height),
+        _i32(g.width),
+        _i32(g.out_channels),
+        _i32(g.groups),
+    )
+    kernels.launch(_FILE, "conv2d_direct_forward_kernel", x.dtype, total, args + _window_args(g))
+
+
+def _launch_direct_backward_data(dy, weight, x_grad, g: _Geometry) -> None:
+    total = x_grad.size
+    args = (
+        dy,
+        weight,
+        x_grad,
+        np.int64(total),
+        _i32(g.channels),
+        _i32(g.height),
+        _i32(g.width),
+        _i32(g.out_channels),
+        _i32(g.groups),
+    )
+    kernels.launch(_FILE, "conv2d_direct_backward_data_kernel", dy.dtype, total, args + _window_args(g))
+
+
+def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: _Geometry) -> None:
+    total = partial.size
+    args = (
+        x,
+        dy,
+        partial,
+        np.int64(total),
+        _i32(lanes),
+        _i32(g.batch),
+        _i32(g.channels),
+        _i32(g.height),
+        _i32(g.width),
+        _i32(g.out_channels),
+        _i32(g.groups),
+    )
+    kernels.launch(_FILE, "conv2d_direct_backward_weight_kernel", x.dtype, total, args + _window_args(g))
+
+
+# ----------------------------------------------------------------------------------------------
+# The op
+# ----------------------------------------------------------------------------------------------
+def choose_algorithm(channels: int, groups: int) -> str:
+    """``"direct"`` when each output channel reads one input channel, else ``"gemm"``."""
+    return "direct" if channels // groups == 1 else "gemm"
+
+
+def _batch_chunk(g: _Geometry, itemsize: int) -> int:
+    """Samples per column matrix so that it stays within COL_BUDGET_BYTES (at least one)."""
+    per_sample = g.channels * g.kernel_h * g.kernel_w * g.plane_out * itemsize
+    return max(1, min(g.batch, COL_BUDGET_BYTES // max(1, per_sample)))
+
+
+def _direct_lanes(g: _Geometry, itemsize: int) -> int:
+    """Partial sums per weight element on the direct path: a function of the shape only."""
+    positions = g.batch * g.plane_out
+    lanes = min(1024, max(1, positions // 32))
+    weight_size = g.out_channels * g.in_per_group * g.kernel_h * g.kernel_w
+    return max(1, min(lanes, _PARTIAL_BUDGET_BYTES // (weight_size * itemsize)))
+
+
+def conv2d_forward(
+    x,
+    weight,
+    bias,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    *,
+    algorithm: str | None = None,
+):
+    """Forward conv2d of validated arguments (int pairs); returns ``(y, cache)``.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64 (any strides).
+        weight: ``(out_channels, C / groups, kh, kw)``, same dtype.
+        bias: ``(out_channels,)`` or None.
+        stride, padding, dilation: ``(h, w)`` pairs.
+        groups: number of groups.
+        algorithm: ``"gemm"``, ``"direct"`` or None for :func:`choose_algorithm`.
+
+    Shape:
+        y: ``(N, out_channels, (H + 2 p - d (k - 1) - 1) // s + 1, ...)`` per axis.
+    """
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    weight = xp.ascontiguousarray(weight, dtype=x.dtype)
+    bias = None if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
+    kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only, before any allocation
+    n, c, h, w = (int(v) for v in x.shape)
+    oc, _, kh, kw = (int(v) for v in weight.shape)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    g = _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    algorithm = algorithm or choose_algorithm(c, g.groups)
+    if algorithm not in ("gemm", "direct"):
+        raise ValueError(f"conv2d: expected algorithm 'gemm' or 'direct', got {algorithm!r}")
+
+    col = None
+    with kernels.device_scope(x):
+        y = xp.empty((n, oc, oh, ow), dtype=x.dtype)
+        if algorithm == "direct":
+            _launch_direct_forward(x, weight, bias, y, g)
+        elif n > 0:
+            col = _gemm_forward(xp, x, weight, bias, y, g)
+    return y, _ConvCache(x, weight, bias is not None, g, algorithm, col)
+
+
+def _gemm_forward(xp, x, weight, bias, y, g: _Geometry):
+    k = g.in_per_group * g.kernel_h * g.kernel_w
+    w_mat = weight.reshape(g.groups, g.out_per_group, k)
+    chunk = _batch_chunk(g, x.dtype.itemsize)
+    col = None
+    # Batch chunks bound the column matrix's memory; usually one iteration.
+    for n0 in range(0, g.batch, chunk):
+        nb = min(chunk, g.batch - n0)
+        col = xp.empty((g.channels * g.kernel_h * g.kernel_w, nb * g.plane_out), dtype=x.dtype)
+        _launch_im2col(x[n0 : n0 + nb], col, nb, g)
+        gemm_out = xp.matmul(w_mat, col.reshape(g.groups, k, nb * g.plane_out))  # (groups, oc/g, nb*P)
+        _launch_gemm_to_nchw(gemm_out, bias, y[n0 : n0 + nb], nb, g)
+    return col if chunk >= g.batch else None
+
+
+def conv2d_backward(dy, cache: _ConvCache):
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward` for ``dy``; ``db`` is None without bias."""
+    xp = backend.get_array_module(dy)
+    x, weight, g = cache.x, cache.weight, cache.geometry
+    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+    with kernels.device_scope(x):
+        if g.batch == 0:
+            dx = xp.empty_like(x)
+            dw = xp.zeros_like(weight)
+        elif cache.algorithm == "direct":
+            dx = xp.empty_like(x)
+            _launch_direct_backward_data(dy, weight, dx, g)
+            lanes = _direct_lanes(g, x.dtype.itemsize)
+            partial = xp.empty((weight.size, lanes), dtype=x.dtype)
+            _launch_direct_backward_weight(x, dy, partial, lanes, g)
+            dw = partial.sum(axis=1).reshape(weight.shape)
+        else:
+            dx, dw = _gemm_backward(xp, dy, cache)
+        db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    return dx, dw, db
+
+
+def _gemm_backward(xp, dy, cache: _ConvCache):
+    x, weight, g = cache.x, cache.weight, cache.geometry
+    k = g.in_per_group * g.kernel_h * g.kernel_w
+    w_t = weight.reshape(g.groups, g.out_per_group, k).transpose(0, 2, 1)  # (groups, K, oc/g)
+    dx = xp.empty_like(x)
+    dw = None
+    chunk = _batch_chunk(g, x.dtype.itemsize)
+    for n0 in range(0, g.batch, chunk):
+        nb = min(chunk, g.batch - n0)
+        cols = nb * g.plane_out
+        col = cache.col
+        if col is None:  # not kept (the batch needed several chunks): rebuild this chunk's
+            col = xp.empty((g.channels * g.kernel_h * g.kernel_w, cols), dtype=x.dtype)
+            _launch_im2col(x[n0 : n0 + nb], col, nb, g)
+        # dy chunk as the channel-major GEMM operand (groups, oc/g, nb*P).
+        dy_t = xp.ascontiguousarray(dy[n0 : n0 + nb].reshape(nb, g.out_channels, g.plane_out).transpose(1, 0, 2))
+        dy_t = dy_t.reshape(g.groups, g.out_per_group, cols)
+        dw_part = xp.matmul(dy_t, col.reshape(g.groups, k, cols).transpose(0, 2, 1))  # (groups, oc/g, K)
+        dw = dw_part if dw is None else dw + dw_part
+        dcol = xp.matmul(w_t, dy_t)  # (groups, K, nb*P)
+        _launch_col2im(dcol, dx[n0 : n0 + nb], nb, g)
+    return dx, dw.reshape(weight.shape)

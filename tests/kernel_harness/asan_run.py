@@ -1,0 +1,116 @@
+"""Runs the real launchers on AddressSanitizer/UBSan builds of the kernels (in a subprocess).
+
+Usage: ``python asan_run.py BUILD_DIR clean|overflow-write|overflow-read``. The process must
+preload the sanitizer runtimes (``LD_PRELOAD``) and use ``PYTHONMALLOC=malloc``; every array
+is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones.
+
+* ``clean`` drives every kernel through ``gpulayers.ops.conv_cuda`` / ``pooling_cuda`` over
+  many shapes (and again with a 3 x 4 grid) and prints ``ASAN_CLEAN_RUN_OK`` at the end.
+* ``overflow-write`` / ``overflow-read`` launch a kernel with a deliberately wrong size, so a
+  correct sanitizer build must abort the process (the negative controls).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpulayers import kernels  # noqa: E402
+from gpulayers.ops import conv_cuda, pooling_cuda  # noqa: E402
+from kernel_harness.harness import HarnessLibrary  # noqa: E402
+
+MIN_BYTES = 16 * 1024
+
+CONV_CASES = [
+    # (N, C, H, W), (out, kh, kw), stride, padding, dilation, groups
+    ((2, 8, 20, 20), (8, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 8, 21, 19), (12, 3, 2), (2, 1), (2, 0), (1, 2), 4),
+    ((2, 16, 18, 18), (16, 5, 5), (2, 2), (2, 2), (1, 1), 16),
+    ((4, 1, 33, 33), (6, 3, 3), (1, 2), (0, 1), (2, 1), 1),
+    ((2, 8, 16, 16), (4, 16, 16), (1, 1), (0, 0), (1, 1), 2),
+    ((2, 4, 24, 24), (6, 2, 2), (3, 3), (0, 0), (1, 1), 1),
+]
+
+POOL_CASES = [
+    # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
+    ((2, 4, 24, 24), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((2, 4, 25, 23), (3, 3), (2, 2), (1, 1), (1, 1), True),
+    ((2, 6, 22, 21), (3, 2), (1, 2), (1, 0), (2, 3), True),
+    ((64, 16, 2, 2), (2, 2), (1, 1), (1, 1), (3, 3), False),  # windows holding no input element
+    ((3, 8, 13, 17), (4, 5), (3, 4), (2, 2), (1, 1), True),
+]
+
+
+def _pooled(size, k, s, p, d, ceil_mode):
+    num = size + 2 * p - (d * (k - 1) + 1)
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _big(rng, shape, dtype):
+    """A random input of at least MIN_BYTES, so that ASan guards it."""
+    a = rng.standard_normal(shape).astype(dtype)
+    assert a.nbytes >= MIN_BYTES, f"{shape} {np.dtype(dtype)}: {a.nbytes} bytes"
+    return a
+
+
+def run_clean(build_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    for grid in (None, (3, 4)):
+        library = HarnessLibrary(build_dir, sanitize=True, grid_override=grid)
+        kernels.get_function = library.get_function
+        for dtype in (np.float32, np.float64):
+            for shape, (oc, kh, kw), stride, padding, dilation, groups in CONV_CASES:
+                x = _big(rng, shape, dtype)
+                w = rng.standard_normal((oc, shape[1] // groups, kh, kw)).astype(dtype)
+                b = rng.standard_normal(oc).astype(dtype)
+                for algorithm in ("gemm", "direct"):
+                    y, cache = conv_cuda.conv2d_forward(x, w, b, stride, padding, dilation, groups, algorithm=algorithm)
+                    dx, dw, db = conv_cuda.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+                    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+                    assert np.isfinite(y).all() and np.isfinite(dx).all() and np.isfinite(dw).all()
+            for shape, k, s, p, d, ceil_mode in POOL_CASES:
+                x = _big(rng, shape, dtype)
+                out = tuple(_pooled(shape[2 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2))
+                y, cache = pooling_cuda.max_pool2d_forward(x, k, s, p, d, out)
+                dx = pooling_cuda.max_pool2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+                assert dx.shape == x.shape
+        print(f"grid {grid}: {len(library.launches)} launches", flush=True)
+    print("ASAN_CLEAN_RUN_OK", flush=True)
+
+
+def run_overflow(build_dir: Path, kind: str) -> None:
+    library = HarnessLibrary(build_dir, sanitize=True)
+    i32 = np.int32
+    if kind == "overflow-write":
+        # im2col over 8 channels into a column buffer sized for 7: the last rows land past its end.
+        n, c, h, w = 2, 8, 16, 16
+        x = np.ones((n, c, h, w))
+        col = np.zeros((7 * 9, n * h * w))
+        total = c * n * h * w
+        args = (x, col, np.int64(total), i32(n), i32(c), i32(h), i32(w), i32(3), i32(3), i32(1), i32(1))
+        args += (i32(1), i32(1), i32(1), i32(1), i32(h), i32(w))
+        library.kernel("conv2d.cu", "im2col_kernel", np.float64)((64,), (256,), args)
+    else:
+        # max-pool forward told the plane is 40 rows high while x holds 32.
+        x = np.ones((1, 4, 32, 32))
+        y = np.zeros((1, 4, 20, 32))
+        argmax = np.zeros((1, 4, 20, 32), dtype=np.int32)
+        geometry = (40, 32, 20, 32, 2, 1, 2, 1, 0, 0, 1, 1)
+        args = (x, y, argmax, np.int64(y.size)) + tuple(i32(v) for v in geometry)
+        library.kernel("max_pool2d.cu", "max_pool2d_forward_kernel", np.float64)((16,), (256,), args)
+    print("OVERFLOW_NOT_DETECTED", flush=True)
+
+
+if __name__ == "__main__":
+    directory, mode = Path(sys.argv[1]), sys.argv[2]
+    if mode == "clean":
+        run_clean(directory)
+    else:
+        run_overflow(directory, mode)

@@ -1,0 +1,234 @@
+"""Run the CUDA kernels of ``cuda_kernels/`` on the CPU, for tests on machines without a GPU.
+
+Each ``.cu`` file is compiled by g++ after ``shim.h`` (which defines away the CUDA qualifiers
+and emulates the index variables), together with generated ``extern "C"`` wrappers that run
+a kernel instantiation serially over every (block, thread) of a given grid and block.
+:class:`HarnessLibrary` loads the result with ctypes and hands out kernels through
+:meth:`HarnessLibrary.get_function`, whose signature matches
+:func:`gpulayers.kernels.get_function`, so tests can swap it in and drive the real launchers.
+
+A harness kernel checks its arguments the way CuPy would need them to be right: arrays must
+be C-contiguous NumPy arrays of the instantiation's dtype (int32 for ``int*``), ``int``
+parameters take ``np.int32`` and ``long long`` parameters ``np.int64`` (CuPy passes a Python
+int as ``long long`` and a Python float as ``double``, so anything else is a bug on the GPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHIM = HERE / "shim.h"
+REPO_ROOT = HERE.parent.parent
+KERNEL_DIR = REPO_ROOT / "cuda_kernels"
+
+CTYPES = {"float": np.float32, "double": np.float64}
+CXX_FLAGS = ["-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"]
+OPT_FLAGS = ["-O2"]
+SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+
+_KERNEL = re.compile(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: its C declaration, name and kind."""
+
+    decl: str
+    name: str
+    kind: str  # "T*", "int*", "int", "long long", "T"
+    const: bool
+
+
+@dataclass(frozen=True)
+class KernelSignature:
+    name: str
+    params: tuple[Param, ...]
+
+
+def _parse_param(decl: str) -> Param:
+    text = " ".join(decl.split())
+    match = re.fullmatch(r"(.*?)(\w+)", text)
+    if match is None:
+        raise ValueError(f"cannot parse kernel parameter {decl!r}")
+    type_text, name = match.group(1), match.group(2)
+    const = "const" in type_text.split()
+    base = " ".join(w for w in type_text.replace("*", " * ").split() if w not in ("const", "__restrict__"))
+    kinds = {"T *": "T*", "int *": "int*", "int": "int", "long long": "long long", "T": "T"}
+    if base not in kinds:
+        raise ValueError(f"unsupported kernel parameter type {type_text.strip()!r} in {decl!r}")
+    return Param(text, name, kinds[base], const)
+
+
+def parse_kernels(source: str) -> list[KernelSignature]:
+    """The ``template <typename T> __global__`` kernels of a source, with their parameters."""
+    return [
+        KernelSignature(name, tuple(_parse_param(p) for p in params.split(",")))
+        for name, params in _KERNEL.findall(source)
+    ]
+
+
+def _wrapper_name(kernel: str, ctype: str) -> str:
+    return f"gl_launch_{kernel}_{ctype}"
+
+
+def wrapper_source(cu_path: Path, signatures: list[KernelSignature]) -> str:
+    """The C++ translation unit: shim, the kernel file, and one extern "C" launcher per instantiation."""
+    lines = [f'#include "{SHIM}"', f'#include "{cu_path}"', ""]
+    for sig in signatures:
+        for ctype in CTYPES:
+            params = ", ".join(re.sub(r"\bT\b", ctype, p.decl) for p in sig.params)
+            names = ", ".join(p.name for p in sig.params)
+            lines += [
+                f"template void {sig.name}<{ctype}>({params});  // emitted, so its mangled name can be checked",
+                f'extern "C" void {_wrapper_name(sig.name, ctype)}(unsigned gx, unsigned gy, unsigned gz, '
+                f"unsigned bx, unsigned by, unsigned bz, {params}) {{",
+                "  gl_harness::run_grid(dim3(gx, gy, gz), dim3(bx, by, bz),",
+                f"                      [&]() {{ {sig.name}<{ctype}>({names}); }});",
+                "}",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def build(cu_path: Path, out_dir: Path, *, sanitize: bool = False) -> Path:
+    """Compile one kernel file into a shared library under ``out_dir`` (reused when unchanged)."""
+    cu_path = Path(cu_path).resolve()
+    signatures = parse_kernels(cu_path.read_text())
+    source = wrapper_source(cu_path, signatures)
+    flags = CXX_FLAGS + (SANITIZE_FLAGS if sanitize else OPT_FLAGS)
+    digest = hashlib.sha256("\0".join([source, cu_path.read_text(), SHIM.read_text(), *flags]).encode()).hexdigest()[
+        :16
+    ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"{cu_path.stem}{'_asan' if sanitize else ''}_{digest}.so"
+    if not lib.exists():
+        wrapper = out_dir / f"{lib.stem}.cpp"
+        wrapper.write_text(source)
+        cmd = ["g++", *flags, "-o", str(lib), str(wrapper)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"harness build failed: {' '.join(cmd)}\n{result.stderr}")
+    return lib
+
+
+class LaunchError(TypeError):
+    """A kernel was launched with arguments that would be wrong on the GPU."""
+
+
+class HarnessKernel:
+    """One instantiation (``kernel<float>`` or ``kernel<double>``), callable like a CuPy kernel."""
+
+    def __init__(self, library: HarnessLibrary, sig: KernelSignature, ctype: str, function) -> None:
+        self.library = library
+        self.sig = sig
+        self.ctype = ctype
+        self.dtype = np.dtype(CTYPES[ctype])
+        self.function = function
+        argtypes = [ctypes.c_uint] * 6
+        for p in sig.params:
+            if p.kind in ("T*", "int*"):
+                argtypes.append(ctypes.c_void_p)
+            elif p.kind == "int":
+                argtypes.append(ctypes.c_int)
+            elif p.kind == "long long":
+                argtypes.append(ctypes.c_longlong)
+            else:
+                argtypes.append(ctypes.c_float if ctype == "float" else ctypes.c_double)
+        function.argtypes = argtypes
+        function.restype = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.sig.name}<{self.ctype}>"
+
+    def _check_array(self, p: Param, arg, want: np.dtype) -> int:
+        if not isinstance(arg, np.ndarray):
+            raise LaunchError(f"{self.name}: parameter {p.name} ({p.decl}) needs an array, got {type(arg).__name__}")
+        if arg.dtype != want:
+            raise LaunchError(f"{self.name}: parameter {p.name} needs dtype {want}, got {arg.dtype}")
+        if not arg.flags.c_contiguous:
+            raise LaunchError(f"{self.name}: parameter {p.name} must be C-contiguous (kernels ignore strides)")
+        if not p.const and not arg.flags.writeable:
+            raise LaunchError(f"{self.name}: parameter {p.name} is written but the array is read-only")
+        return arg.ctypes.data
+
+    def _convert(self, p: Param, arg):
+        if p.kind == "T*":
+            return self._check_array(p, arg, self.dtype)
+        if p.kind == "int*":
+            return self._check_array(p, arg, np.dtype(np.int32))
+        want = {"int": np.int32, "long long": np.int64, "T": self.dtype.type}[p.kind]
+        if type(arg) is not want:
+            raise LaunchError(
+                f"{self.name}: parameter {p.name} ({p.decl}) needs {want.__name__}, got {type(arg).__name__} {arg!r}"
+            )
+        return arg.item()
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, stream=None) -> None:
+        grid3, block3 = _dims(self.name, "grid", grid), _dims(self.name, "block", block)
+        if block3[0] * block3[1] * block3[2] > 1024:
+            raise LaunchError(f"{self.name}: a block holds at most 1024 threads, got {block3}")
+        if max(grid3[1:]) > 65535 or grid3[0] > 2**31 - 1:
+            raise LaunchError(f"{self.name}: grid {grid3} exceeds CUDA's limits")
+        if len(args) != len(self.sig.params):
+            raise LaunchError(f"{self.name}: expected {len(self.sig.params)} arguments, got {len(args)}")
+        values = [self._convert(p, a) for p, a in zip(self.sig.params, args, strict=True)]
+        self.library.launches.append((self.name, grid3, block3))
+        self.function(*grid3, *block3, *values)
+
+
+def _dims(name: str, what: str, value) -> tuple[int, int, int]:
+    dims = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not 1 <= len(dims) <= 3 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in dims):
+        raise LaunchError(f"{name}: {what} must be 1 to 3 positive ints, got {value!r}")
+    return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+
+
+class HarnessLibrary:
+    """The harness builds of every kernel file, with a :meth:`get_function` like the loader's.
+
+    Args:
+        out_dir: where the shared libraries are built (and reused).
+        sanitize: build with AddressSanitizer and UBSan (the process must preload their runtimes).
+        grid_override: if set, a ``(grid, block)`` pair used for every launch instead of the one
+            the launcher chose, e.g. ``(3, 4)`` to exercise the grid-stride loops.
+    """
+
+    def __init__(self, out_dir: Path, *, sanitize: bool = False, grid_override: tuple[int, int] | None = None):
+        self.kernels: dict[tuple[str, str, str], HarnessKernel] = {}
+        self.signatures: dict[str, list[KernelSignature]] = {}
+        self.launches: list[tuple[str, tuple, tuple]] = []
+        self.grid_override = grid_override
+        self._libs = []
+        for cu in sorted(KERNEL_DIR.glob("*.cu")):
+            lib = ctypes.CDLL(str(build(cu, out_dir, sanitize=sanitize)))
+            self._libs.append(lib)
+            sigs = parse_kernels(cu.read_text())
+            self.signatures[cu.name] = sigs
+            for sig in sigs:
+                for ctype in CTYPES:
+                    fn = getattr(lib, _wrapper_name(sig.name, ctype))
+                    self.kernels[(cu.name, sig.name, ctype)] = HarnessKernel(self, sig, ctype, fn)
+
+    def kernel(self, filename: str, kernel: str, dtype) -> HarnessKernel:
+        ctype = {"float32": "float", "float64": "double"}.get(np.dtype(dtype).name)
+        if ctype is None:
+            raise TypeError(f"no {kernel} instantiation for dtype {np.dtype(dtype)}")
+        return self.kernels[(filename, kernel, ctype)]
+
+    def get_function(self, filename: str, kernel: str, dtype):
+        """Drop-in for :func:`gpulayers.kernels.get_function`."""
+        k = self.kernel(filename, kernel, dtype)
+        if self.grid_override is None:
+            return k
+        grid, block = self.grid_override
+        return lambda _grid, _block, args, shared_mem=0, stream=None: k((grid,), (block,), args)
