@@ -1,6 +1,123 @@
-"""STUB: replaced by the owner of this file."""
+"""A layer-by-layer table of a model: output shapes and parameter counts (like torchsummary)."""
 
-def summary(*args, **kwargs):
-    raise NotImplementedError('summary')
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from .module import Module
+
+__all__ = ["summary"]
 
 
+def _count(module: Module) -> int:
+    return sum(int(p.data.size) for p in module._parameters.values() if p is not None)
+
+
+def summary(
+    model: Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    dtype: Any = None,
+    print_fn: Callable[[str], Any] | None = None,
+) -> str:
+    """Run ``model`` on zeros and tabulate each leaf layer's output shape and parameter count.
+
+    The forward runs in eval mode (batch norm uses its running statistics, dropout is off); every
+    module's mode and forward cache are restored afterwards, so the call changes nothing.
+
+    Args:
+        model: the module to describe.
+        input_shape: the shape of **one example, without the batch dimension**, as in torchsummary:
+            ``(1, 28, 28)`` for MNIST images, ``(784,)`` for flat vectors.
+        batch_size: the batch of the dummy input (default 1). Output shapes print the batch as -1.
+        dtype: the dummy input's dtype (default: that of the model's first parameter, else float32).
+        print_fn: e.g. ``print``; called with the table when given.
+
+    Returns:
+        The table as text: one row per leaf layer call (name, type, output shape, parameters),
+        then the total and trainable parameter counts, the buffer count and the sizes in MB.
+    """
+    if isinstance(input_shape, (int, np.integer)):
+        input_shape = (int(input_shape),)
+    shape = tuple(int(s) for s in input_shape)
+    if any(s < 1 for s in shape) or batch_size < 1:
+        raise ValueError(f"summary: expected positive sizes, got input_shape {shape} and batch_size {batch_size}")
+    params = list(model.parameters())
+    reference = params[0].data if params else np.zeros(0, np.float32)
+    xp = backend.get_array_module(reference)
+    dtype = np.dtype(dtype if dtype is not None else (reference.dtype if reference.dtype.kind == "f" else np.float32))
+    x = xp.zeros((batch_size, *shape), dtype=dtype)
+
+    names = {id(m): name for name, m in model.named_modules()}
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    records: list[tuple[str, str, tuple[int, ...], int]] = []
+    modes = [(m, m.training) for m in model.modules()]
+    caches = [(m, m.__dict__["_cache"]) for m in model.modules() if "_cache" in m.__dict__]
+
+    def hook(module: Module, forward: Callable) -> Callable:
+        def recorded(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            name = names.get(id(module)) or type(module).__name__
+            records.append((name, type(module).__name__, tuple(out.shape), _count(module)))
+            return out
+
+        return recorded
+
+    try:
+        for m in leaves:
+            object.__setattr__(m, "forward", hook(m, m.forward))
+        model.eval()
+        out = model(x)
+    finally:
+        for m in leaves:
+            m.__dict__.pop("forward", None)
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
+        for m, cache in caches:
+            m.__dict__["_cache"] = cache
+
+    total = sum(int(p.data.size) for p in params)
+    param_bytes = sum(int(p.data.nbytes) for p in params)
+    buffers = [b for _, b in model.named_buffers()]
+    n_buffers = sum(int(b.size) for b in buffers)
+    buffer_bytes = sum(int(b.nbytes) for b in buffers)
+    act_bytes = sum(int(np.prod(r[2])) for r in records) * dtype.itemsize
+
+    def fmt_shape(s: tuple[int, ...]) -> str:
+        return "[" + ", ".join(["-1", *map(str, s[1:])]) + "]"
+
+    rows = [(name, kind, fmt_shape(s), f"{n:,}") for name, kind, s, n in records]
+    head = ("Layer", "Type", "Output shape", "Param #")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+
+    def line(cells) -> str:
+        return "  ".join(
+            [cells[0].ljust(widths[0] + 2), cells[1].ljust(widths[1] + 2), cells[2].rjust(widths[2] + 2)]
+        ) + cells[3].rjust(widths[3] + 4)
+
+    total_width = len(line(head))
+    mb = 1024.0**2
+    text = [
+        "=" * total_width,
+        line(head),
+        "=" * total_width,
+        *(line(r) for r in rows),
+        "=" * total_width,
+        f"Input shape: {fmt_shape((batch_size, *shape))} {dtype}; output shape: {fmt_shape(tuple(out.shape))}",
+        f"Total params: {total:,}",
+        f"Trainable params: {total:,}",
+        "Non-trainable params: 0",
+        f"Buffers (running statistics): {n_buffers:,}",
+        f"Params size (MB): {param_bytes / mb:.3f}",
+        f"Buffers size (MB): {buffer_bytes / mb:.3f}",
+        f"Forward activations, batch {batch_size} (MB): {act_bytes / mb:.3f}",
+        "=" * total_width,
+    ]
+    result = "\n".join(text)
+    if print_fn is not None:
+        print_fn(result)
+    return result

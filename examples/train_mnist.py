@@ -1,0 +1,77 @@
+"""Train the small CNN on MNIST (or Fashion-MNIST) from the original IDX files in a folder.
+
+Download the four files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into one folder, gzipped or not; nothing is
+downloaded for you.
+
+    python examples/train_mnist.py --data-dir ~/data/mnist
+    python examples/train_mnist.py --data-dir ~/data/fashion --fashion --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import gpulayers as gl
+from gpulayers import data, models, nn, optim
+from gpulayers.train import DEFAULTS, choose_device, fit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="folder holding the four IDX files")
+    parser.add_argument("--fashion", action="store_true", help="the files are Fashion-MNIST's")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--limit", type=int, help="use only the first N training and test images")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--checkpoint", help="save a checkpoint after every epoch (and --resume from it)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    name = "fashion-mnist" if args.fashion else "mnist"
+    tuned = DEFAULTS[name]
+
+    try:  # a clear message when the files are missing or damaged
+        train_set, test_set = data.load_dataset(name, args.data_dir)
+    except data.DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device, why = choose_device(args.device)
+    print(f"device: {device} ({why})")
+    gl.manual_seed(args.seed)
+
+    # uint8 (N, 1, 28, 28); the loader scales to [0, 1] and normalises on the device
+    train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
+    stats = (train_set.mean, train_set.std)
+    batch_size = args.batch_size or tuned["batch_size"]
+    train_loader = data.DataLoader(train_set, batch_size, shuffle=True, seed=args.seed, device=device, normalize=stats)
+    test_loader = data.DataLoader(test_set, 1000, device=device, normalize=stats)
+
+    model = models.small_cnn(in_channels=1, num_classes=10, image_size=28, width=tuned["width"]).to(device)
+    epochs = args.epochs or tuned["epochs"]
+    optimizer = optim.SGD(
+        model.parameters(), lr=args.lr or tuned["lr"], momentum=0.9, weight_decay=tuned["weight_decay"]
+    )
+    scheduler = optim.CosineAnnealingLR(optimizer, T_max=epochs)
+    history = fit(
+        model,
+        train_loader,
+        test_loader,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        epochs,
+        scheduler=scheduler,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(f"{name} test accuracy: {history[-1]['test_accuracy']:.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
