@@ -7,7 +7,7 @@ layouts and state_dict keys.
     from gpulayers import nn, optim, functional as F
 """
 
-from . import functional, nn, optim
+from . import data, functional, models, nn, optim
 from .backend import (
     cuda_is_available,
     default_device,
@@ -23,11 +23,13 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "cuda_is_available",
+    "data",
     "default_device",
     "functional",
     "get_array_module",
     "gradcheck",
     "manual_seed",
+    "models",
     "nn",
     "optim",
     "to_device",
