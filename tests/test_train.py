@@ -163,7 +163,7 @@ def test_checkpoint_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 partial zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(train.np, "savez", broken_savez)
+    monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
         train.save_checkpoint(path, model, epoch=2)
     assert path.read_bytes() == before

@@ -271,13 +271,7 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: shape mismatch for key {key!r}: "
                     f"expected {tuple(current.shape)}, got {tuple(value.shape)}"
                 )
-            value = np.asarray(value, dtype=current.dtype)
-            if backend.is_cuda_array(current):
-                xp = backend.get_array_module(current)
-                with xp.cuda.Device(current.device.id):
-                    new = xp.array(value)
-            else:
-                new = np.array(value, copy=True)
+            new = backend.to_device(np.array(value, dtype=current.dtype, copy=True), backend.device_of(current))
             if is_param:
                 item.data = new
             else:

@@ -1,0 +1,68 @@
+"""Stochastic gradient descent (``torch.optim.SGD``), step for step."""
+
+from __future__ import annotations
+
+import math
+
+from .optimizer import Optimizer, _number
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov and weight decay.
+
+    As ``torch.optim.SGD``: ``g = grad + weight_decay * p``; with momentum, ``buf = g`` on the
+    first step and ``buf = momentum * buf + (1 - dampening) * g`` after, then ``g = g + momentum
+    * buf`` (Nesterov) or ``g = buf``; finally ``p -= lr * g``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (>= 0).
+        momentum: momentum factor. Defaults to 0.
+        dampening: dampening for momentum. Defaults to 0.
+        weight_decay: L2 penalty. Defaults to 0.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0). Defaults to False.
+    """
+
+    _state_keys = frozenset({"momentum_buffer"})
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov)
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        for arg in ("momentum", "weight_decay"):
+            group[arg] = _number(self._name, arg, group[arg])
+        group["dampening"] = _number(self._name, "dampening", group["dampening"], low=-math.inf)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                f"{self._name}: Nesterov momentum requires momentum > 0 and zero dampening, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}"
+            )
+
+    def _update(self, p, grad, state, group):
+        momentum, wd = group["momentum"], group["weight_decay"]
+        if wd != 0:
+            grad = grad + wd * p.data
+        if momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = grad.copy()
+                state["momentum_buffer"] = buf
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        p.data -= group["lr"] * grad
