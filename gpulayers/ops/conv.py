@@ -1,10 +1,285 @@
-"""STUB: replaced by the owner of this file."""
+"""2-D convolution (cross-correlation, as in PyTorch): forward and backward.
 
-def conv2d_forward(*args, **kwargs):
-    raise NotImplementedError('conv2d_forward')
+``y, cache = conv2d_forward(x, weight, bias, stride, padding, dilation, groups)`` and
+``dx, dw, db = conv2d_backward(dy, cache)``. NumPy arrays run the im2col/GEMM code below,
+CuPy arrays the CUDA kernels behind :mod:`gpulayers.ops.conv_cuda`.
+
+The CPU path builds the column matrix with one strided copy per kernel offset (never per
+pixel), multiplies it with the weight through BLAS, and in backward scatters the column
+gradient back with one strided ``+=`` per kernel offset (the positions of a single offset
+never repeat, so the in-place add is exact). The columns are laid out per sample or for the
+whole batch at once, whichever moves less memory for the shape at hand (see
+``_use_sample_major``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ._checks import check_floating, check_grad, check_same_device, conv_size, pair
+
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_arguments", "normalize_conv_options", "ConvArgs", "ConvCache"]
+
+# Sample-major columns while C/groups*kh*kw times this stays below OH*OW (see _use_sample_major).
+SAMPLE_MAJOR_MAX_RATIO = 2.0
 
 
-def conv2d_backward(*args, **kwargs):
-    raise NotImplementedError('conv2d_backward')
+@dataclass(frozen=True)
+class ConvArgs:
+    """Validated convolution arguments (padding as the backends see it, plus any "same" extra)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]  # symmetric part, what the backends see
+    extra: tuple[int, int]  # one more row/column at the bottom/right ("same" with an odd total)
+    dilation: tuple[int, int]
+    groups: int
+    out_size: tuple[int, int]
 
 
+def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """PyTorch's "same": total d*(k-1) per axis, the odd one at the bottom/right."""
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+    return (totals[0] // 2, totals[1] // 2), (totals[0] % 2, totals[1] % 2)
+
+
+def normalize_conv_options(
+    name: str, kernel: tuple[int, int], stride: Any, padding: Any, dilation: Any, groups: Any
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int]:
+    """(stride, padding, extra, dilation, groups) after checking each; shared with the layer."""
+    stride = pair(name, "stride", stride, minimum=1)
+    dilation = pair(name, "dilation", dilation, minimum=1)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{name}: expected groups to be a positive int, got {groups!r}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            return stride, (0, 0), (0, 0), dilation, int(groups)
+        if padding != "same":
+            raise ValueError(f"{name}: expected padding to be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
+        pad, extra = _same_padding(kernel, dilation)
+        return stride, pad, extra, dilation, int(groups)
+    return stride, pair(name, "padding", padding, minimum=0), (0, 0), dilation, int(groups)
+
+
+def conv2d_arguments(
+    name: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any
+) -> ConvArgs:
+    """Check input, weight and bias against each other and return the normalised options."""
+    check_floating(name, x)
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    check_floating(name + " weight", weight)
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D weight (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
+    check_same_device(name, x, weight)
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    stride, pad, extra, dilation, groups = normalize_conv_options(name, kernel, stride, padding, dilation, groups)
+    out_channels = int(weight.shape[0])
+    if out_channels % groups:
+        raise ValueError(f"{name}: expected out_channels divisible by groups={groups}, got {out_channels}")
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"{name}: expected input with {weight.shape[1] * groups} channels "
+            f"(weight {tuple(weight.shape)}, groups={groups}), got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    if bias is not None:
+        check_same_device(name, x, bias, what="bias")
+        if tuple(bias.shape) != (out_channels,):
+            raise ValueError(f"{name}: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
+    oh = conv_size(name, x.shape[2] + extra[0], kernel[0], stride[0], pad[0], dilation[0], "height")
+    ow = conv_size(name, x.shape[3] + extra[1], kernel[1], stride[1], pad[1], dilation[1], "width")
+    return ConvArgs(stride, pad, extra, dilation, groups, (oh, ow))
+
+
+def _marker(x: Any) -> Any:
+    """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
+    if backend.is_cuda_array(x):
+        with x.device:
+            return x[:0].copy()
+    return x[:0].copy()
+
+
+class ConvCache:
+    """What backward needs: the backend's own cache plus the dispatcher's bookkeeping."""
+
+    __slots__ = ("inner", "on_gpu", "in_shape", "out_shape", "x_like")
+
+    def __init__(self, inner: Any, on_gpu: bool, in_shape: tuple, out_shape: tuple, x_like: Any):
+        self.inner = inner
+        self.on_gpu = on_gpu
+        self.in_shape = in_shape
+        self.out_shape = out_shape
+        self.x_like = x_like  # a 0-size array on the input's device and dtype (for checks)
+
+
+def conv2d_forward(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> tuple[Any, ConvCache]:
+    """2-D convolution of an NCHW batch, PyTorch's ``F.conv2d``.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64, NumPy or CuPy.
+        weight: ``(out_channels, C // groups, kh, kw)``, same device and dtype.
+        bias: ``(out_channels,)`` or None.
+        stride: int or pair. Defaults to 1.
+        padding: int, pair, ``"valid"`` or ``"same"`` (stride 1 only). Defaults to 0.
+        dilation: int or pair. Defaults to 1.
+        groups: input and output channels split into this many groups. Defaults to 1.
+
+    Returns:
+        ``(y, cache)``; pass ``cache`` to :func:`conv2d_backward`.
+
+    Shape:
+        ``OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1``, likewise ``OW``; ``y`` is ``(N, out_channels, OH, OW)``.
+    """
+    a = conv2d_arguments("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    xp = backend.get_array_module(x)
+    in_shape = tuple(x.shape)
+    if not backend.is_cuda_array(x):
+        if a.extra != (0, 0):  # asymmetric "same": the backends only see symmetric padding
+            x = np.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
+        y, inner = _forward_cpu(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, a)
+        return y, ConvCache(inner, False, in_shape, tuple(y.shape), _marker(x))
+    from . import conv_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
+
+    with x.device:
+        if a.extra != (0, 0):
+            x = xp.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
+        x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+        bias = None if bias is None else xp.ascontiguousarray(bias)
+        y, inner = conv_cuda.conv2d_forward(
+            x, weight, bias, stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups
+        )
+    return y, ConvCache(inner, True, in_shape, tuple(y.shape), _marker(x))
+
+
+def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv2d_forward`.
+
+    Args:
+        dy: gradient w.r.t. ``y``, shape ``(N, out_channels, OH, OW)``.
+        cache: what :func:`conv2d_forward` returned.
+
+    Returns:
+        ``(dx, dw, db)``; ``db`` is None when the forward had no bias.
+    """
+    if cache is None:
+        raise RuntimeError("conv2d.backward: called before forward (no saved input); run forward first")
+    check_grad("conv2d", dy, cache.out_shape, cache.x_like)
+    h, w = cache.in_shape[2], cache.in_shape[3]
+    if not cache.on_gpu:
+        dx, dw, db = _backward_cpu(np.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
+        if dx.shape[2:] != (h, w):  # undo the extra "same" row/column
+            dx = np.ascontiguousarray(dx[:, :, :h, :w])
+        return dx, dw, db
+    from . import conv_cuda  # noqa: PLC0415
+
+    xp = backend.get_array_module(dy)
+    with dy.device:
+        dx, dw, db = conv_cuda.conv2d_backward(xp.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
+        if dx.shape[2:] != (h, w):
+            dx = xp.ascontiguousarray(dx[:, :, :h, :w])
+    return dx, dw, db
+
+
+# -- CPU ---------------------------------------------------------------------------------------------
+
+
+class _CpuCache:
+    __slots__ = ("cols", "weight", "has_bias", "a", "x_shape", "sample_major")
+
+    def __init__(self, cols, weight, has_bias, a, x_shape, sample_major):
+        self.cols, self.weight, self.has_bias, self.a = cols, weight, has_bias, a
+        self.x_shape, self.sample_major = x_shape, sample_major
+
+
+def _use_sample_major(rows: int, pixels: int) -> bool:
+    """Column layout: per-sample GEMMs, or one GEMM per group over the whole batch.
+
+    Sample-major columns ``(N, C*kh*kw, OH*OW)`` give the output in NCHW directly but leave
+    ``dW`` as N partial products to sum (N*O*rows values); channel-major columns
+    ``(C*kh*kw, N*OH*OW)`` make every product one large GEMM at the price of transposing the
+    output and its gradient (N*O*OH*OW values each). Pick whichever moves less memory.
+    """
+    return rows * SAMPLE_MAJOR_MAX_RATIO < pixels
+
+
+def _offset_views(image: np.ndarray, kernel: tuple[int, int], a: ConvArgs):
+    """For each kernel offset (row-major), the strided ``(A, B, OH, OW)`` view of the padded image it reads."""
+    (sh, sw), (dh, dw), (oh, ow) = a.stride, a.dilation, a.out_size
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, s = i * dh, j * dw
+            yield i, j, image[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw]
+
+
+def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs):
+    n, c, h, w = x.shape
+    out_c, cg, kh, kw = weight.shape
+    (ph, pw), (oh, ow), g = a.padding, a.out_size, a.groups
+    rows, pixels = cg * kh * kw, oh * ow
+    sample_major = _use_sample_major(rows, pixels)
+    # The padded image, with the batch and channel axes in the order of the columns.
+    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype)
+    image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
+    w_mat = weight.reshape(g, out_c // g, rows)
+    if sample_major:
+        cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+        for i, j, view in _offset_views(image, (kh, kw), a):
+            cols[:, :, i, j] = view
+        # (G, O/G, rows) @ (N, G, rows, OH*OW) -> (N, G, O/G, OH*OW): NCHW directly.
+        y = np.matmul(w_mat, cols.reshape(n, g, rows, pixels)).reshape(n, out_c, oh, ow)
+        if bias is not None:
+            y += bias.reshape(1, out_c, 1, 1)
+    else:
+        cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+        for i, j, view in _offset_views(image, (kh, kw), a):
+            cols[:, i, j] = view
+        # (G, O/G, rows) @ (G, rows, N*OH*OW) -> (O, N, OH, OW), then to NCHW (adding the bias on the way).
+        y_t = np.matmul(w_mat, cols.reshape(g, rows, n * pixels)).reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
+        y = np.empty((n, out_c, oh, ow), dtype=x.dtype)
+        if bias is not None:
+            np.add(y_t, bias.reshape(1, out_c, 1, 1), out=y)
+        else:
+            np.copyto(y, y_t)
+    return y, _CpuCache(cols, weight, bias is not None, a, x.shape, sample_major)
+
+
+def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
+    cols, weight, a, sample_major = cache.cols, cache.weight, cache.a, cache.sample_major
+    n, c, h, w = cache.x_shape
+    out_c, cg, kh, kw = weight.shape
+    (ph, pw), (oh, ow), g = a.padding, a.out_size, a.groups
+    rows, pixels = cg * kh * kw, oh * ow
+    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
+    if sample_major:
+        grad = dy.reshape(n, g, out_c // g, pixels)
+        cols = cols.reshape(n, g, rows, pixels)
+        dw = np.matmul(grad, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        dcols = np.matmul(w_t, grad).reshape(n, c, kh, kw, oh, ow)
+    else:
+        grad = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, out_c // g, n * pixels)
+        cols = cols.reshape(g, rows, n * pixels)
+        dw = np.matmul(grad, cols.transpose(0, 2, 1))
+        dcols = np.matmul(w_t, grad).reshape(c, kh, kw, n, oh, ow)
+    del grad
+    # col2im: each offset's positions are distinct, so a strided += per offset is exact.
+    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dy.dtype)
+    for i, j, view in _offset_views(image, (kh, kw), a):
+        view += dcols[:, :, i, j] if sample_major else dcols[:, i, j]
+    del dcols
+    inner = image[:, :, ph : ph + h, pw : pw + w]
+    dx = np.ascontiguousarray(inner if sample_major else inner.transpose(1, 0, 2, 3))
+    return dx, dw.reshape(weight.shape), db

@@ -1,26 +1,403 @@
-"""STUB: replaced by the owner of this file."""
+"""2-D pooling: max, average and adaptive average, forward and backward.
 
-def max_pool2d_forward(*args, **kwargs):
-    raise NotImplementedError('max_pool2d_forward')
+``y, cache = max_pool2d_forward(x, kernel_size, ...)`` and ``dx = max_pool2d_backward(dy, cache)``;
+the same pair for ``avg_pool2d`` and ``adaptive_avg_pool2d``. Every loop below runs over the
+kernel offsets only: each offset reads one strided ``(N, C, OH, OW)`` view of the (padded) input.
+
+Max pooling follows PyTorch's CPU kernel exactly: padding never wins (it acts as -inf, and
+the window's first real pixel is the starting candidate), ties go to the first maximum in
+row-major window order, and a NaN always takes over (so the *last* NaN of a window is the
+one that receives the gradient). CuPy inputs go to the CUDA kernel in ``pooling_cuda``; the
+average pools are written against the array module and run on either device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ._checks import check_grad, check_input, pair, pooled_size
+
+__all__ = [
+    "PoolArgs",
+    "pooled_output_size",
+    "pool_arguments",
+    "adaptive_output_size",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+]
 
 
-def max_pool2d_backward(*args, **kwargs):
-    raise NotImplementedError('max_pool2d_backward')
+@dataclass(frozen=True)
+class PoolArgs:
+    """Validated pooling geometry."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
 
 
-def avg_pool2d_forward(*args, **kwargs):
-    raise NotImplementedError('avg_pool2d_forward')
+def pool_arguments(name: str, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool) -> PoolArgs:
+    """Check the pooling options (shared by the ops and the layers); stride None means kernel_size."""
+    kernel = pair(name, "kernel_size", kernel_size, minimum=1)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) else stride
+    stride = pair(name, "stride", stride, minimum=1)
+    padding = pair(name, "padding", padding, minimum=0)
+    dilation = pair(name, "dilation", dilation, minimum=1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(
+            f"{name}: expected padding at most half of kernel_size {kernel} (as in PyTorch), got padding {padding}"
+        )
+    return PoolArgs(kernel, stride, padding, dilation, bool(ceil_mode))
 
 
-def avg_pool2d_backward(*args, **kwargs):
-    raise NotImplementedError('avg_pool2d_backward')
+def pooled_output_size(name: str, x: Any, a: PoolArgs) -> tuple[int, int]:
+    h, w = x.shape[2], x.shape[3]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = a.kernel, a.stride, a.padding, a.dilation
+    oh = pooled_size(name, h, kh, sh, ph, dh, a.ceil_mode, "height")
+    ow = pooled_size(name, w, kw, sw, pw, dw, a.ceil_mode, "width")
+    return oh, ow
 
 
-def adaptive_avg_pool2d_forward(*args, **kwargs):
-    raise NotImplementedError('adaptive_avg_pool2d_forward')
+def _padded_shape(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A padded extent that every window (ceil_mode included) fits in."""
+    n, c, h, w = shape
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = a.padding, a.stride, a.dilation, a.kernel
+    hp = max(h + 2 * ph, (out[0] - 1) * sh + dh * (kh - 1) + 1)
+    wp = max(w + 2 * pw, (out[1] - 1) * sw + dw * (kw - 1) + 1)
+    return n, c, hp, wp
 
 
-def adaptive_avg_pool2d_backward(*args, **kwargs):
-    raise NotImplementedError('adaptive_avg_pool2d_backward')
+def _padded(x: Any, a: PoolArgs, out: tuple[int, int], fill: float) -> Any:
+    """The input inside a ``fill``-padded buffer (the input itself when no padding is needed)."""
+    xp = backend.get_array_module(x)
+    shape = _padded_shape(x.shape, a, out)
+    if shape == tuple(x.shape):
+        return x
+    ph, pw = a.padding
+    h, w = x.shape[2], x.shape[3]
+    buf = xp.full(shape, fill, dtype=x.dtype)
+    buf[:, :, ph : ph + h, pw : pw + w] = x
+    return buf
 
 
+def _windows(buf: Any, a: PoolArgs, out: tuple[int, int]):
+    """``(t, view)`` per kernel offset in row-major order; ``view`` is ``(N, C, OH, OW)``."""
+    (sh, sw), (dh, dw), (oh, ow) = a.stride, a.dilation, out
+    for i in range(a.kernel[0]):
+        for j in range(a.kernel[1]):
+            r, s = i * dh, j * dw
+            yield i * a.kernel[1] + j, buf[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw]
+
+
+def _crop(buf: Any, a: PoolArgs, shape: tuple) -> Any:
+    xp = backend.get_array_module(buf)
+    h, w = shape[2], shape[3]
+    ph, pw = a.padding
+    if buf.shape[2:] == (h, w):
+        return buf
+    return xp.ascontiguousarray(buf[:, :, ph : ph + h, pw : pw + w])
+
+
+def _device_scope(arr: Any):
+    """CuPy allocates on the current device: make it the array's own for the duration."""
+    return arr.device if backend.is_cuda_array(arr) else contextlib.nullcontext()
+
+
+def _marker(x: Any) -> Any:
+    """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
+    if backend.is_cuda_array(x):
+        with x.device:
+            return x[:0].copy()
+    return x[:0].copy()
+
+
+class PoolCache:
+    """What a pooling backward needs (``data`` is the backend's own state)."""
+
+    __slots__ = ("data", "a", "in_shape", "out_shape", "x_like", "on_gpu")
+
+    def __init__(self, data: Any, a: Any, in_shape: tuple, out_shape: tuple, x_like: Any, on_gpu: bool = False):
+        self.data, self.a, self.in_shape, self.out_shape = data, a, in_shape, out_shape
+        self.x_like, self.on_gpu = x_like, on_gpu
+
+
+def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:
+    if cache is None:
+        raise RuntimeError(f"{name}.backward: called before forward (no saved input); run forward first")
+    check_grad(name, dy, cache.out_shape, cache.x_like)
+    xp = backend.get_array_module(dy)
+    with _device_scope(dy):
+        return xp.ascontiguousarray(dy, dtype=cache.x_like.dtype)
+
+
+# -- max pooling -------------------------------------------------------------------------------------
+
+
+def max_pool2d_forward(
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+) -> tuple[Any, PoolCache]:
+    """Max pooling of an NCHW batch, PyTorch's ``F.max_pool2d``.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64.
+        kernel_size: int or pair.
+        stride: int or pair; None means ``kernel_size``.
+        padding: implicit -inf padding, at most half the kernel. Defaults to 0.
+        dilation: spacing between window elements. Defaults to 1.
+        ceil_mode: round the output size up instead of down. Defaults to False.
+
+    Returns:
+        ``(y, cache)``.
+
+    Shape:
+        ``OH = floor_or_ceil((H + 2*ph - dh*(kh-1) - 1) / sh) + 1`` (a last window starting
+        beyond the input and its left padding is dropped), likewise ``OW``.
+    """
+    name = "max_pool2d"
+    check_input(name, x, 4, "(N, C, H, W)")
+    a = pool_arguments(name, kernel_size, stride, padding, dilation, ceil_mode)
+    out = pooled_output_size(name, x, a)
+    if backend.is_cuda_array(x):
+        from . import pooling_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
+
+        y, inner = pooling_cuda.max_pool2d_forward(
+            x, kernel=a.kernel, stride=a.stride, padding=a.padding, dilation=a.dilation, out_size=out
+        )
+        return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), _marker(x), on_gpu=True)
+    x = np.ascontiguousarray(x)
+    y, argmax = _max_forward_cpu(x, a, out)
+    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), _marker(x))
+
+
+def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
+    """Gradient of :func:`max_pool2d_forward` w.r.t. its input (one winner per window)."""
+    dy = _check_backward("max_pool2d", dy, cache)
+    if cache.on_gpu:
+        from . import pooling_cuda  # noqa: PLC0415
+
+        return pooling_cuda.max_pool2d_backward(dy, cache.data)
+    a, argmax = cache.a, cache.data
+    (kh, kw), (oh, ow) = a.kernel, cache.out_shape[2:]
+    disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
+    shape = _padded_shape(cache.in_shape, a, (oh, ow))
+    # Windows that tile the whole buffer write every element below: no need to zero it first.
+    tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
+    dx = (np.empty if tiles else np.zeros)(shape, dtype=dy.dtype)
+    # dy * hit is fast but would turn a non-finite dy into NaN where hit is False.
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(dy.sum()))
+    hit = np.empty(dy.shape, dtype=bool)
+    for t, view in _windows(dx, a, cache.out_shape[2:]):
+        np.equal(argmax, t, out=hit)
+        if finite and disjoint:  # each input position is in one window at most: straight into dx
+            np.multiply(dy, hit, out=view)
+            continue
+        share = dy * hit if finite else np.where(hit, dy, 0)
+        if disjoint:
+            view[...] = share
+        else:
+            view += share
+    return _crop(dx, a, cache.in_shape)
+
+
+def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list[np.ndarray]:
+    """Per offset, the ``(OH, OW)`` grid of windows whose first real (non-padding) pixel it is."""
+
+    def per_axis(size: int, k: int, s: int, p: int, d: int, o: int) -> np.ndarray:
+        pos = np.arange(o)[None, :] * s - p + np.arange(k)[:, None] * d  # (k, o) input coordinate
+        real = (pos >= 0) & (pos < size)
+        first = np.argmax(real, axis=0)
+        return (np.arange(k)[:, None] == first[None, :]) & real.any(axis=0)[None, :]
+
+    rows = per_axis(shape[2], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], out[0])
+    cols = per_axis(shape[3], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], out[1])
+    return [rows[i][:, None] & cols[j][None, :] for i in range(a.kernel[0]) for j in range(a.kernel[1])]
+
+
+def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    buf = _padded(x, a, out, -np.inf)
+    kk = a.kernel[0] * a.kernel[1]
+    index_dtype = np.int8 if kk <= 127 else np.int32
+    # NaN and -inf need PyTorch's exact rules; plain data takes the lean path.
+    low = x.min() if x.size else 0.0
+    careful = bool(np.isnan(low) or low == -np.inf)
+    first_real = _first_real_offsets(x.shape, a, out) if careful and buf is not x else None
+    # Masked assignments (np.copyto(..., where=)) are branchy and ~20x slower than arithmetic, so
+    # the running maximum is np.maximum (which also lets a NaN take over for good) and the argmax
+    # is max(argmax, t * wins): offsets come in increasing order, so any win overrides.
+    y = argmax = wins = step = None
+    for t, view in _windows(buf, a, out):
+        if y is None:
+            y = view.copy()
+            argmax = np.zeros(y.shape, dtype=index_dtype)
+            wins, step = np.empty(y.shape, dtype=bool), np.empty(y.shape, dtype=index_dtype)
+            if first_real is not None:  # windows that start in the padding have no candidate yet
+                argmax[...] = np.where(first_real[0], 0, -1)
+            continue
+        np.greater(view, y, out=wins)  # strictly greater: ties keep the first maximum
+        if careful:
+            wins |= np.isnan(view)  # every NaN wins, so the last NaN of a window keeps the index
+            if first_real is not None:
+                wins |= first_real[t]  # the first real pixel is the starting candidate, even at -inf
+        np.multiply(wins, index_dtype(t), out=step)
+        np.maximum(argmax, step, out=argmax)
+        np.maximum(y, view, out=y)
+    return y, argmax
+
+
+# -- average pooling ---------------------------------------------------------------------------------
+
+
+def _avg_divisor(xp, shape: tuple, a: PoolArgs, out: tuple[int, int], count_include_pad: bool, dtype) -> Any:
+    """PyTorch's per-window divisor: windows clipped to the padded extent, or to the real pixels."""
+
+    def per_axis(size: int, k: int, s: int, p: int, o: int) -> np.ndarray:
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, size + p)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, size) - np.maximum(start, 0)
+
+    rows = per_axis(shape[2], a.kernel[0], a.stride[0], a.padding[0], out[0])
+    cols = per_axis(shape[3], a.kernel[1], a.stride[1], a.padding[1], out[1])
+    return xp.asarray(np.outer(rows, cols).astype(dtype))
+
+
+def avg_pool2d_forward(
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> tuple[Any, PoolCache]:
+    """Average pooling of an NCHW batch, PyTorch's ``F.avg_pool2d``.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64, NumPy or CuPy.
+        kernel_size: int or pair.
+        stride: int or pair; None means ``kernel_size``.
+        padding: implicit zero padding, at most half the kernel. Defaults to 0.
+        ceil_mode: round the output size up. Defaults to False.
+        count_include_pad: divide by the window size including padding (but never beyond the
+            padded input); False divides by the number of real pixels. Defaults to True.
+
+    Returns:
+        ``(y, cache)``.
+
+    Shape:
+        ``OH = floor_or_ceil((H + 2*ph - kh) / sh) + 1``, likewise ``OW``.
+    """
+    name = "avg_pool2d"
+    check_input(name, x, 4, "(N, C, H, W)")
+    a = pool_arguments(name, kernel_size, stride, padding, 1, ceil_mode)
+    out = pooled_output_size(name, x, a)
+    xp = backend.get_array_module(x)
+    with _device_scope(x):
+        buf = _padded(xp.ascontiguousarray(x), a, out, 0.0)
+        total = None
+        for _, view in _windows(buf, a, out):
+            total = view.copy() if total is None else xp.add(total, view, out=total)
+        divisor = _avg_divisor(xp, x.shape, a, out, count_include_pad, x.dtype)
+        total /= divisor
+    return total, PoolCache(divisor, a, tuple(x.shape), tuple(total.shape), _marker(x))
+
+
+def avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
+    """Gradient of :func:`avg_pool2d_forward`: each window spreads ``dy / divisor`` over its pixels."""
+    dy = _check_backward("avg_pool2d", dy, cache)
+    xp = backend.get_array_module(dy)
+    a = cache.a
+    with _device_scope(dy):
+        share = dy / cache.data
+        dx = xp.zeros(_padded_shape(cache.in_shape, a, cache.out_shape[2:]), dtype=dy.dtype)
+        for _, view in _windows(dx, a, cache.out_shape[2:]):
+            view += share
+        return _crop(dx, a, cache.in_shape)
+
+
+# -- adaptive average pooling ------------------------------------------------------------------------
+
+
+def adaptive_output_size(name: str, output_size: Any, in_hw: tuple[int, int] | None = None) -> tuple:
+    """``output_size`` as a pair; None entries keep the input size (when ``in_hw`` is given)."""
+    if output_size is None or isinstance(output_size, (int, np.integer)):
+        sizes = (output_size, output_size)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        sizes = tuple(output_size)
+    else:
+        raise TypeError(f"{name}: expected output_size to be an int, None or a pair, got {output_size!r}")
+    for s in sizes:
+        if s is not None and (not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1):
+            raise ValueError(f"{name}: expected output_size entries >= 1 (or None), got {output_size!r}")
+    if in_hw is None:
+        return sizes
+    return tuple(int(in_hw[i]) if s is None else int(s) for i, s in enumerate(sizes))
+
+
+def _adaptive_matrix(size: int, out: int, dtype) -> np.ndarray:
+    """``(out, size)``: row i averages input [floor(i*size/out), ceil((i+1)*size/out))."""
+    i = np.arange(out)
+    start = (i * size) // out
+    end = -((-(i + 1) * size) // out)
+    pos = np.arange(size)
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)
+
+
+def adaptive_avg_pool2d_forward(x: Any, output_size: Any) -> tuple[Any, PoolCache]:
+    """Adaptive average pooling, PyTorch's ``F.adaptive_avg_pool2d``: ``y = Ah @ x @ Aw^T``.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64, NumPy or CuPy.
+        output_size: int or pair ``(oh, ow)``; None keeps that input size.
+
+    Returns:
+        ``(y, cache)``.
+
+    Shape:
+        ``(N, C, oh, ow)``; output cell ``i`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))``.
+    """
+    name = "adaptive_avg_pool2d"
+    check_input(name, x, 4, "(N, C, H, W)")
+    oh, ow = adaptive_output_size(name, output_size, x.shape[2:])
+    h, w = x.shape[2], x.shape[3]
+    if h < 1 or w < 1:
+        raise ValueError(f"{name}: expected a non-empty image, got input shape {tuple(x.shape)}")
+    xp = backend.get_array_module(x)
+    with _device_scope(x):
+        ah = xp.asarray(_adaptive_matrix(h, oh, x.dtype))
+        aw = xp.asarray(_adaptive_matrix(w, ow, x.dtype))
+        if (oh, ow) == (1, 1):  # global average pool: a plain mean is faster and exact
+            y = x.mean(axis=(2, 3), keepdims=True)
+        else:
+            y = xp.matmul(xp.matmul(ah, x), aw.T)
+    return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), _marker(x))
+
+
+def adaptive_avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx = Ah^T @ dy @ Aw``."""
+    dy = _check_backward("adaptive_avg_pool2d", dy, cache)
+    xp = backend.get_array_module(dy)
+    ah, aw = cache.data
+    with _device_scope(dy):
+        if cache.out_shape[2:] == (1, 1):
+            share = dy / (cache.in_shape[2] * cache.in_shape[3])
+            return xp.ascontiguousarray(xp.broadcast_to(share, cache.in_shape))
+        return xp.ascontiguousarray(xp.matmul(xp.matmul(ah.T, dy), aw))
