@@ -16,14 +16,30 @@ from .. import backend
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
 
-def _layout(x: Any) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """Reduction axes, the broadcast shape of a per-channel vector, and values per channel."""
+def _layout(x: Any) -> tuple[tuple[int, ...], int]:
+    """The broadcast shape of a per-channel vector, and the number of values per channel."""
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected an input of rank 2, 3 or 4 with channels on axis 1, got {x.shape}")
-    axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    count = int(np.prod([x.shape[a] for a in axes]))
-    return axes, bshape, count
+    count = int(np.prod(x.shape, dtype=np.int64)) // max(x.shape[1], 1) if x.shape[1] else 0
+    return bshape, count
+
+
+def _per_channel(x: Any) -> Any:
+    """``x`` viewed as (N, C, L): every reduction below runs over N and L."""
+    return x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
+
+
+def _channel_sum(x: Any) -> Any:
+    """Per-channel sum, (C,): pairwise along the contiguous L axis, then over N."""
+    return _per_channel(x).sum(axis=2).sum(axis=0)
+
+
+def _channel_dot(a: Any, b: Any) -> Any:
+    """Per-channel ``sum(a * b)``, (C,), as batched dot products (no full-size temporary)."""
+    xp = backend.get_array_module(a)
+    a3, b3 = _per_channel(a), _per_channel(b)
+    return xp.matmul(a3[:, :, None, :], b3[:, :, :, None]).reshape(a3.shape[0], a3.shape[1]).sum(axis=0)
 
 
 def batch_norm_forward(
@@ -65,7 +81,7 @@ def batch_norm_forward(
         - y: same as x
     """
     xp = backend.get_array_module(x)
-    axes, bshape, count = _layout(x)
+    bshape, count = _layout(x)
     use_batch_stats = bool(training) or running_mean is None
     update = bool(training) and running_mean is not None
 
@@ -75,15 +91,18 @@ def batch_norm_forward(
                 f"batch_norm: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
         if count == 0:  # empty batch: nothing to normalise, running statistics left as they are
-            mean = xp.zeros(bshape, dtype=x.dtype)
-            var = xp.ones(bshape, dtype=x.dtype)
+            mean = xp.zeros(x.shape[1], dtype=x.dtype)
+            var = xp.ones(x.shape[1], dtype=x.dtype)
+            centred = x
         else:
-            mean = x.mean(axis=axes, keepdims=True)
-            centred = x - mean
-            var = (centred * centred).mean(axis=axes, keepdims=True)
+            # Two-pass variance (mean first, then the mean of squared deviations), as PyTorch.
+            mean = (_channel_sum(x) / count).astype(x.dtype, copy=False)
+            centred = x - mean.reshape(bshape)
+            var = (_channel_dot(centred, centred) / count).astype(x.dtype, copy=False)
     else:
-        mean = running_mean.reshape(bshape)
-        var = running_var.reshape(bshape)
+        mean = running_mean
+        var = running_var
+        centred = x - mean.reshape(bshape)
 
     if update:
         if num_batches_tracked is not None:
@@ -96,24 +115,22 @@ def batch_norm_forward(
                 factor = 1.0 / num_batches_tracked.astype(running_mean.dtype)
             else:
                 factor = float(momentum)
-            unbiased = var.reshape(-1) * (count / (count - 1))
-            running_mean[...] = (1 - factor) * running_mean + factor * mean.reshape(-1)
+            unbiased = var * (count / (count - 1))
+            running_mean[...] = (1 - factor) * running_mean + factor * mean
             running_var[...] = (1 - factor) * running_var + factor * unbiased
 
-    invstd = 1.0 / xp.sqrt(var + eps)
-    xhat = (x - mean) * invstd
-    y = xhat
-    if weight is not None:
-        y = y * weight.reshape(bshape)
+    invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+    # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
+    scale = invstd if weight is None else weight * invstd
+    y = centred * scale.reshape(bshape)
     if bias is not None:
-        y = y + bias.reshape(bshape)
+        y += bias.reshape(bshape)
     cache = {
-        "xhat": xhat,
+        "centred": centred,
         "invstd": invstd,
         "weight": weight,
         "has_bias": bias is not None,
         "batch_stats": use_batch_stats,
-        "axes": axes,
         "bshape": bshape,
         "count": count,
     }
@@ -134,18 +151,21 @@ def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dweight``/``dbias`` are None when the forward had none.
     """
-    xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
-    axes, bshape, count = cache["axes"], cache["bshape"], cache["count"]
-    dbias_full = dy.sum(axis=axes)
-    dweight_full = (dy * xhat).sum(axis=axes)
-    g = dy if weight is None else dy * weight.reshape(bshape)
+    centred, invstd, weight = cache["centred"], cache["invstd"], cache["weight"]
+    bshape, count = cache["bshape"], cache["count"]
+    dbias_full = _channel_sum(dy)
+    dy_centred = _channel_dot(dy, centred)  # sum(dy * (x - mean)) per channel
+    dweight_full = dy_centred * invstd  # = sum(dy * xhat)
+    a = invstd if weight is None else weight * invstd
     if cache["batch_stats"] and count > 0:
-        w = 1.0 if weight is None else weight
-        sum_g = (dbias_full * w).reshape(bshape)
-        sum_gx = (dweight_full * w).reshape(bshape)
-        dx = (invstd / count) * (count * g - sum_g - xhat * sum_gx)
+        # The compact form expanded per channel: dx = a * dy + b * (x - mean) + c.
+        b = -a * invstd * dweight_full / count
+        c = -a * dbias_full / count
+        dx = dy * a.reshape(bshape)
+        dx += centred * b.reshape(bshape)
+        dx += c.reshape(bshape)
     else:
-        dx = g * invstd
+        dx = dy * a.reshape(bshape)
     dx = dx.astype(dy.dtype, copy=False)
     dweight = dweight_full if weight is not None else None
     dbias = dbias_full if cache["has_bias"] else None
