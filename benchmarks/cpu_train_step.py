@@ -30,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+from _reference import build_models
 
 TARGET_RATIO = 2.0
 
@@ -45,30 +46,6 @@ def blas_threads() -> int:
     except ImportError:
         pass
     return os.cpu_count() or 1
-
-
-def build_models(seed: int = 0):
-    """The reference CNN in both libraries, gpulayers loaded with PyTorch's initial weights."""
-    import torch
-
-    import gpulayers as gl
-    from gpulayers import nn
-
-    torch.manual_seed(seed)
-    gl.manual_seed(seed)
-    t = torch.nn
-    theirs = t.Sequential(
-        t.Conv2d(1, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
-        t.Conv2d(32, 64, 3, padding=1), t.BatchNorm2d(64), t.ReLU(), t.MaxPool2d(2),
-        t.Flatten(), t.Linear(3136, 128), t.ReLU(), t.Dropout(0.5), t.Linear(128, 10),
-    )  # fmt: skip
-    ours = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10),
-    )  # fmt: skip
-    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
-    return ours, theirs
 
 
 def make_batch(batch: int, seed: int = 0):

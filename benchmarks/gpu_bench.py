@@ -30,6 +30,7 @@ import statistics
 import sys
 
 import numpy as np
+from _reference import build_models
 
 TARGETS = {"conv2d": 2.0, "max_pool2d": 1.2, "train_step": 1.5}
 CONV_SHAPES = [(1, 32, 28), (3, 64, 32), (64, 128, 16), (128, 256, 8)]  # (in, out, size)
@@ -249,29 +250,6 @@ def pool_case(args, rng, channels: int, size: int, bandwidth: float) -> dict:
     }
 
 
-def build_models(seed: int = 0):
-    import torch
-
-    import gpulayers as gl
-    from gpulayers import nn
-
-    torch.manual_seed(seed)
-    gl.manual_seed(seed)
-    t = torch.nn
-    theirs = t.Sequential(
-        t.Conv2d(1, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
-        t.Conv2d(32, 64, 3, padding=1), t.BatchNorm2d(64), t.ReLU(), t.MaxPool2d(2),
-        t.Flatten(), t.Linear(3136, 128), t.ReLU(), t.Dropout(0.5), t.Linear(128, 10),
-    )  # fmt: skip
-    ours = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10),
-    )  # fmt: skip
-    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
-    return ours.to("cuda"), theirs.cuda()
-
-
 class PeakMemory:
     """Peak bytes in use in CuPy's memory pool while active (a CuPy memory hook)."""
 
@@ -312,6 +290,7 @@ def bench_train_step(args, results):
     from gpulayers import nn, optim
 
     ours, theirs = build_models()
+    ours, theirs = ours.to("cuda"), theirs.cuda()
     rng = np.random.default_rng(2)
     x_np = rng.standard_normal((TRAIN_BATCH, 1, 28, 28)).astype(np.float32)
     y_np = rng.integers(0, 10, TRAIN_BATCH).astype(np.int64)

@@ -13,8 +13,9 @@ import argparse
 import sys
 
 import gpulayers as gl
-from gpulayers import data, models, nn, optim
-from gpulayers.train import DEFAULTS, choose_device, fit
+from gpulayers import data, models
+from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 TUNED = DEFAULTS["cifar10"]
 
@@ -27,12 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=TUNED["lr"])
     parser.add_argument("--width", type=int, default=TUNED["width"])
     parser.add_argument("--no-augment", action="store_true", help="no random crop and flip")
-    parser.add_argument("--limit", type=int, help="use only the first N training and test images")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--checkpoint", help="save a checkpoint after every epoch (and --resume from it)")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
 
     try:  # a clear message when the files are missing or damaged
@@ -53,19 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     test_loader = data.DataLoader(test_set, 1000, device=device, normalize=stats)
 
     model = models.small_cnn(in_channels=3, num_classes=10, image_size=32, width=args.width).to(device)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=TUNED["weight_decay"])
-    scheduler = optim.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    history = fit(
-        model,
-        train_loader,
-        test_loader,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        args.epochs,
-        scheduler=scheduler,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        progress=not args.no_progress,
+    # cross-entropy, SGD with momentum 0.9 and a cosine learning-rate schedule
+    history = fit_sgd(
+        model, train_loader, test_loader, args.epochs, args.lr, TUNED["weight_decay"], **fit_options(args)
     )
     print(f"CIFAR-10 test accuracy: {history[-1]['test_accuracy']:.2%}")
     return 0

@@ -14,8 +14,9 @@ import sys
 import time
 
 import gpulayers as gl
-from gpulayers import data, models, nn, optim
-from gpulayers.train import DEFAULTS, choose_device, fit
+from gpulayers import data, models, nn
+from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 TUNED = DEFAULTS["digits"]
 
@@ -26,12 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=TUNED["batch_size"])
     parser.add_argument("--lr", type=float, default=TUNED["lr"])
     parser.add_argument("--width", type=int, default=TUNED["width"])
-    parser.add_argument("--limit", type=int, help="use only the first N training and test images")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--checkpoint", help="save a checkpoint after every epoch (and --resume from it)")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
 
     device, why = choose_device(args.device)
@@ -51,22 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     model = models.small_cnn(in_channels=1, num_classes=10, image_size=8, width=args.width).to(device)
     nn.summary(model, (1, 8, 8), print_fn=print)
 
-    criterion = nn.CrossEntropyLoss()
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=TUNED["weight_decay"])
-    scheduler = optim.CosineAnnealingLR(optimizer, T_max=args.epochs)
-
     start = time.perf_counter()
-    history = fit(
-        model,
-        train_loader,
-        test_loader,
-        criterion,
-        optimizer,
-        args.epochs,
-        scheduler=scheduler,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        progress=not args.no_progress,
+    # cross-entropy, SGD with momentum 0.9 and a cosine learning-rate schedule
+    history = fit_sgd(
+        model, train_loader, test_loader, args.epochs, args.lr, TUNED["weight_decay"], **fit_options(args)
     )
     seconds = time.perf_counter() - start
     print(f"test accuracy {history[-1]['test_accuracy']:.2%} after {len(history)} epochs ({seconds:.1f} s)")

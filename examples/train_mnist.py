@@ -14,8 +14,9 @@ import argparse
 import sys
 
 import gpulayers as gl
-from gpulayers import data, models, nn, optim
-from gpulayers.train import DEFAULTS, choose_device, fit
+from gpulayers import data, models
+from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--limit", type=int, help="use only the first N training and test images")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--checkpoint", help="save a checkpoint after every epoch (and --resume from it)")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
     name = "fashion-mnist" if args.fashion else "mnist"
     tuned = DEFAULTS[name]
@@ -52,23 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     test_loader = data.DataLoader(test_set, 1000, device=device, normalize=stats)
 
     model = models.small_cnn(in_channels=1, num_classes=10, image_size=28, width=tuned["width"]).to(device)
-    epochs = args.epochs or tuned["epochs"]
-    optimizer = optim.SGD(
-        model.parameters(), lr=args.lr or tuned["lr"], momentum=0.9, weight_decay=tuned["weight_decay"]
-    )
-    scheduler = optim.CosineAnnealingLR(optimizer, T_max=epochs)
-    history = fit(
-        model,
-        train_loader,
-        test_loader,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        epochs,
-        scheduler=scheduler,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    # cross-entropy, SGD with momentum 0.9 and a cosine learning-rate schedule
+    epochs, lr = args.epochs or tuned["epochs"], args.lr or tuned["lr"]
+    history = fit_sgd(model, train_loader, test_loader, epochs, lr, tuned["weight_decay"], **fit_options(args))
     print(f"{name} test accuracy: {history[-1]['test_accuracy']:.2%}")
     return 0
 

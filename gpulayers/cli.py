@@ -18,7 +18,7 @@ from typing import Any
 
 from . import backend, data, models, nn, optim
 
-__all__ = ["DEFAULTS", "build_parser", "choose_device", "main", "save_plot"]
+__all__ = ["DEFAULTS", "add_run_arguments", "build_parser", "choose_device", "fit_options", "main", "save_plot"]
 
 #: Per data set defaults (tuned on a 2-core CPU for digits: >= 97 % test accuracy well within a minute).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -47,16 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="channels of the first convolution (default: 16 digits, 32 others)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="crop+flip (CIFAR default)")
-    p.add_argument("--limit", type=int, help="use only the first N training and test examples (quick runs)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, dropout and shuffling (default 0)")
-    p.add_argument("--checkpoint", help="write a checkpoint .npz after every epoch")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
+    add_run_arguments(p)
     p.add_argument("--metrics-json", help="write the history and final accuracy as JSON")
     p.add_argument("--plot", help="save loss and accuracy curves as a PNG (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--num-threads", type=int, help="BLAS threads on the CPU (needs threadpoolctl)")
     return p
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options every training script shares to ``parser`` and return it.
+
+    ``--limit N``, ``--device`` (default auto), ``--seed`` (default 0), ``--checkpoint PATH``,
+    ``--resume`` and ``--no-progress``; :func:`fit_options` turns the last three into ``fit`` arguments.
+    """
+    parser.add_argument("--limit", type=int, help="use only the first N training and test examples (quick runs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, dropout and shuffling (default 0)")
+    parser.add_argument("--checkpoint", help="write a checkpoint .npz after every epoch")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def fit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``checkpoint``, ``resume`` and ``progress`` for :func:`gpulayers.train.fit`, from the
+    options of :func:`add_run_arguments`."""
+    return {"checkpoint": args.checkpoint, "resume": args.resume, "progress": not args.no_progress}
 
 
 def choose_device(requested: str) -> tuple[str, str]:
@@ -199,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             optimizer,
             args.epochs,
             scheduler=scheduler,
-            checkpoint=args.checkpoint,
-            resume=args.resume,
-            progress=not args.no_progress,
+            **fit_options(args),
             on_epoch_end=lambda _record, seconds: epoch_seconds.append(seconds),
             extra={"args": vars(args)},
         )

@@ -15,14 +15,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from . import nn, optim
 from .checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import DEFAULTS as DEFAULTS
-from .cli import build_parser, choose_device, main, save_plot
+from .cli import add_run_arguments, build_parser, choose_device, fit_options, main, save_plot
 from .nn.module import Module
 
 __all__ = [
     "fit",
+    "fit_sgd",
     "evaluate",
     "save_checkpoint",
     "load_checkpoint",
@@ -30,6 +32,8 @@ __all__ = [
     "main",
     "build_parser",
     "choose_device",
+    "add_run_arguments",
+    "fit_options",
 ]
 
 
@@ -189,6 +193,33 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(record, seconds)
     return history
+
+
+def fit_sgd(
+    model: Module,
+    train_loader: Any,
+    test_loader: Any,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    **fit_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """:func:`fit` with the examples' recipe: cross-entropy loss, SGD with momentum and a cosine
+    learning-rate schedule over ``epochs``.
+
+    Args:
+        model, train_loader, test_loader, epochs: as for :func:`fit`.
+        lr, weight_decay, momentum: the SGD settings (``lr`` is the schedule's peak).
+        **fit_kwargs: more :func:`fit` arguments (``checkpoint``, ``resume``, ``progress``, ...).
+
+    Returns:
+        :func:`fit`'s history.
+    """
+    optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = optim.CosineAnnealingLR(optimizer, T_max=epochs)
+    criterion = nn.CrossEntropyLoss()
+    return fit(model, train_loader, test_loader, criterion, optimizer, epochs, scheduler=scheduler, **fit_kwargs)
 
 
 if __name__ == "__main__":

@@ -10,40 +10,22 @@ import gpulayers as gl
 from gpulayers import nn, optim
 
 
-def _ours(width: int = 4) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(2 * width * 3 * 3, 16),
-        nn.ReLU(),
-        nn.Dropout(0.0),
-        nn.Linear(16, 10),
-    )
-
-
-def _theirs(width: int = 4) -> torch.nn.Sequential:
-    t = torch.nn
-    return t.Sequential(
-        t.Conv2d(1, width, 3, padding=1),
-        t.BatchNorm2d(width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Conv2d(width, 2 * width, 3, padding=1),
-        t.BatchNorm2d(2 * width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Flatten(),
-        t.Linear(2 * width * 3 * 3, 16),
-        t.ReLU(),
-        t.Dropout(0.0),
-        t.Linear(16, 10),
+def _cnn(lib, width: int = 4):
+    """The test CNN from ``lib``: ``gpulayers.nn`` or ``torch.nn`` (same names and arguments)."""
+    return lib.Sequential(
+        lib.Conv2d(1, width, 3, padding=1),
+        lib.BatchNorm2d(width),
+        lib.ReLU(),
+        lib.MaxPool2d(2),
+        lib.Conv2d(width, 2 * width, 3, padding=1),
+        lib.BatchNorm2d(2 * width),
+        lib.ReLU(),
+        lib.MaxPool2d(2),
+        lib.Flatten(),
+        lib.Linear(2 * width * 3 * 3, 16),
+        lib.ReLU(),
+        lib.Dropout(0.0),
+        lib.Linear(16, 10),
     )
 
 
@@ -72,8 +54,8 @@ def _optimisers(kind: str, ours, theirs):
 )
 def test_small_cnn_training_matches_pytorch(dtype, opt_kind, rtol, atol):
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
-    ours = _ours().to(dtype=dtype)
-    theirs = _theirs().to(tdtype)
+    ours = _cnn(nn).to(dtype=dtype)
+    theirs = _cnn(torch.nn).to(tdtype)
     # Start from identical weights (ours -> torch), then train both for a few steps.
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     opt, topt = _optimisers(opt_kind, ours, theirs)
@@ -115,8 +97,8 @@ def test_small_cnn_training_matches_pytorch(dtype, opt_kind, rtol, atol):
 
 
 def test_small_cnn_weights_move_from_pytorch():
-    theirs = _theirs().double()
-    ours = _ours().double()
+    theirs = _cnn(torch.nn).double()
+    ours = _cnn(nn).double()
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
     x = np.random.default_rng(1).standard_normal((2, 1, 12, 12))
     with torch.no_grad():
@@ -125,7 +107,7 @@ def test_small_cnn_weights_move_from_pytorch():
 
 
 def test_small_cnn_float32_step_keeps_dtype():
-    model = _ours()
+    model = _cnn(nn)
     crit = nn.CrossEntropyLoss()
     x = np.random.default_rng(2).standard_normal((4, 1, 12, 12)).astype(np.float32)
     out = model(x)

@@ -10,34 +10,22 @@ import gpulayers as gl
 from gpulayers import nn
 
 
-def _api_model() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.5),
-        nn.Linear(8 * 14 * 14, 10),
-    )
-
-
-def _torch_api_model() -> torch.nn.Sequential:
-    t = torch.nn
-    return t.Sequential(
-        t.Conv2d(1, 8, 3, padding=1),
-        t.BatchNorm2d(8),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Flatten(),
-        t.Dropout(0.5),
-        t.Linear(8 * 14 * 14, 10),
+def _api_model(lib=nn):
+    """A small CNN from ``lib``: ``gpulayers.nn`` (default) or ``torch.nn``."""
+    return lib.Sequential(
+        lib.Conv2d(1, 8, 3, padding=1),
+        lib.BatchNorm2d(8),
+        lib.ReLU(),
+        lib.MaxPool2d(2),
+        lib.Flatten(),
+        lib.Dropout(0.5),
+        lib.Linear(8 * 14 * 14, 10),
     )
 
 
 def test_module_state_dict_keys_match_pytorch():
     ours = _api_model().state_dict()
-    theirs = _torch_api_model().state_dict()
+    theirs = _api_model(torch.nn).state_dict()
     assert list(ours) == list(theirs)
     for key, value in theirs.items():
         assert ours[key].shape == tuple(value.shape), key
@@ -46,16 +34,16 @@ def test_module_state_dict_keys_match_pytorch():
 
 def test_module_named_parameters_order_and_names():
     names = [n for n, _ in _api_model().named_parameters()]
-    assert names == [n for n, _ in _torch_api_model().named_parameters()]
+    assert names == [n for n, _ in _api_model(torch.nn).named_parameters()]
     assert names[0] == "0.weight"
 
 
 def test_module_state_dict_roundtrip_with_pytorch():
-    model, tmodel = _api_model(), _torch_api_model()
+    model, tmodel = _api_model(), _api_model(torch.nn)
     tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     for k, v in tmodel.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), model.state_dict()[k])
-    tmodel2 = _torch_api_model()
+    tmodel2 = _api_model(torch.nn)
     model.load_state_dict({k: v.numpy() for k, v in tmodel2.state_dict().items()})
     for k, v in tmodel2.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[k], v.numpy())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 from ..ops import activation as ops
-from ..ops._checks import check_floating, check_grad, no_forward
+from ..ops._checks import check_floating
 from .module import Module
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
@@ -21,11 +22,12 @@ class _Activation(Module):
         self.inplace = bool(inplace)
         self._cache = None  # (op cache, output): everything backward needs
 
-    def _forward_op(self, x: Any):  # pragma: no cover - abstract
-        raise NotImplementedError
+    # The op pair, set by each subclass as ``staticmethod``s.
+    _forward_fn: Callable[..., tuple[Any, dict]]
+    _backward_fn: Callable[[Any, dict], Any]
 
-    def _backward_op(self, grad_output: Any, cache: dict):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _forward_op(self, x: Any) -> tuple[Any, dict]:
+        return self._forward_fn(x)
 
     def forward(self, x: Any) -> Any:
         check_floating(type(self).__name__, x)
@@ -34,12 +36,7 @@ class _Activation(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        name = type(self).__name__
-        if self._cache is None:
-            raise no_forward(name)
-        cache, y = self._cache
-        check_grad(name, grad_output, y.shape, y)
-        return self._backward_op(grad_output, cache)
+        return self._backward_fn(grad_output, self._saved_for_backward(grad_output))
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -56,11 +53,8 @@ class ReLU(_Activation):
         - Output: (*), same shape
     """
 
-    def _forward_op(self, x):
-        return ops.relu_forward(x)
-
-    def _backward_op(self, grad_output, cache):
-        return ops.relu_backward(grad_output, cache)
+    _forward_fn = staticmethod(ops.relu_forward)
+    _backward_fn = staticmethod(ops.relu_backward)
 
 
 class LeakyReLU(_Activation):
@@ -81,11 +75,10 @@ class LeakyReLU(_Activation):
             raise TypeError(f"LeakyReLU: expected negative_slope to be a number, got {type(negative_slope).__name__}")
         self.negative_slope = float(negative_slope)
 
-    def _forward_op(self, x):
-        return ops.leaky_relu_forward(x, self.negative_slope)
+    _backward_fn = staticmethod(ops.leaky_relu_backward)
 
-    def _backward_op(self, grad_output, cache):
-        return ops.leaky_relu_backward(grad_output, cache)
+    def _forward_op(self, x: Any) -> tuple[Any, dict]:
+        return ops.leaky_relu_forward(x, self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -102,11 +95,8 @@ class Sigmoid(_Activation):
         - Output: (*), same shape
     """
 
-    def _forward_op(self, x):
-        return ops.sigmoid_forward(x)
-
-    def _backward_op(self, grad_output, cache):
-        return ops.sigmoid_backward(grad_output, cache)
+    _forward_fn = staticmethod(ops.sigmoid_forward)
+    _backward_fn = staticmethod(ops.sigmoid_backward)
 
 
 class Tanh(_Activation):
@@ -120,8 +110,5 @@ class Tanh(_Activation):
         - Output: (*), same shape
     """
 
-    def _forward_op(self, x):
-        return ops.tanh_forward(x)
-
-    def _backward_op(self, grad_output, cache):
-        return ops.tanh_backward(grad_output, cache)
+    _forward_fn = staticmethod(ops.tanh_forward)
+    _backward_fn = staticmethod(ops.tanh_backward)

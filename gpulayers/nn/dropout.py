@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ops import dropout as ops
-from ..ops._checks import check_floating, check_grad, no_forward
+from ..ops._checks import check_floating
 from .module import Module
 
 __all__ = ["Dropout"]
@@ -39,11 +39,7 @@ class Dropout(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("Dropout")
-        cache, y = self._cache
-        check_grad("Dropout", grad_output, y.shape, y)
-        return ops.dropout_backward(grad_output, cache)
+        return ops.dropout_backward(grad_output, self._saved_for_backward(grad_output))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"

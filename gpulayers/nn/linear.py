@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..ops import linear as ops
-from ..ops._checks import check_channels, check_floating, check_grad, check_same_device, no_forward
+from ..ops._checks import check_channels, check_floating, check_same_device
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 
@@ -63,11 +63,7 @@ class Linear(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("Linear")
-        cache, y = self._cache
-        check_grad("Linear", grad_output, y.shape, y)
-        dx, dw, db = ops.linear_backward(grad_output, cache)
+        dx, dw, db = ops.linear_backward(grad_output, self._saved_for_backward(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx
@@ -123,11 +119,7 @@ class Flatten(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("Flatten")
-        shape, y = self._cache
-        check_grad("Flatten", grad_output, y.shape, y)
-        return grad_output.reshape(shape)
+        return grad_output.reshape(self._saved_for_backward(grad_output))
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -146,11 +138,9 @@ class Identity(Module):
         self._cache = None
 
     def forward(self, x: Any) -> Any:
-        self._cache = x
+        self._cache = (None, x)
         return x
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("Identity")
-        check_grad("Identity", grad_output, self._cache.shape, self._cache)
+        self._saved_for_backward(grad_output)
         return grad_output

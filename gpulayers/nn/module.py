@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..ops._checks import check_grad, no_forward
 
 __all__ = ["Parameter", "Module", "Sequential"]
 
@@ -301,6 +302,20 @@ class Module:
             param.grad = grad.astype(param.data.dtype, copy=True)
         else:
             param.grad += grad
+
+    def _saved_for_backward(self, grad_output: Any) -> Any:
+        """Check that ``backward`` may run and return what ``forward`` saved for it.
+
+        For layers whose forward stores ``self._cache = (saved, output)``: raises ``no_forward``
+        when forward has not run, checks ``grad_output`` against the output (float dtype, shape,
+        device) with messages naming the layer class, and returns ``saved``.
+        """
+        name = type(self).__name__
+        if self._cache is None:
+            raise no_forward(name)
+        saved, y = self._cache
+        check_grad(name, grad_output, y.shape, y)
+        return saved
 
 
 class Sequential(Module):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..ops import normalization as ops
-from ..ops._checks import check_channels, check_grad, check_input, check_same_device, no_forward
+from ..ops._checks import check_channels, check_input, check_same_device
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -97,12 +97,7 @@ class _BatchNorm(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        name = type(self).__name__
-        if self._cache is None:
-            raise no_forward(name)
-        cache, y = self._cache
-        check_grad(name, grad_output, y.shape, y)
-        dx, dw, db = ops.batch_norm_backward(grad_output, cache)
+        dx, dw, db = ops.batch_norm_backward(grad_output, self._saved_for_backward(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -81,6 +81,14 @@ def check_grad(name: str, grad: Any, shape: tuple[int, ...], like: Any) -> None:
         )
 
 
+def grad_marker(x: Any) -> Any:
+    """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
+    if backend.is_cuda_array(x):
+        with x.device:
+            return x[:0].copy()
+    return x[:0].copy()
+
+
 def no_forward(name: str) -> RuntimeError:
     return RuntimeError(f"{name}.backward: called before forward (no saved input); run forward first")
 

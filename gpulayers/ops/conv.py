@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import check_floating, check_grad, check_same_device, conv_size, pair
+from ._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_arguments", "normalize_conv_options", "ConvArgs", "ConvCache"]
 
@@ -96,14 +96,6 @@ def conv2d_arguments(
     return ConvArgs(stride, pad, extra, dilation, groups, (oh, ow))
 
 
-def _marker(x: Any) -> Any:
-    """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
-    if backend.is_cuda_array(x):
-        with x.device:
-            return x[:0].copy()
-    return x[:0].copy()
-
-
 class ConvCache:
     """What backward needs: the backend's own cache plus the dispatcher's bookkeeping."""
 
@@ -150,7 +142,7 @@ def conv2d_forward(
         if a.extra != (0, 0):  # asymmetric "same": the backends only see symmetric padding
             x = np.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
         y, inner = _forward_cpu(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, a)
-        return y, ConvCache(inner, False, in_shape, tuple(y.shape), _marker(x))
+        return y, ConvCache(inner, False, in_shape, tuple(y.shape), grad_marker(x))
     from . import conv_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
 
     with x.device:
@@ -161,7 +153,7 @@ def conv2d_forward(
         y, inner = conv_cuda.conv2d_forward(
             x, weight, bias, stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups
         )
-    return y, ConvCache(inner, True, in_shape, tuple(y.shape), _marker(x))
+    return y, ConvCache(inner, True, in_shape, tuple(y.shape), grad_marker(x))
 
 
 def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:

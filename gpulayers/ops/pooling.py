@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import check_grad, check_input, pair, pooled_size
+from ._checks import check_grad, check_input, grad_marker, no_forward, pair, pooled_size
 
 __all__ = [
     "PoolArgs",
@@ -114,14 +114,6 @@ def _device_scope(arr: Any):
     return arr.device if backend.is_cuda_array(arr) else contextlib.nullcontext()
 
 
-def _marker(x: Any) -> Any:
-    """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
-    if backend.is_cuda_array(x):
-        with x.device:
-            return x[:0].copy()
-    return x[:0].copy()
-
-
 class PoolCache:
     """What a pooling backward needs (``data`` is the backend's own state)."""
 
@@ -134,7 +126,7 @@ class PoolCache:
 
 def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:
     if cache is None:
-        raise RuntimeError(f"{name}.backward: called before forward (no saved input); run forward first")
+        raise no_forward(name)
     check_grad(name, dy, cache.out_shape, cache.x_like)
     xp = backend.get_array_module(dy)
     with _device_scope(dy):
@@ -179,10 +171,10 @@ def max_pool2d_forward(
         y, inner = pooling_cuda.max_pool2d_forward(
             x, kernel=a.kernel, stride=a.stride, padding=a.padding, dilation=a.dilation, out_size=out
         )
-        return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), _marker(x), on_gpu=True)
+        return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), grad_marker(x), on_gpu=True)
     x = np.ascontiguousarray(x)
     y, argmax = _max_forward_cpu(x, a, out)
-    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), _marker(x))
+    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), grad_marker(x))
 
 
 def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
@@ -316,7 +308,7 @@ def avg_pool2d_forward(
             total = view.copy() if total is None else xp.add(total, view, out=total)
         divisor = _avg_divisor(xp, x.shape, a, out, count_include_pad, x.dtype)
         total /= divisor
-    return total, PoolCache(divisor, a, tuple(x.shape), tuple(total.shape), _marker(x))
+    return total, PoolCache(divisor, a, tuple(x.shape), tuple(total.shape), grad_marker(x))
 
 
 def avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
@@ -388,7 +380,7 @@ def adaptive_avg_pool2d_forward(x: Any, output_size: Any) -> tuple[Any, PoolCach
             y = x.mean(axis=(2, 3), keepdims=True)
         else:
             y = xp.matmul(xp.matmul(ah, x), aw.T)
-    return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), _marker(x))
+    return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), grad_marker(x))
 
 
 def adaptive_avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
