@@ -199,3 +199,16 @@ def test_dropout_repr_and_errors():
 def test_dropout_empty_batch():
     y = nn.Dropout(0.5)(np.zeros((0, 4), np.float32))
     assert y.shape == (0, 4)
+
+
+@pytest.mark.parametrize("upstream", [np.inf, -np.inf, np.nan])
+def test_relu_backward_non_finite_upstream_matches_torch(upstream):
+    # Where the output is <= 0 the gradient is exactly 0, even for an inf/NaN upstream gradient.
+    x = np.array([[-2.0, -0.0, 0.0, 1.5, np.nan, 3.0]], np.float32)
+    dy = np.array([[upstream, upstream, 1.0, upstream, 2.0, 1.0]], np.float32)
+    layer = nn.ReLU()
+    layer(x)
+    dx = layer.backward(dy)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
