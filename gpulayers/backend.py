@@ -122,8 +122,16 @@ def default_device() -> str:
 
 
 def is_cuda_array(x: Any) -> bool:
-    """True for a ``cupy.ndarray`` (without importing CuPy when it is not loaded)."""
+    """True for a ``cupy.ndarray`` (without importing CuPy when it is not loaded).
+
+    Works before the backend has imported CuPy itself: an array the caller made with CuPy
+    (its type comes from the ``cupy`` package) makes the backend adopt the caller's import.
+    """
     cp = _cupy
+    if cp is None:
+        if not type(x).__module__.startswith("cupy"):
+            return False
+        cp = _import_cupy()
     return cp is not None and isinstance(x, cp.ndarray)
 
 
@@ -172,6 +180,7 @@ def device_of(x: Any) -> str:
 _seed: int | None = None
 _cpu_rng = np.random.Generator(np.random.PCG64())
 _gpu_rngs: dict[int, Any] = {}
+_unseeded_gpu_seed: int | None = None  # drawn once per process when manual_seed was never called
 
 
 def manual_seed(seed: int) -> None:
@@ -194,16 +203,29 @@ def rng_for(xp, device_id: int | None = None):
     """The generator for arrays of ``xp``: a NumPy ``Generator`` or a CuPy ``Generator``."""
     if xp is np:
         return _cpu_rng
-    cp = _cupy
+    cp = xp
     dev = cp.cuda.Device().id if device_id is None else device_id
     gen = _gpu_rngs.get(dev)
     if gen is None:
         # Derive the GPU seed from the CPU generator's seed so one manual_seed covers both.
-        seed = _seed if _seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         with cp.cuda.Device(dev):
-            gen = cp.random.default_rng(seed + 7919 * dev)
+            gen = cp.random.default_rng(_gpu_seed() + 7919 * dev)
         _gpu_rngs[dev] = gen
     return gen
+
+
+def _gpu_seed() -> int:
+    """The seed of the GPU generators: ``manual_seed``'s, else one fixed random draw per process.
+
+    Fixed, so that :func:`set_rng_state` (which re-creates the GPU generators) replays the same
+    GPU stream every time even without ``manual_seed`` (``gradcheck`` relies on it for dropout).
+    """
+    global _unseeded_gpu_seed
+    if _seed is not None:
+        return _seed
+    if _unseeded_gpu_seed is None:
+        _unseeded_gpu_seed = int(np.random.SeedSequence().entropy % (2**63))
+    return _unseeded_gpu_seed
 
 
 def get_rng_state() -> dict:

@@ -6,6 +6,7 @@ so ``gpulayers.data.load_mnist`` and friends keep working.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -47,6 +48,17 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Augmentation on a batch, on the batch's device
 # ------------------------------------------------------------------------------------------------
+def _device_scope(x):
+    """The batch's GPU as the current device (CuPy allocates there); a no-op for NumPy."""
+    return x.device if backend.is_cuda_array(x) else contextlib.nullcontext()
+
+
+def _rng_for(x):
+    """The library's generator for the batch's device (not merely the current one)."""
+    xp = backend.get_array_module(x)
+    return backend.rng_for(xp, x.device.id) if backend.is_cuda_array(x) else backend.rng_for(xp)
+
+
 class RandomCrop:
     """Pad each image by ``padding`` zeros, then crop a random ``size`` x ``size`` window (per image).
 
@@ -60,19 +72,21 @@ class RandomCrop:
 
     def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
-        rng = backend.rng_for(xp) if rng is None else rng
         n, c, h, w = x.shape
         p, s = self.padding, self.size
         if h + 2 * p < s or w + 2 * p < s:
             raise ValueError(f"RandomCrop: crop {s} is larger than the padded image {h + 2 * p}x{w + 2 * p}")
-        padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
-        top = rng.integers(0, h + 2 * p - s + 1, size=n)
-        left = rng.integers(0, w + 2 * p - s + 1, size=n)
-        rows = top[:, None] + xp.arange(s)[None, :]  # (N, s)
-        cols = left[:, None] + xp.arange(s)[None, :]
-        batch = xp.arange(n)[:, None, None, None]
-        chan = xp.arange(c)[None, :, None, None]
-        return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+        with _device_scope(x):
+            rng = _rng_for(x) if rng is None else rng
+            padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
+            # xp.asarray: a NumPy generator given for a CuPy batch draws on the host.
+            top = xp.asarray(rng.integers(0, h + 2 * p - s + 1, size=n))
+            left = xp.asarray(rng.integers(0, w + 2 * p - s + 1, size=n))
+            rows = top[:, None] + xp.arange(s)[None, :]  # (N, s)
+            cols = left[:, None] + xp.arange(s)[None, :]
+            batch = xp.arange(n)[:, None, None, None]
+            chan = xp.arange(c)[None, :, None, None]
+            return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding})"
@@ -88,9 +102,10 @@ class RandomHorizontalFlip:
 
     def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
-        rng = backend.rng_for(xp) if rng is None else rng
-        flip = rng.random(x.shape[0]) < self.p
-        return xp.where(flip[:, None, None, None], x[..., ::-1], x)
+        with _device_scope(x):
+            rng = _rng_for(x) if rng is None else rng
+            flip = xp.asarray(rng.random(x.shape[0]) < self.p)
+            return xp.where(flip[:, None, None, None], x[..., ::-1], x)
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
@@ -173,7 +188,9 @@ class DataLoader:
         self.normalize = None
         if normalize is not None:
             channels = dataset.x.shape[1]
-            mean, std = (np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (channels,)) for v in normalize)
+            mean, std = (
+                np.broadcast_to(backend.to_numpy(v).astype(np.float64).reshape(-1), (channels,)) for v in normalize
+            )
             if np.any(std <= 0):
                 raise ValueError(f"DataLoader: normalize std must be positive, got {tuple(std)}")
             self.normalize = (tuple(float(m) for m in mean), tuple(float(s) for s in std))

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backend
+
 __all__ = [
     "ArrayDataset",
     "DatasetError",
@@ -58,8 +60,8 @@ class ArrayDataset:
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, name: str = "", mean=None, std=None, classes=None):
-        x = np.asarray(x)
-        y = np.asarray(y)
+        x = backend.to_numpy(x)  # CuPy arrays too (np.asarray refuses them)
+        y = backend.to_numpy(y)
         if x.ndim != 4:
             raise ValueError(f"ArrayDataset: expected images of shape (N, C, H, W), got shape {x.shape}")
         if y.shape != (x.shape[0],):

@@ -191,7 +191,7 @@ class Optimizer:
         start = 0
         for g, group in enumerate(self.param_groups):
             n = len(group["params"])
-            got = np.asarray(groups[g].get("params", [])).reshape(-1)
+            got = backend.to_numpy(groups[g].get("params", [])).reshape(-1)
             if not np.array_equal(got, np.arange(start, start + n)):
                 raise ValueError(f"{name}: parameter group {g} holds {n} parameters, the state has {got.size}")
             start += n
@@ -203,7 +203,7 @@ class Optimizer:
             new = {}
             for key, value in entries.items():
                 if key in self._scalar_state:
-                    new[key] = np.asarray(value).item()
+                    new[key] = backend.to_numpy(value).item()
                     continue
                 value = np.asarray(backend.to_numpy(value))
                 if value.shape != p.shape:
@@ -216,7 +216,7 @@ class Optimizer:
         for g, group in enumerate(self.param_groups):
             new_group = dict(group)
             for key, value in groups[g].items():
-                arr = np.asarray(value)
+                arr = backend.to_numpy(value)
                 if key == "params":
                     continue
                 if isinstance(group.get(key), tuple) or arr.ndim == 1:

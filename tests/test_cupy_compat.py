@@ -1,0 +1,224 @@
+"""CPU-side checks that the xp-generic code only asks CuPy for what CuPy has.
+
+No GPU is needed: the CuPy namespace is inspected (``import cupy`` works without a device), and
+the backend's CuPy detection runs against a small stand-in module. Together they catch a
+NumPy-only function or keyword creeping into a path that runs on CuPy arrays, and CuPy arrays
+that the backend would mistake for host arrays.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpulayers as gl
+from gpulayers import backend
+
+PACKAGE = Path(gl.__file__).resolve().parent
+
+# Modules whose ``xp.<name>(...)`` calls run with ``xp = cupy`` on the GPU.
+XP_MODULES = [
+    "ops/activation.py",
+    "ops/conv.py",
+    "ops/conv_cuda.py",
+    "ops/dropout.py",
+    "ops/linear.py",
+    "ops/loss.py",
+    "ops/normalization.py",
+    "ops/pooling.py",
+    "ops/pooling_cuda.py",
+    "ops/_checks.py",
+    "nn/module.py",
+    "nn/summary.py",
+    "optim/adam.py",
+    "optim/sgd.py",
+    "optim/optimizer.py",
+    "data.py",
+    "gradcheck.py",
+]
+
+# Keywords CuPy's ufuncs (cupy.add, cupy.maximum, ...) take besides the operands.
+UFUNC_KEYWORDS = {"out", "dtype", "casting"}
+
+
+def _xp_calls(path: Path) -> list[tuple[str, list[str], int]]:
+    """``(name, keywords, line)`` of every ``xp.name(...)`` call (``xp.cuda.*`` excluded)."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value
+        if isinstance(owner, ast.Name) and owner.id == "xp":
+            calls.append((node.func.attr, [k.arg for k in node.keywords if k.arg], node.lineno))
+    return calls
+
+
+def _accepted_keywords(func) -> set[str] | None:
+    """The keywords ``func`` takes, or None when it takes any (or cannot be inspected)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+@pytest.mark.parametrize("module", XP_MODULES)
+def test_xp_calls_exist_in_cupy_with_their_keywords(module):
+    cupy = pytest.importorskip("cupy")
+    ufunc_type = type(cupy.add)
+    calls = _xp_calls(PACKAGE / module)
+    problems = []
+    for name, keywords, line in calls:
+        func = getattr(cupy, name, None)
+        if func is None:
+            problems.append(f"{module}:{line}: cupy has no {name}")
+            continue
+        accepted = UFUNC_KEYWORDS if isinstance(func, ufunc_type) else _accepted_keywords(func)
+        if accepted is not None:
+            problems += [f"{module}:{line}: cupy.{name} takes no {k}=" for k in keywords if k not in accepted]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_scan_sees_the_gpu_paths():
+    """The scan above is only worth something if it finds the calls (guards against a refactor)."""
+    names = {name for module in XP_MODULES for name, _, _ in _xp_calls(PACKAGE / module)}
+    assert {"matmul", "take_along_axis", "pad", "where", "ascontiguousarray"} <= names
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [("random", {"size", "dtype"}), ("integers", {"size"})],
+)
+def test_generator_methods_used_on_gpu_exist_in_cupy(method, kwargs):
+    """Dropout draws ``random(shape, dtype=x.dtype)``; the augmentations ``integers``/``random``."""
+    cupy = pytest.importorskip("cupy")
+    func = getattr(cupy.random.Generator, method, None)
+    assert func is not None, f"cupy.random.Generator has no {method}"
+    accepted = _accepted_keywords(func)
+    assert accepted is None or kwargs <= accepted
+
+
+# -- the backend recognises CuPy arrays that the caller made --------------------------------------
+
+
+class _FakeDevice:
+    def __init__(self, index: int):
+        self.id = index
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fake_cupy() -> types.ModuleType:
+    """A stand-in ``cupy`` module: an ndarray type wrapping a NumPy array, devices, generators."""
+    module = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 - CuPy's name
+        def __init__(self, host: np.ndarray, device: int = 0):
+            self._host, self.device = host, _FakeDevice(device)
+            self.dtype, self.shape = host.dtype, host.shape
+
+        def get(self):
+            return self._host.copy()
+
+        def __array__(self, *args, **kwargs):  # as CuPy: no implicit conversion to NumPy
+            raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    ndarray.__module__ = "cupy"
+    module.ndarray = ndarray
+    module.seeds = []
+
+    def default_rng(seed):
+        module.seeds.append(seed)
+        return ("generator", seed)
+
+    module.random = types.SimpleNamespace(default_rng=default_rng)
+    module.cuda = types.SimpleNamespace(Device=lambda index=0: _FakeDevice(index))
+    return module
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """CuPy imported by the caller, never by the backend (its cache still empty)."""
+    fake = _fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_import_error", None)
+    monkeypatch.setattr(backend, "_gpu_rngs", {})
+    return fake
+
+
+def test_cupy_arrays_are_recognised_before_the_backend_imports_cupy(fake_cupy):
+    x = fake_cupy.ndarray(np.arange(3.0), device=1)
+    assert backend.is_cuda_array(x)
+    assert backend.device_of(x) == "cuda:1"
+    assert gl.get_array_module(x) is fake_cupy
+    np.testing.assert_array_equal(gl.to_numpy(x), np.arange(3.0))  # .get(), not np.asarray
+    assert not backend.is_cuda_array(np.arange(3.0))
+
+
+def test_gpu_generator_replays_after_set_rng_state_without_manual_seed(fake_cupy, monkeypatch):
+    """gradcheck replays dropout masks with set_rng_state: the GPU seed must not be redrawn."""
+    monkeypatch.setattr(backend, "_seed", None)
+    monkeypatch.setattr(backend, "_unseeded_gpu_seed", None)
+    state = backend.get_rng_state()
+    first = backend.rng_for(fake_cupy, 0)
+    assert backend.rng_for(fake_cupy, 0) is first  # cached per device
+    backend.set_rng_state(state)
+    assert backend.rng_for(fake_cupy, 0) == first  # re-created from the same seed
+    assert fake_cupy.seeds[0] == fake_cupy.seeds[1]
+    backend.rng_for(fake_cupy, 1)
+    assert fake_cupy.seeds[2] == fake_cupy.seeds[0] + 7919
+
+
+def test_manual_seed_still_sets_the_gpu_seed(fake_cupy, monkeypatch):
+    monkeypatch.setattr(backend, "_seed", None)
+    state = backend.get_rng_state()
+    try:
+        gl.manual_seed(5)
+        backend.rng_for(fake_cupy, 0)
+        assert fake_cupy.seeds == [5]
+    finally:
+        backend.set_rng_state(state)
+
+
+def test_data_loader_normalize_takes_device_arrays(fake_cupy):
+    """mean/std given as CuPy arrays are read with to_numpy (np.asarray would refuse them)."""
+    x = np.zeros((4, 3, 2, 2), np.uint8)
+    y = np.zeros(4, np.int64)
+    mean = fake_cupy.ndarray(np.array([0.1, 0.2, 0.3]))
+    std = fake_cupy.ndarray(np.array([1.0, 2.0, 4.0]))
+    loader = gl.data.DataLoader((x, y), batch_size=2, normalize=(mean, std))
+    assert loader.normalize == ((0.1, 0.2, 0.3), (1.0, 2.0, 4.0))
+
+
+def test_array_dataset_takes_device_arrays(fake_cupy):
+    x = fake_cupy.ndarray(np.ones((2, 1, 2, 2), np.float32))
+    y = fake_cupy.ndarray(np.array([0, 1], np.int32))
+    ds = gl.data.ArrayDataset(x, y)
+    assert isinstance(ds.x, np.ndarray) and ds.y.dtype == np.int64
+
+
+def test_optimizer_load_state_dict_takes_device_scalars(fake_cupy):
+    p = gl.nn.Parameter(np.zeros(2, np.float32))
+    opt = gl.optim.Adam([p], lr=0.1)
+    p.grad = np.ones(2, np.float32)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state.0.step"] = fake_cupy.ndarray(np.array(sd["state.0.step"]))
+    sd["state.0.exp_avg"] = fake_cupy.ndarray(sd["state.0.exp_avg"])
+    sd["param_groups.0.lr"] = fake_cupy.ndarray(np.array(0.25))
+    opt.load_state_dict(sd)
+    assert opt.state[p]["step"] == 1 and opt.lr == 0.25
+    np.testing.assert_array_equal(opt.state[p]["exp_avg"], sd["state.0.exp_avg"].get())
