@@ -70,3 +70,14 @@ def test_packaging_wheel_ships_the_kernels(tmp_path):
     assert pkg_file.startswith(str(target))
     assert kdir.startswith(str(target))
     assert sorted(files) == [f for f in sources] or set(sources) <= set(files)
+
+
+def test_packaging_readme_quick_start_runs():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.+?)\n```", text, flags=re.S)
+    assert blocks, "the README has no Python quick start"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README quick start", "exec"), namespace)
+    # The step ran: a finite loss and a gradient on every parameter.
+    assert isinstance(namespace["loss"], float) and namespace["loss"] == namespace["loss"]
+    assert all(p.grad is not None for p in namespace["model"].parameters())
