@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_harness.harness import CTYPES, build, parse_kernels
-from kernel_harness.nvrtc import Nvrtc, load_nvrtc
 
 from gpulayers import kernels
+from gpulayers.nvrtc import CUPY_ADDED_OPTIONS, Nvrtc, compile_all, load_nvrtc
 
 KERNEL_FILES = sorted(p.name for p in kernels.kernel_dir().glob("*.cu"))
 ARCHS = [80, 90]
-CUPY_ADDED_OPTIONS = ["-ftz=true"]  # CuPy appends this to every NVRTC compile
 
 _nvrtc_lib = load_nvrtc()
 NVRTC = Nvrtc(_nvrtc_lib) if _nvrtc_lib is not None else None
@@ -217,3 +216,13 @@ def test_launch_skips_empty_work(monkeypatch):
 
     monkeypatch.setattr(kernels, "get_function", fail)
     kernels.launch("conv2d.cu", "im2col_kernel", np.float32, 0, ())
+
+
+@requires_nvrtc
+def test_compile_all_reports_every_file_and_a_broken_one(tmp_path, monkeypatch):
+    results = dict(compile_all("80", NVRTC))
+    assert sorted(results) == KERNEL_FILES and all(r.ok for r in results.values())
+    (tmp_path / "broken.cu").write_text("template <typename T> __global__ void k(T* x) { x[0] = undefined_name; }\n")
+    monkeypatch.setattr(kernels, "kernel_dir", lambda: tmp_path)
+    [(name, result)] = compile_all("80", NVRTC)
+    assert name == "broken.cu" and not result.ok and "undefined_name" in result.log

@@ -1,8 +1,9 @@
-"""A minimal ctypes binding of NVRTC, to compile the kernels as CuPy would without a GPU.
+"""A minimal ctypes binding of NVRTC, to compile the kernels as CuPy would, without a GPU.
 
 CuPy's own compile helpers ask the driver for the current device, so they fail on a machine
 without one; NVRTC itself needs no device. The library comes from the ``nvidia-cuda-nvrtc``
 wheel (found through ``cuda.pathfinder``, which CuPy depends on) or a CUDA toolkit.
+``python -m gpulayers.info`` and the compile tests use it through :func:`compile_all`.
 """
 
 from __future__ import annotations
@@ -107,3 +108,29 @@ class Nvrtc:
             return NvrtcResult(True, log, binary.raw, lowered)
         finally:
             lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+#: Options CuPy adds to every RawModule compile (denormals flushed to zero).
+CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true",)
+
+
+def compile_all(arch: str = "80", nvrtc: Nvrtc | None = None) -> list[tuple[str, NvrtcResult]]:
+    """Compile every kernel file for ``sm_<arch>`` with the loader's options and name expressions.
+
+    Returns:
+        ``(file name, result)`` per ``.cu`` file; RuntimeError when no NVRTC library is found.
+    """
+    from . import kernels  # noqa: PLC0415 - kernels imports nothing from here; keep the import lazy
+
+    if nvrtc is None:
+        lib = load_nvrtc()
+        if lib is None:
+            raise RuntimeError("no NVRTC library found (pip install nvidia-cuda-nvrtc, or install the CUDA toolkit)")
+        nvrtc = Nvrtc(lib)
+    options = [*kernels.COMPILE_OPTIONS, *CUPY_ADDED_OPTIONS, f"-arch=sm_{arch}"]
+    results = []
+    for path in sorted(kernels.kernel_dir().glob("*.cu")):
+        source = kernels.kernel_source(path.name)
+        exprs = [kernels.name_expression(k, d) for k in kernels.kernel_names(source) for d in kernels.KERNEL_DTYPES]
+        results.append((path.name, nvrtc.compile(source, path.name, options, exprs)))
+    return results
