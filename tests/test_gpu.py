@@ -2,9 +2,10 @@
 
 Marked ``gpu`` and skipped without a usable CUDA device. Covers: forward/backward of every
 layer vs the NumPy path (and vs PyTorch on CUDA when available, TF32 off), the conv and
-max-pool kernels directly (both conv algorithms, ties and NaN exact), float64 gradchecks on
-the GPU, bitwise determinism of training steps, a 3-epoch run matching the CPU's losses,
-``model.to("cuda")``, ``gl.manual_seed`` reproducibility, and the kernel loader itself.
+max-pool kernels directly (both conv algorithms, ties and NaN exact), the fused optimiser steps
+(one kernel per parameter, vs the CPU path), float64 gradchecks on the GPU, bitwise determinism
+of training steps, a 3-epoch run matching the CPU's losses, ``model.to("cuda")``,
+``gl.manual_seed`` reproducibility, and the kernel loader itself.
 
 ``GPULAYERS_GPU_TEST_DEVICE=cpu`` runs the same file on the CPU: a dry run of the tests' own
 logic for machines without a GPU (GPU-vs-CPU comparisons then compare the CPU with itself,
@@ -294,6 +295,57 @@ def test_conv_gemm_chunks_on_gpu(monkeypatch, kernel_backend):
     close(y, y_ref, scale=10.0)
     close(dx, dx_ref, scale=10.0)
     close(dw, dw_ref, scale=30.0)
+
+
+FUSED_OPTIMIZERS = {
+    "sgd_nesterov": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.05, nesterov=True),
+    "sgd_plain": lambda ps: optim.SGD(ps, lr=0.1),
+    "adam_amsgrad": lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1, amsgrad=True),
+    "adamw": lambda ps: optim.AdamW(ps, lr=0.02, betas=(0.6, 0.95), weight_decay=0.5),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(FUSED_OPTIMIZERS))
+def test_fused_optimizer_steps_on_gpu_match_cpu(name, dtype, kernel_backend, monkeypatch):
+    """The optimisers step each GPU parameter with one kernel (cuda_kernels/optim.cu); parameters
+    and state dicts agree with the CPU's NumPy path."""
+    from gpulayers.optim import _cuda
+
+    if not ON_GPU:  # the dry run routes NumPy parameters to the launchers (on the harness)
+        monkeypatch.setattr(_cuda, "can_fuse", _cuda.fusable)
+    launched = []
+    launch = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda f, k, *rest: (launched.append(k), launch(f, k, *rest))[1])
+    make = FUSED_OPTIMIZERS[name]
+    rng = np.random.default_rng(9)
+    shapes = [(8, 3, 3, 3), (8,), (700, 100)]  # the last spans many blocks
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gpu_params = [nn.Parameter(to_dev(a.copy())) for a in init]
+    cpu_params = [nn.Parameter(a.copy()) for a in init]
+    buffers = [p.data for p in gpu_params]
+    opt_gpu, opt_cpu = make(gpu_params), make(cpu_params)
+    steps = 4
+    for _ in range(steps):
+        for p, q, s in zip(gpu_params, cpu_params, shapes, strict=True):
+            g = rng.standard_normal(s).astype(dtype)
+            p.grad, q.grad = to_dev(g), g
+        opt_gpu.step()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_cuda, "can_fuse", lambda *a: False)
+            opt_cpu.step()
+    kernel = "sgd_update_kernel" if name.startswith("sgd") else "adam_update_kernel"
+    assert launched == [kernel] * (steps * len(shapes))
+    for p, q, b in zip(gpu_params, cpu_params, buffers, strict=True):
+        assert p.data is b  # updated in place
+        close(p.data, q.data, dtype)
+    sd_gpu, sd_cpu = opt_gpu.state_dict(), opt_cpu.state_dict()
+    assert sd_gpu.keys() == sd_cpu.keys()
+    for key, value in sd_cpu.items():
+        if isinstance(value, np.ndarray) and value.dtype == dtype:
+            close(sd_gpu[key], value, dtype)
+        else:
+            np.testing.assert_array_equal(np.asarray(sd_gpu[key]), np.asarray(value), err_msg=key)
 
 
 @requires_real_gpu

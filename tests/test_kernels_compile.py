@@ -46,7 +46,7 @@ def _expressions(filename: str) -> list[str]:
 
 
 def test_kernel_files_present_and_templated():
-    assert KERNEL_FILES == ["conv2d.cu", "max_pool2d.cu"]
+    assert KERNEL_FILES == ["conv2d.cu", "max_pool2d.cu", "optim.cu"]
     for filename in KERNEL_FILES:
         source = kernels.kernel_source(filename)
         assert not re.search(r"^\s*#\s*include", source, re.M), f"{filename}: NVRTC has no system headers"

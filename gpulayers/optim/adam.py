@@ -1,8 +1,13 @@
-"""Adam and AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), step for step."""
+"""Adam and AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), step for step.
+
+On the GPU each parameter's step is one fused kernel launch (:mod:`._cuda`) with the same
+arithmetic; elsewhere the element-wise code below.
+"""
 
 from __future__ import annotations
 
 from .. import backend
+from . import _cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["Adam", "AdamW"]
@@ -61,6 +66,25 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         step = state["step"]
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:  # amsgrad switched on after a step
+            state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+        max_exp_avg_sq = state["max_exp_avg_sq"] if group["amsgrad"] else None
+        if _cuda.can_fuse(p.data, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq):
+            _cuda.adam_update(
+                p.data,
+                grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                max_exp_avg_sq,
+                step=step,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=wd,
+                decoupled=self._decoupled,
+            )
+            return
         if wd != 0:
             if self._decoupled:
                 p.data *= 1 - lr * wd
@@ -79,11 +103,9 @@ class Adam(Optimizer):
         step_size = lr / bias_correction1
         bias_correction2_sqrt = bias_correction2**0.5
         second = exp_avg_sq
-        if group["amsgrad"]:
-            if "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = xp.zeros_like(p.data)
-            xp.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            second = state["max_exp_avg_sq"]
+        if max_exp_avg_sq is not None:
+            xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
         denom = xp.sqrt(second) / bias_correction2_sqrt + eps
         p.data += (-step_size * exp_avg) / denom
 

@@ -1,9 +1,15 @@
-"""Stochastic gradient descent (``torch.optim.SGD``), step for step."""
+"""Stochastic gradient descent (``torch.optim.SGD``), step for step.
+
+On the GPU each parameter's step is one fused kernel launch (:mod:`._cuda`) with the same
+arithmetic; elsewhere the element-wise code below.
+"""
 
 from __future__ import annotations
 
 import math
 
+from .. import backend
+from . import _cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["SGD"]
@@ -54,6 +60,9 @@ class SGD(Optimizer):
 
     def _update(self, p, grad, state, group):
         momentum, wd = group["momentum"], group["weight_decay"]
+        if _cuda.can_fuse(p.data, grad, state.get("momentum_buffer")):
+            self._fused_update(p, grad, state, group)
+            return
         if wd != 0:
             grad = grad + wd * p.data
         if momentum != 0:
@@ -66,3 +75,24 @@ class SGD(Optimizer):
                 buf += (1 - group["dampening"]) * grad
             grad = grad + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * grad
+
+    def _fused_update(self, p, grad, state, group):
+        """The same step as one kernel launch (a CuPy parameter; see :mod:`._cuda`)."""
+        buf, first_step = None, False
+        if group["momentum"] != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:  # set to the (decayed) gradient by the kernel
+                buf = backend.get_array_module(p.data).empty_like(p.data)
+                state["momentum_buffer"] = buf
+                first_step = True
+        _cuda.sgd_update(
+            p.data,
+            grad,
+            buf,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            first_step=first_step,
+        )

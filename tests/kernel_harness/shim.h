@@ -2,11 +2,12 @@
 // harness can run them serially on the CPU (one call per (block, thread) of a launch).
 //
 // Only what the kernels use is emulated: the execution-space qualifiers, the built-in
-// index variables, min/max, bit casts and a serial atomicAdd. Kernels using __shared__ or
-// __syncthreads need one OS thread per CUDA thread and a barrier; none does so far.
+// index variables, min/max, sqrt, bit casts and a serial atomicAdd. Kernels using __shared__
+// or __syncthreads need one OS thread per CUDA thread and a barrier; none does so far.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -32,6 +33,7 @@ inline thread_local dim3 gridDim;
 
 using std::max;
 using std::min;
+using std::sqrt;  // CUDA's sqrt(float) and sqrt(double) overloads
 
 inline float __int_as_float(int bits) {
   float value;
