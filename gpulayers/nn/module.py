@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -51,6 +51,13 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` returns (PyTorch's ``missing_keys, unexpected_keys``)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 def _is_float(arr: Any) -> bool:
@@ -247,8 +254,11 @@ class Module:
             out[key] = np.array(backend.to_numpy(arr), copy=True)
         return out
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
-        """Copy values into the existing parameters and buffers (keeping dtype and device)."""
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy values into the existing parameters and buffers (keeping dtype and device).
+
+        Returns ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty when ``strict``).
+        """
         own = {key: (item, is_param) for key, item, is_param in self._state_items()}
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -277,6 +287,7 @@ class Module:
                 item.data = new
             else:
                 item[0]._buffers[item[1]] = new
+        return IncompatibleKeys(missing, unexpected)
 
     # -- printing -----------------------------------------------------------------------------
     def extra_repr(self) -> str:

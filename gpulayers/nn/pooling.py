@@ -152,6 +152,13 @@ class AdaptiveAvgPool2d(_Pool):
         ops.adaptive_output_size("AdaptiveAvgPool2d", output_size)
         self.output_size = output_size
 
+    def _check(self, x: Any) -> None:
+        super()._check(x)
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(
+                f"AdaptiveAvgPool2d: expected a non-empty image (H, W >= 1), got input shape {tuple(x.shape)}"
+            )
+
     def _op_args(self) -> tuple:
         return (self.output_size,)
 

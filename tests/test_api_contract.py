@@ -1,0 +1,674 @@
+"""Acceptance checks of /work/shared/API.md, statement by statement, against PyTorch where it applies.
+
+Each section follows the contract: devices and arrays, the Module members, layer signatures and
+notes, zero-size batches, losses, optimisers, the one-training-step snippet, the functional
+pairs and the bad-input rules.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import gpulayers as gl
+from gpulayers import functional as F
+from gpulayers import nn, optim
+
+tnn = torch.nn
+
+# ---------------------------------------------------------------------------------------------
+# Devices and arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def test_contract_imports_and_backend_basics():
+    x = np.arange(6, dtype=np.float32)
+    assert gl.to_device(x, "cpu") is x  # no copy when already there
+    assert gl.to_numpy(x) is x
+    assert isinstance(gl.to_numpy([1.0, 2.0]), np.ndarray)
+    assert gl.get_array_module(x) is np
+    assert isinstance(gl.cuda_is_available(), bool)
+    assert gl.default_device() in ("cpu", "cuda")
+
+
+def test_contract_manual_seed_covers_init_dropout_and_shuffling():
+    def draw():
+        gl.manual_seed(1234)
+        w = nn.Conv2d(2, 3, 3).weight.data.copy()
+        mask = nn.Dropout(0.5)(np.ones((8, 8), np.float32))
+        data = (np.zeros((20, 1, 2, 2), np.float32), np.arange(20))
+        order = np.concatenate([y for _, y in gl.data.DataLoader(data, batch_size=5, shuffle=True)])
+        return w, mask, order
+
+    first, second = draw(), draw()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[2], np.arange(20))  # it did shuffle
+    gl.manual_seed(99)
+    assert not np.array_equal(nn.Conv2d(2, 3, 3).weight.data, first[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures: PyTorch's names, order and defaults
+# ---------------------------------------------------------------------------------------------
+
+API_SIGNATURES = {
+    "Conv2d": "in_channels out_channels kernel_size stride=1 padding=0 dilation=1 groups=1 bias=True",
+    "MaxPool2d": "kernel_size stride=None padding=0 dilation=1 ceil_mode=False",
+    "AvgPool2d": "kernel_size stride=None padding=0 ceil_mode=False count_include_pad=True",
+    "AdaptiveAvgPool2d": "output_size",
+    "BatchNorm1d": "num_features eps=1e-05 momentum=0.1 affine=True track_running_stats=True",
+    "BatchNorm2d": "num_features eps=1e-05 momentum=0.1 affine=True track_running_stats=True",
+    "Linear": "in_features out_features bias=True",
+    "Dropout": "p=0.5",
+    "LeakyReLU": "negative_slope=0.01",
+    "Flatten": "start_dim=1 end_dim=-1",
+    "CrossEntropyLoss": "reduction=mean label_smoothing=0.0",
+    "MSELoss": "reduction=mean",
+}
+
+
+def _described(cls) -> list[str]:
+    params = inspect.signature(cls).parameters.values()
+    return [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default}" for p in params]
+
+
+@pytest.mark.parametrize("name", sorted(API_SIGNATURES))
+def test_contract_layer_signature_matches_api_and_pytorch(name):
+    want = API_SIGNATURES[name].split()
+    assert _described(getattr(nn, name))[: len(want)] == want
+    torch_params = inspect.signature(getattr(tnn, name)).parameters
+    for p in inspect.signature(getattr(nn, name)).parameters.values():
+        assert p.name in torch_params, p.name
+        assert p.default == torch_params[p.name].default, p.name
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("SGD", "params lr momentum=0 dampening=0 weight_decay=0 nesterov=False"),
+        ("Adam", "params lr=0.001 betas=(0.9,0.999) eps=1e-08 weight_decay=0"),
+        ("AdamW", "params lr=0.001 betas=(0.9,0.999) eps=1e-08 weight_decay=0.01"),
+    ],
+)
+def test_contract_optimiser_signature(name, want):
+    want = want.split()
+    assert [d.replace(" ", "") for d in _described(getattr(optim, name))][: len(want)] == want
+
+
+# ---------------------------------------------------------------------------------------------
+# Module members
+# ---------------------------------------------------------------------------------------------
+
+
+def _model(ns):
+    return ns.Sequential(
+        ns.Conv2d(1, 8, 3, padding=1),
+        ns.BatchNorm2d(8),
+        ns.ReLU(),
+        ns.MaxPool2d(2),
+        ns.Flatten(),
+        ns.Dropout(0.5),
+        ns.Linear(8 * 14 * 14, 10),
+    )
+
+
+@pytest.mark.parametrize("method", ["to_float64", "double", "to_positional", "float"])
+def test_contract_to_float_double_return_self_and_cast_floating_buffers(method):
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    want = np.float32 if method == "float" else np.float64
+    if method == "float":
+        m.double()
+    out = {
+        "to_float64": lambda: m.to(dtype=np.float64),
+        "double": m.double,
+        "to_positional": lambda: m.to("cpu", np.float64),
+        "float": m.float,
+    }[method]()
+    assert out is m
+    assert m.to("cpu") is m
+    bn = m[1]
+    assert all(p.data.dtype == want for p in m.parameters())
+    assert bn.running_mean.dtype == want and bn.running_var.dtype == want
+    assert bn.num_batches_tracked.dtype == np.int64 and bn.num_batches_tracked.shape == ()
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda ns: ns.BatchNorm2d(3),
+        lambda ns: ns.BatchNorm2d(3, affine=False),
+        lambda ns: ns.BatchNorm2d(3, track_running_stats=False),
+        lambda ns: ns.BatchNorm1d(3, affine=False, track_running_stats=False),
+        lambda ns: ns.Conv2d(2, 3, 3, bias=False),
+        lambda ns: ns.Linear(2, 3, bias=False),
+        _model,
+    ],
+    ids=["bn", "bn-noaffine", "bn-notrack", "bn1d-bare", "conv-nobias", "linear-nobias", "model"],
+)
+def test_contract_state_dict_keys_dtypes_shapes_match_pytorch(factory):
+    ours, theirs = factory(nn).state_dict(), factory(tnn).state_dict()
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        assert type(ours[key]) is np.ndarray
+        assert ours[key].dtype == value.numpy().dtype, key
+        assert ours[key].shape == tuple(value.shape), key
+    assert [n for n, _ in factory(nn).named_parameters()] == [n for n, _ in factory(tnn).named_parameters()]
+
+
+@pytest.mark.parametrize("form", ["numpy", "tensor", "float64-numpy"])
+def test_contract_load_state_dict_from_pytorch_keeps_dtype(form):
+    torch.manual_seed(0)
+    ref = _model(tnn)
+    ref.train()
+    ref(torch.randn(3, 1, 28, 28))  # running stats and num_batches_tracked move
+    sd = ref.state_dict()
+    if form == "numpy":
+        sd = {k: v.numpy() for k, v in sd.items()}
+    elif form == "float64-numpy":
+        sd = {k: v.numpy().astype(np.float64) if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    m = _model(nn)
+    result = m.load_state_dict(sd)
+    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    got = m.state_dict()
+    for key, value in ref.state_dict().items():
+        np.testing.assert_allclose(got[key], value.numpy(), rtol=1e-6)
+        assert got[key].dtype == value.numpy().dtype  # the module's dtype, not the source's
+    assert int(got["1.num_batches_tracked"]) == 1
+    m.eval()
+    ref.eval()
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), ref(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_contract_load_state_dict_into_double_model_stays_double():
+    m = nn.BatchNorm2d(2).double()
+    m.load_state_dict({k: v.numpy() for k, v in tnn.BatchNorm2d(2).state_dict().items()})
+    assert m.weight.data.dtype == np.float64 and m.running_var.dtype == np.float64
+    assert m.num_batches_tracked.dtype == np.int64
+
+
+def test_contract_load_state_dict_non_strict_reports_keys_like_pytorch():
+    m = nn.Linear(2, 3)
+    sd = {"weight": np.ones((3, 2), np.float32), "extra": np.zeros(1)}
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    assert list(missing) == ["bias"] and list(unexpected) == ["extra"]
+    np.testing.assert_array_equal(m.weight.data, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda sd: sd.pop("1.running_var"), r"missing keys.*'1\.running_var'"),
+        (lambda sd: sd.update({"7.weight": np.zeros(1)}), r"unexpected keys.*'7\.weight'"),
+        (lambda sd: sd.update({"6.bias": np.zeros(11)}), r"'6\.bias'.*expected \(10,\), got \(11,\)"),
+    ],
+    ids=["missing", "unexpected", "shape"],
+)
+def test_contract_load_state_dict_strict_errors_name_the_key(change, match):
+    m = _model(nn)
+    sd = m.state_dict()
+    change(sd)
+    with pytest.raises(RuntimeError, match=match):
+        m.load_state_dict(sd)
+
+
+def test_contract_zero_grad_backward_adds_and_sequential_runs_in_reverse():
+    order = []
+
+    class Spy(nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+        def forward(self, x):
+            return x
+
+        def backward(self, grad_output):
+            order.append(self.tag)
+            return grad_output
+
+    seq = nn.Sequential(Spy(0), nn.Linear(2, 2), Spy(2))
+    x = np.ones((3, 2), np.float32)
+    seq(x)
+    seq.backward(np.ones((3, 2), np.float32))
+    assert order == [2, 0]
+    lin = seq[1]
+    first = lin.weight.grad.copy()
+    seq(x)
+    seq.backward(np.ones((3, 2), np.float32))
+    np.testing.assert_allclose(lin.weight.grad, 2 * first)  # adds, does not overwrite
+    seq.zero_grad()
+    assert all(p.grad is None or not p.grad.any() for p in seq.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers against PyTorch: forward, input gradient, parameter gradients, buffers
+# ---------------------------------------------------------------------------------------------
+
+LAYER_CASES = {
+    "conv-same": (lambda ns: ns.Conv2d(2, 3, 3, padding="same"), (2, 2, 6, 7), True),
+    "conv-same-even-dilated": (lambda ns: ns.Conv2d(2, 3, (2, 4), padding="same", dilation=(1, 2)), (2, 2, 6, 9), True),
+    "conv-valid": (lambda ns: ns.Conv2d(2, 3, 3, padding="valid"), (2, 2, 6, 7), True),
+    "conv-pair": (lambda ns: ns.Conv2d(4, 6, 3, 2, (1, 2), 1, 2, False), (2, 4, 7, 8), True),
+    "maxpool-default-stride": (lambda ns: ns.MaxPool2d(2), (2, 3, 7, 6), True),
+    "maxpool-pad-ceil-dilation": (lambda ns: ns.MaxPool2d(3, 2, 1, 2, ceil_mode=True), (2, 2, 9, 8), True),
+    "avgpool-default": (lambda ns: ns.AvgPool2d(3), (2, 2, 7, 6), True),
+    "avgpool-ceil-nopadcount": (lambda ns: ns.AvgPool2d((2, 3), (1, 2), 1, True, False), (2, 2, 7, 6), True),
+    "avgpool-ceil-padcount": (lambda ns: ns.AvgPool2d(3, 2, 1, ceil_mode=True), (2, 2, 6, 6), True),
+    "adaptive-int": (lambda ns: ns.AdaptiveAvgPool2d(1), (2, 3, 5, 4), True),
+    "adaptive-pair": (lambda ns: ns.AdaptiveAvgPool2d((4, 3)), (2, 3, 7, 5), True),
+    "adaptive-none": (lambda ns: ns.AdaptiveAvgPool2d((None, 2)), (2, 3, 5, 5), True),
+    "bn2d-train": (lambda ns: ns.BatchNorm2d(3), (4, 3, 3, 3), True),
+    "bn2d-eval": (lambda ns: ns.BatchNorm2d(3), (4, 3, 3, 3), False),
+    "bn2d-noaffine": (lambda ns: ns.BatchNorm2d(3, affine=False), (4, 3, 3, 3), True),
+    "bn2d-notrack-eval": (lambda ns: ns.BatchNorm2d(3, track_running_stats=False), (4, 3, 3, 3), False),
+    "bn1d-cumulative": (lambda ns: ns.BatchNorm1d(3, momentum=None), (5, 3), True),
+    "bn1d-3d": (lambda ns: ns.BatchNorm1d(3), (4, 3, 5), True),
+    "linear-3d": (lambda ns: ns.Linear(5, 3), (2, 4, 5), True),
+    "dropout-eval": (lambda ns: ns.Dropout(0.5), (4, 5), False),
+    "leaky-default": (lambda ns: ns.LeakyReLU(), (4, 5), True),
+    "flatten-negative": (lambda ns: ns.Flatten(-3, -2), (2, 3, 4, 5), True),
+    "flatten-all": (lambda ns: ns.Flatten(0, -1), (2, 3, 4), True),
+    "flatten-single": (lambda ns: ns.Flatten(2, 2), (2, 3, 4), True),
+}
+
+
+def _pair(factory):
+    ours, theirs = factory(nn), factory(tnn)
+    if theirs.state_dict():
+        ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    return ours, theirs
+
+
+def _out_shape(factory, x, training):
+    probe = factory(tnn).train(training)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tuple(probe(torch.from_numpy(x)).shape)
+
+
+def _compare(ours, theirs, x, dy, training=True, atol=1e-5):
+    ours.train(training)
+    theirs.train(training)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch warns about even 'same' kernels
+        yt = theirs(xt)
+    y = ours(x)
+    assert y.shape == tuple(yt.shape) and y.dtype == x.dtype
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=atol, rtol=1e-5)
+    dx = ours.backward(dy)
+    yt.backward(torch.from_numpy(dy))
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=atol, rtol=1e-4)
+    for (name, p), tp in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[key], value.numpy(), atol=1e-6, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_contract_layer_matches_pytorch(case):
+    factory, shape, training = LAYER_CASES[case]
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    ours, theirs = _pair(factory)
+    dy = rng.standard_normal(_out_shape(factory, x, training)).astype(np.float32)
+    _compare(ours, theirs, x, dy, training)
+
+
+def test_contract_maxpool_pads_with_minus_inf_first_tie_wins_nan_propagates():
+    rng = np.random.default_rng(1)
+    negative = -np.abs(rng.standard_normal((1, 2, 5, 5))).astype(np.float32) - 3  # zero padding would win
+    ties = np.ones((1, 1, 4, 4), np.float32)
+    nans = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    nans[0, 0, 0, 1] = np.nan
+    nans[0, 0, 2, 2] = np.inf
+    for factory, x in [
+        (lambda ns: ns.MaxPool2d(3, 2, 1), negative),
+        (lambda ns: ns.MaxPool2d(2, 1), ties),
+        (lambda ns: ns.MaxPool2d(3, 1, 1), nans),
+    ]:
+        _compare(*_pair(factory), x, np.ones(_out_shape(factory, x, True), np.float32))
+    assert np.isnan(nn.MaxPool2d(2)(nans)[0, 0, 0, 0])
+    assert nn.MaxPool2d(2).stride == 2
+
+
+def test_contract_batchnorm_running_var_is_unbiased():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 2, 3, 3)).astype(np.float64)
+    bn = nn.BatchNorm2d(2, momentum=1.0).double()
+    bn(x)
+    np.testing.assert_allclose(bn.running_var, x.var(axis=(0, 2, 3), ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_contract_dropout_identity_in_eval_and_inverted_in_training():
+    x = np.ones((100, 100), np.float32)
+    d = nn.Dropout(0.25)
+    d.eval()
+    np.testing.assert_array_equal(d(x), x)
+    np.testing.assert_array_equal(d.backward(x), x)
+    d.train()
+    y = d(x)
+    assert set(np.unique(y).tolist()) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.03
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-size batches behave as in PyTorch
+# ---------------------------------------------------------------------------------------------
+
+EMPTY_CASES = {
+    "conv": (lambda ns: ns.Conv2d(2, 3, 3, padding=1), (0, 2, 5, 5)),
+    "maxpool": (lambda ns: ns.MaxPool2d(2), (0, 2, 4, 4)),
+    "avgpool": (lambda ns: ns.AvgPool2d(2), (0, 2, 4, 4)),
+    "adaptive": (lambda ns: ns.AdaptiveAvgPool2d((2, 1)), (0, 2, 4, 4)),
+    "bn2d": (lambda ns: ns.BatchNorm2d(2), (0, 2, 3, 3)),
+    "bn1d": (lambda ns: ns.BatchNorm1d(2), (0, 2)),
+    "linear": (lambda ns: ns.Linear(3, 2), (0, 3)),
+    "dropout": (lambda ns: ns.Dropout(), (0, 3)),
+    "relu": (lambda ns: ns.ReLU(), (0, 3)),
+    "leaky": (lambda ns: ns.LeakyReLU(), (0, 3)),
+    "sigmoid": (lambda ns: ns.Sigmoid(), (0, 3)),
+    "tanh": (lambda ns: ns.Tanh(), (0, 3)),
+    "flatten": (lambda ns: ns.Flatten(), (0, 2, 3, 3)),
+    "model": (_model, (0, 1, 28, 28)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_CASES))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_contract_zero_size_batch_like_pytorch(case, training):
+    factory, shape = EMPTY_CASES[case]
+    x = np.zeros(shape, np.float32)
+    _compare(*_pair(factory), x, np.zeros(_out_shape(factory, x, training), np.float32), training)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("which", ["ce", "ce-smooth", "mse"])
+def test_contract_losses_on_empty_batch_like_pytorch(which, reduction):
+    if which == "mse":
+        ours, theirs = nn.MSELoss(reduction), tnn.MSELoss(reduction=reduction)
+        x, t = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+        tt = torch.from_numpy(t)
+    else:
+        smoothing = 0.1 if which == "ce-smooth" else 0.0
+        ours = nn.CrossEntropyLoss(reduction, smoothing)
+        theirs = tnn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+        x, t = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        tt = torch.from_numpy(t)
+    value = ours(x, t)
+    ref = theirs(torch.from_numpy(x), tt).numpy()
+    if reduction == "none":
+        assert value.shape == ref.shape
+    else:
+        assert isinstance(value, float)
+        np.testing.assert_array_equal(value, ref)  # nan for "mean", 0 for "sum"
+    assert ours.backward().shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("scale", [1.0, 1e4], ids=["normal", "large-logits"])
+def test_contract_cross_entropy_value_and_gradient(reduction, smoothing, label_dtype, scale):
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((6, 5)) * scale).astype(np.float32)
+    target = rng.integers(0, 5, 6).astype(label_dtype)
+    crit = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    loss = crit(logits, target)
+    lt = torch.from_numpy(logits).requires_grad_(True)
+    ref = tnn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)(lt, torch.from_numpy(target).long())
+    ref.backward()
+    assert type(loss) is float and np.isfinite(loss)
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-5)
+    grad = crit.backward()
+    assert grad.dtype == np.float32
+    np.testing.assert_allclose(grad, lt.grad.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_contract_mse_value_and_gradient(reduction):
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((3, 4, 2)).astype(np.float32), rng.standard_normal((3, 4, 2)).astype(np.float32)
+    crit = nn.MSELoss(reduction)
+    loss = crit(a, b)
+    at = torch.from_numpy(a).requires_grad_(True)
+    ref = tnn.MSELoss(reduction=reduction)(at, torch.from_numpy(b))
+    ref.backward()
+    assert type(loss) is float
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-6)
+    np.testing.assert_allclose(crit.backward(), at.grad.numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisers: PyTorch's formulas, step for step
+# ---------------------------------------------------------------------------------------------
+
+OPTIM_CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("Adam", dict()),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)),
+    ("AdamW", dict()),
+    ("AdamW", dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.5)),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), OPTIM_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIM_CASES)])
+def test_contract_optimiser_matches_pytorch(name, kwargs):
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    p = nn.Parameter(w0.copy())
+    tp = tnn.Parameter(torch.from_numpy(w0.copy()))
+    ours, theirs = getattr(optim, name)([p], **kwargs), getattr(torch.optim, name)([tp], **kwargs)
+    for _ in range(6):
+        g = rng.standard_normal((3, 4)).astype(np.float32)
+        ours.zero_grad()
+        theirs.zero_grad()
+        assert p.grad is None or not p.grad.any()
+        p.grad, tp.grad = g.copy(), torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+    assert p.data.dtype == np.float32
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step (the snippet, verbatim) and the functional pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_contract_one_training_step_snippet():
+    gl.manual_seed(0)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    model = _model(nn).to(gl.default_device())
+    x, y = gl.to_device(x, gl.default_device()), gl.to_device(y, gl.default_device())
+    criterion = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+
+    opt.zero_grad()
+    loss = criterion(model(x), y)
+    dx = model.backward(criterion.backward())
+    opt.step()
+
+    assert type(loss) is float and np.isfinite(loss)
+    assert dx.shape == x.shape
+    after = model.state_dict()
+    changed = [k for k in before if "weight" in k or "bias" in k]
+    assert all(not np.array_equal(before[k], after[k]) for k in changed)
+    assert int(after["1.num_batches_tracked"]) == 1
+
+
+def test_contract_functional_pairs_return_shapes():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w, b = rng.standard_normal((4, 3, 3, 3)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    y, cache = F.conv2d_forward(x, w, b, 2, 1, 2, 1)
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_(True) for a in (x, w, b))
+    ref = torch.nn.functional.conv2d(xt, wt, bt, 2, 1, 2, 1)
+    np.testing.assert_allclose(y, ref.detach().numpy(), atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    ref.backward(torch.from_numpy(dy))
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    for ours, theirs in ((dx, xt), (dw, wt), (db, bt)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), atol=1e-4)
+
+    y, cache = F.max_pool2d_forward(x, 2)
+    assert y.shape == (2, 3, 3, 3) and F.max_pool2d_backward(np.ones_like(y), cache).shape == x.shape
+    y, cache = F.linear_forward(x.reshape(2, -1), np.ones((5, 108), np.float32), None)
+    dx, dw, db = F.linear_backward(np.ones_like(y), cache)
+    assert (dx.shape, dw.shape, db) == ((2, 108), (5, 108), None)
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, cache = F.batch_norm_forward(x, ones, zeros, zeros.copy(), ones.copy(), True, 0.1, 1e-5)
+    dx, dw, db = F.batch_norm_backward(np.ones_like(y), cache)
+    assert dx.shape == x.shape and dw.shape == db.shape == (3,)
+    y, cache = F.dropout_forward(x, 0.5, False)
+    np.testing.assert_array_equal(y, x)
+    assert F.dropout_backward(np.ones_like(x), cache).shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: the right exception, naming the layer, the expected and the received value
+# ---------------------------------------------------------------------------------------------
+
+
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def _run_backward(layer, x, dy):
+    layer(x)
+    layer.backward(dy)
+
+
+BAD_INPUT = {
+    "conv-rank": (
+        lambda: nn.Conv2d(3, 4, 3)(_f32(3, 5, 5)),
+        ValueError,
+        r"Conv2d: expected a 4-D .*got shape \(3, 5, 5\)",
+    ),
+    "conv-channels": (
+        lambda: nn.Conv2d(3, 4, 3)(_f32(1, 4, 5, 5)),
+        ValueError,
+        r"Conv2d: expected .*3 channels, got 4",
+    ),
+    "conv-int": (lambda: nn.Conv2d(3, 4, 3)(np.zeros((1, 3, 5, 5), np.int64)), TypeError, r"Conv2d: .*floating.*int64"),
+    "conv-dtype": (lambda: nn.Conv2d(3, 4, 3)(np.zeros((1, 3, 5, 5))), TypeError, r"Conv2d: .*float64.*float32"),
+    "conv-small": (lambda: nn.Conv2d(3, 4, 5)(_f32(1, 3, 3, 3)), ValueError, r"Conv2d: the kernel .*larger"),
+    "conv-stride0": (lambda: nn.Conv2d(3, 4, 3, stride=0), ValueError, r"Conv2d: expected stride >= 1, got 0"),
+    "conv-negpad": (lambda: nn.Conv2d(3, 4, 3, padding=-1), ValueError, r"Conv2d: expected padding >= 0, got -1"),
+    "conv-groups": (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, r"Conv2d: .*divisible by groups=2, got 3"),
+    "conv-same-stride": (lambda: nn.Conv2d(3, 4, 3, 2, "same"), ValueError, r"Conv2d: padding='same'.*stride"),
+    "conv-grad-shape": (
+        lambda: _run_backward(nn.Conv2d(3, 4, 3), _f32(1, 3, 5, 5), _f32(1, 4, 2, 2)),
+        ValueError,
+        r"Conv2d.backward: expected grad_output of shape \(1, 4, 3, 3\), got \(1, 4, 2, 2\)",
+    ),
+    "maxpool-rank": (lambda: nn.MaxPool2d(2)(_f32(3, 4, 4)), ValueError, r"MaxPool2d: expected a 4-D"),
+    "maxpool-window": (lambda: nn.MaxPool2d(5)(_f32(1, 1, 3, 3)), ValueError, r"MaxPool2d: the window .*3 \+ 2\*0"),
+    "maxpool-stride0": (lambda: nn.MaxPool2d(2, 0), ValueError, r"MaxPool2d: expected stride >= 1, got 0"),
+    "maxpool-negpad": (lambda: nn.MaxPool2d(2, 2, -1), ValueError, r"MaxPool2d: expected padding >= 0, got -1"),
+    "avgpool-window": (lambda: nn.AvgPool2d(4)(_f32(1, 1, 3, 3)), ValueError, r"AvgPool2d: the window .*larger"),
+    "avgpool-int": (lambda: nn.AvgPool2d(2)(np.zeros((1, 1, 4, 4), np.int32)), TypeError, r"AvgPool2d: .*int32"),
+    "adaptive-zero": (lambda: nn.AdaptiveAvgPool2d(0), ValueError, r"AdaptiveAvgPool2d: .*>= 1.*got 0"),
+    "adaptive-empty-image": (
+        lambda: nn.AdaptiveAvgPool2d(2)(_f32(1, 1, 0, 3)),
+        ValueError,
+        r"AdaptiveAvgPool2d: expected a non-empty image.*\(1, 1, 0, 3\)",
+    ),
+    "bn-rank": (lambda: nn.BatchNorm2d(3)(_f32(2, 3)), ValueError, r"BatchNorm2d: expected a 4-D .*\(2, 3\)"),
+    "bn-channels": (lambda: nn.BatchNorm1d(3)(_f32(2, 4)), ValueError, r"BatchNorm1d: expected .*3 features.*got 4"),
+    "bn-single": (
+        lambda: nn.BatchNorm2d(3)(_f32(1, 3, 1, 1)),
+        ValueError,
+        r"BatchNorm2d: .*more than 1 value.*\(1, 3, 1, 1\)",
+    ),
+    "linear-features": (lambda: nn.Linear(3, 2)(_f32(2, 4)), ValueError, r"Linear: expected .*3 features.*got 4"),
+    "linear-int": (lambda: nn.Linear(3, 2)(np.zeros((2, 3), np.int64)), TypeError, r"Linear: .*int64"),
+    "dropout-p": (lambda: nn.Dropout(1.5), ValueError, r"Dropout: .*\[0, 1\], got 1\.5"),
+    "relu-int": (lambda: nn.ReLU()(np.zeros(3, np.int64)), TypeError, r"ReLU: .*int64"),
+    "flatten-order": (
+        lambda: nn.Flatten(3, 1)(_f32(2, 3, 4, 5)),
+        ValueError,
+        r"Flatten: start_dim \(3\).*end_dim \(1\)",
+    ),
+    "ce-range": (
+        lambda: nn.CrossEntropyLoss()(_f32(2, 3), np.array([0, 3])),
+        ValueError,
+        r"CrossEntropyLoss: expected class indices in \[0, 2\].*got 3",
+    ),
+    "ce-negative": (
+        lambda: nn.CrossEntropyLoss()(_f32(2, 3), np.array([-1, 0])),
+        ValueError,
+        r"CrossEntropyLoss: .*got -1",
+    ),
+    "ce-shape": (
+        lambda: nn.CrossEntropyLoss()(_f32(2, 3), np.array([0, 1, 2])),
+        ValueError,
+        r"CrossEntropyLoss: expected target of shape \(2,\).*got \(3,\)",
+    ),
+    "ce-float-labels": (
+        lambda: nn.CrossEntropyLoss()(_f32(2, 3), np.zeros(2)),
+        TypeError,
+        r"CrossEntropyLoss: .*float64",
+    ),
+    "mse-shape": (lambda: nn.MSELoss()(_f32(2, 3), _f32(3)), ValueError, r"MSELoss: .*\(2, 3\), got \(3,\)"),
+    "to-int-dtype": (lambda: nn.Linear(1, 1).to(dtype=np.int32), TypeError, r"Linear.to: .*floating.*int32"),
+}
+
+BACKWARD_FIRST = [
+    nn.Conv2d(1, 1, 1),
+    nn.MaxPool2d(2),
+    nn.AvgPool2d(2),
+    nn.AdaptiveAvgPool2d(1),
+    nn.BatchNorm1d(2),
+    nn.Linear(2, 2),
+    nn.Dropout(),
+    nn.ReLU(),
+    nn.LeakyReLU(),
+    nn.Sigmoid(),
+    nn.Tanh(),
+    nn.Flatten(),
+    nn.CrossEntropyLoss(),
+    nn.MSELoss(),
+]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_contract_bad_input_raises_naming_layer_and_values(case):
+    fn, kind, match = BAD_INPUT[case]
+    with pytest.raises(kind, match=match):
+        fn()
+
+
+@pytest.mark.parametrize("layer", BACKWARD_FIRST, ids=lambda m: type(m).__name__)
+def test_contract_backward_before_forward_raises(layer):
+    name = type(layer).__name__
+    with pytest.raises(RuntimeError, match=rf"{name}\.backward: called before forward"):
+        layer.backward(np.ones((1, 2), np.float32)) if "Loss" not in name else layer.backward()
+
+
+def test_contract_asking_for_cuda_without_one_says_why():
+    if gl.cuda_is_available():
+        pytest.skip("a CUDA device is usable here")
+    with pytest.raises(RuntimeError, match=r"'cuda'.*not usable: \w+"):
+        gl.to_device(np.zeros(1), "cuda")
+    with pytest.raises(RuntimeError, match=r"not usable"):
+        nn.Linear(1, 1).to("cuda")
