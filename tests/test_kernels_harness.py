@@ -10,14 +10,13 @@ the launchers in a subprocess, with negative controls proving that it catches ov
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_harness.harness import HarnessLibrary, LaunchError, build
+from kernel_harness.harness import HarnessLibrary, LaunchError, build, sanitizer_env
 
 import gpulayers.functional as F
 from gpulayers import kernels
@@ -375,26 +374,9 @@ def test_harness_rejects_what_would_break_on_the_gpu(libraries, position, bad, m
 # ----------------------------------------------------------------------------------------------
 # AddressSanitizer / UBSan
 # ----------------------------------------------------------------------------------------------
-def _sanitizer_env() -> dict[str, str] | None:
-    libs = []
-    for name in ("libasan.so", "libubsan.so"):
-        path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-        if not os.path.isabs(path) or not os.path.exists(path):
-            return None
-        libs.append(path)
-    env = dict(os.environ)
-    env.update(
-        PYTHONMALLOC="malloc",
-        LD_PRELOAD=" ".join(libs),
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
-    )
-    return env
-
-
 @pytest.fixture(scope="session")
 def asan_build(build_dir) -> tuple[Path, dict[str, str]]:
-    env = _sanitizer_env()
+    env = sanitizer_env()
     if env is None:
         pytest.skip("g++ has no AddressSanitizer/UBSan runtime here")
     for cu in sorted(kernels.kernel_dir().glob("*.cu")):

@@ -16,7 +16,6 @@ NumPy bit for bit; elsewhere (and on the GPU, where nvcc contracts) a few roundi
 from __future__ import annotations
 
 import itertools
-import os
 import platform
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_harness.harness import HarnessLibrary, build
+from kernel_harness.harness import HarnessLibrary, build, sanitizer_env
 
 import gpulayers as gl
 from gpulayers import kernels, optim
@@ -413,26 +412,9 @@ else:  # a launch told of more elements than the arrays hold must abort
 """
 
 
-def _sanitizer_env() -> dict[str, str] | None:
-    libs = []
-    for name in ("libasan.so", "libubsan.so"):
-        path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-        if not os.path.isabs(path) or not os.path.exists(path):
-            return None
-        libs.append(path)
-    env = dict(os.environ)
-    env.update(
-        PYTHONMALLOC="malloc",
-        LD_PRELOAD=" ".join(libs),
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def asan_build(tmp_path_factory):
-    env = _sanitizer_env()
+    env = sanitizer_env()
     if env is None:
         pytest.skip("g++ has no AddressSanitizer/UBSan runtime here")
     build_dir = tmp_path_factory.mktemp("optim_asan")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -118,6 +119,28 @@ def build(cu_path: Path, out_dir: Path, *, sanitize: bool = False) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"harness build failed: {' '.join(cmd)}\n{result.stderr}")
     return lib
+
+
+def sanitizer_env() -> dict[str, str] | None:
+    """The environment for a child process that loads an ASan/UBSan build, or None without the runtimes.
+
+    The sanitizer runtimes are preloaded (Python itself is not built with them) and Python's own
+    allocator is off so that NumPy buffers come from malloc, where ASan can watch their bounds.
+    """
+    libs = []
+    for name in ("libasan.so", "libubsan.so"):
+        path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(path) or not os.path.exists(path):
+            return None
+        libs.append(path)
+    env = dict(os.environ)
+    env.update(
+        PYTHONMALLOC="malloc",
+        LD_PRELOAD=" ".join(libs),
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+    )
+    return env
 
 
 class LaunchError(TypeError):
