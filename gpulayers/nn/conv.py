@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..ops import conv as ops
-from ..ops._checks import check_grad, check_input, no_forward, pair
+from ..ops._checks import check_input, no_forward, pair
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 
@@ -92,16 +92,14 @@ class Conv2d(Module):
                 f"(input shape {tuple(x.shape)})"
             )
         bias = None if self.bias is None else self.bias.data
-        ops.conv2d_arguments("Conv2d", x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups)
         y, self._cache = ops.conv2d_forward(
-            x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups
+            x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups, name="Conv2d"
         )
         return y
 
     def backward(self, grad_output: Any) -> Any:
         if self._cache is None:
             raise no_forward("Conv2d")
-        check_grad("Conv2d", grad_output, self._cache.out_shape, self._cache.x_like)
         dx, dw, db = ops.conv2d_backward(grad_output, self._cache)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ops import pooling as ops
-from ..ops._checks import check_grad, check_input, no_forward
+from ..ops._checks import no_forward
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
@@ -24,19 +24,14 @@ class _Pool(Module):
     def _op_args(self) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _check(self, x: Any) -> None:
-        check_input(type(self).__name__, x, 4, "(N, C, H, W)")
-
     def forward(self, x: Any) -> Any:
-        self._check(x)
-        y, self._cache = type(self)._forward_op(x, *self._op_args())
+        # The op validates the input and the window, naming this layer in its messages.
+        y, self._cache = type(self)._forward_op(x, *self._op_args(), name=type(self).__name__)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        name = type(self).__name__
         if self._cache is None:
-            raise no_forward(name)
-        check_grad(name, grad_output, self._cache.out_shape, self._cache.x_like)
+            raise no_forward(type(self).__name__)
         return type(self)._backward_op(grad_output, self._cache)
 
 
@@ -71,11 +66,6 @@ class MaxPool2d(_Pool):
         self.padding = padding
         self.dilation = dilation
         self.ceil_mode = bool(ceil_mode)
-
-    def _check(self, x: Any) -> None:
-        super()._check(x)
-        a = ops.pool_arguments("MaxPool2d", self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        ops.pooled_output_size("MaxPool2d", x, a)
 
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
@@ -121,11 +111,6 @@ class AvgPool2d(_Pool):
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
 
-    def _check(self, x: Any) -> None:
-        super()._check(x)
-        a = ops.pool_arguments("AvgPool2d", self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
-        ops.pooled_output_size("AvgPool2d", x, a)
-
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
 
@@ -151,13 +136,6 @@ class AdaptiveAvgPool2d(_Pool):
         super().__init__()
         ops.adaptive_output_size("AdaptiveAvgPool2d", output_size)
         self.output_size = output_size
-
-    def _check(self, x: Any) -> None:
-        super()._check(x)
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(
-                f"AdaptiveAvgPool2d: expected a non-empty image (H, W >= 1), got input shape {tuple(x.shape)}"
-            )
 
     def _op_args(self) -> tuple:
         return (self.output_size,)

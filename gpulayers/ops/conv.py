@@ -99,9 +99,10 @@ def conv2d_arguments(
 class ConvCache:
     """What backward needs: the backend's own cache plus the dispatcher's bookkeeping."""
 
-    __slots__ = ("inner", "on_gpu", "in_shape", "out_shape", "x_like")
+    __slots__ = ("inner", "on_gpu", "in_shape", "out_shape", "x_like", "name")
 
-    def __init__(self, inner: Any, on_gpu: bool, in_shape: tuple, out_shape: tuple, x_like: Any):
+    def __init__(self, inner: Any, on_gpu: bool, in_shape: tuple, out_shape: tuple, x_like: Any, name: str):
+        self.name = name  # the op or layer that ran forward, for backward's messages
         self.inner = inner
         self.on_gpu = on_gpu
         self.in_shape = in_shape
@@ -117,6 +118,8 @@ def conv2d_forward(
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    *,
+    name: str = "conv2d",
 ) -> tuple[Any, ConvCache]:
     """2-D convolution of an NCHW batch, PyTorch's ``F.conv2d``.
 
@@ -128,6 +131,7 @@ def conv2d_forward(
         padding: int, pair, ``"valid"`` or ``"same"`` (stride 1 only). Defaults to 0.
         dilation: int or pair. Defaults to 1.
         groups: input and output channels split into this many groups. Defaults to 1.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(y, cache)``; pass ``cache`` to :func:`conv2d_backward`.
@@ -135,14 +139,14 @@ def conv2d_forward(
     Shape:
         ``OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1``, likewise ``OW``; ``y`` is ``(N, out_channels, OH, OW)``.
     """
-    a = conv2d_arguments("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    a = conv2d_arguments(name, x, weight, bias, stride, padding, dilation, groups)
     xp = backend.get_array_module(x)
     in_shape = tuple(x.shape)
     if not backend.is_cuda_array(x):
         if a.extra != (0, 0):  # asymmetric "same": the backends only see symmetric padding
             x = np.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
         y, inner = _forward_cpu(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, a)
-        return y, ConvCache(inner, False, in_shape, tuple(y.shape), grad_marker(x))
+        return y, ConvCache(inner, False, in_shape, tuple(y.shape), grad_marker(x), name)
     from . import conv_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
 
     with x.device:
@@ -153,7 +157,7 @@ def conv2d_forward(
         y, inner = conv_cuda.conv2d_forward(
             x, weight, bias, stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups
         )
-    return y, ConvCache(inner, True, in_shape, tuple(y.shape), grad_marker(x))
+    return y, ConvCache(inner, True, in_shape, tuple(y.shape), grad_marker(x), name)
 
 
 def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
@@ -168,7 +172,7 @@ def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
     """
     if cache is None:
         raise RuntimeError("conv2d.backward: called before forward (no saved input); run forward first")
-    check_grad("conv2d", dy, cache.out_shape, cache.x_like)
+    check_grad(cache.name, dy, cache.out_shape, cache.x_like)
     h, w = cache.in_shape[2], cache.in_shape[3]
     if not cache.on_gpu:
         dx, dw, db = _backward_cpu(np.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)

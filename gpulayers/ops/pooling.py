@@ -117,17 +117,19 @@ def _device_scope(arr: Any):
 class PoolCache:
     """What a pooling backward needs (``data`` is the backend's own state)."""
 
-    __slots__ = ("data", "a", "in_shape", "out_shape", "x_like", "on_gpu")
+    __slots__ = ("data", "a", "in_shape", "out_shape", "x_like", "name", "on_gpu")
 
-    def __init__(self, data: Any, a: Any, in_shape: tuple, out_shape: tuple, x_like: Any, on_gpu: bool = False):
+    def __init__(
+        self, data: Any, a: Any, in_shape: tuple, out_shape: tuple, x_like: Any, name: str, on_gpu: bool = False
+    ):
         self.data, self.a, self.in_shape, self.out_shape = data, a, in_shape, out_shape
-        self.x_like, self.on_gpu = x_like, on_gpu
+        self.x_like, self.name, self.on_gpu = x_like, name, on_gpu  # name: who ran forward
 
 
 def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:
     if cache is None:
         raise no_forward(name)
-    check_grad(name, dy, cache.out_shape, cache.x_like)
+    check_grad(cache.name, dy, cache.out_shape, cache.x_like)
     xp = backend.get_array_module(dy)
     with _device_scope(dy):
         return xp.ascontiguousarray(dy, dtype=cache.x_like.dtype)
@@ -143,6 +145,8 @@ def max_pool2d_forward(
     padding: Any = 0,
     dilation: Any = 1,
     ceil_mode: bool = False,
+    *,
+    name: str = "max_pool2d",
 ) -> tuple[Any, PoolCache]:
     """Max pooling of an NCHW batch, PyTorch's ``F.max_pool2d``.
 
@@ -153,6 +157,7 @@ def max_pool2d_forward(
         padding: implicit -inf padding, at most half the kernel. Defaults to 0.
         dilation: spacing between window elements. Defaults to 1.
         ceil_mode: round the output size up instead of down. Defaults to False.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(y, cache)``.
@@ -161,7 +166,6 @@ def max_pool2d_forward(
         ``OH = floor_or_ceil((H + 2*ph - dh*(kh-1) - 1) / sh) + 1`` (a last window starting
         beyond the input and its left padding is dropped), likewise ``OW``.
     """
-    name = "max_pool2d"
     check_input(name, x, 4, "(N, C, H, W)")
     a = pool_arguments(name, kernel_size, stride, padding, dilation, ceil_mode)
     out = pooled_output_size(name, x, a)
@@ -171,10 +175,10 @@ def max_pool2d_forward(
         y, inner = pooling_cuda.max_pool2d_forward(
             x, kernel=a.kernel, stride=a.stride, padding=a.padding, dilation=a.dilation, out_size=out
         )
-        return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), grad_marker(x), on_gpu=True)
+        return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name, on_gpu=True)
     x = np.ascontiguousarray(x)
     y, argmax = _max_forward_cpu(x, a, out)
-    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), grad_marker(x))
+    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name)
 
 
 def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
@@ -278,6 +282,8 @@ def avg_pool2d_forward(
     padding: Any = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
+    *,
+    name: str = "avg_pool2d",
 ) -> tuple[Any, PoolCache]:
     """Average pooling of an NCHW batch, PyTorch's ``F.avg_pool2d``.
 
@@ -289,6 +295,7 @@ def avg_pool2d_forward(
         ceil_mode: round the output size up. Defaults to False.
         count_include_pad: divide by the window size including padding (but never beyond the
             padded input); False divides by the number of real pixels. Defaults to True.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(y, cache)``.
@@ -296,7 +303,6 @@ def avg_pool2d_forward(
     Shape:
         ``OH = floor_or_ceil((H + 2*ph - kh) / sh) + 1``, likewise ``OW``.
     """
-    name = "avg_pool2d"
     check_input(name, x, 4, "(N, C, H, W)")
     a = pool_arguments(name, kernel_size, stride, padding, 1, ceil_mode)
     out = pooled_output_size(name, x, a)
@@ -308,7 +314,7 @@ def avg_pool2d_forward(
             total = view.copy() if total is None else xp.add(total, view, out=total)
         divisor = _avg_divisor(xp, x.shape, a, out, count_include_pad, x.dtype)
         total /= divisor
-    return total, PoolCache(divisor, a, tuple(x.shape), tuple(total.shape), grad_marker(x))
+    return total, PoolCache(divisor, a, tuple(x.shape), tuple(total.shape), grad_marker(x), name)
 
 
 def avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
@@ -353,12 +359,15 @@ def _adaptive_matrix(size: int, out: int, dtype) -> np.ndarray:
     return (inside / (end - start)[:, None]).astype(dtype)
 
 
-def adaptive_avg_pool2d_forward(x: Any, output_size: Any) -> tuple[Any, PoolCache]:
+def adaptive_avg_pool2d_forward(
+    x: Any, output_size: Any, *, name: str = "adaptive_avg_pool2d"
+) -> tuple[Any, PoolCache]:
     """Adaptive average pooling, PyTorch's ``F.adaptive_avg_pool2d``: ``y = Ah @ x @ Aw^T``.
 
     Args:
         x: input ``(N, C, H, W)``, float32 or float64, NumPy or CuPy.
         output_size: int or pair ``(oh, ow)``; None keeps that input size.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(y, cache)``.
@@ -366,12 +375,11 @@ def adaptive_avg_pool2d_forward(x: Any, output_size: Any) -> tuple[Any, PoolCach
     Shape:
         ``(N, C, oh, ow)``; output cell ``i`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))``.
     """
-    name = "adaptive_avg_pool2d"
     check_input(name, x, 4, "(N, C, H, W)")
-    oh, ow = adaptive_output_size(name, output_size, x.shape[2:])
     h, w = x.shape[2], x.shape[3]
     if h < 1 or w < 1:
-        raise ValueError(f"{name}: expected a non-empty image, got input shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected a non-empty image (H, W >= 1), got input shape {tuple(x.shape)}")
+    oh, ow = adaptive_output_size(name, output_size, x.shape[2:])
     xp = backend.get_array_module(x)
     with _device_scope(x):
         ah = xp.asarray(_adaptive_matrix(h, oh, x.dtype))
@@ -380,7 +388,7 @@ def adaptive_avg_pool2d_forward(x: Any, output_size: Any) -> tuple[Any, PoolCach
             y = x.mean(axis=(2, 3), keepdims=True)
         else:
             y = xp.matmul(xp.matmul(ah, x), aw.T)
-    return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), grad_marker(x))
+    return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), grad_marker(x), name)
 
 
 def adaptive_avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
