@@ -3,7 +3,8 @@
     python -m gpulayers.train                       # small CNN on scikit-learn's digits, CPU or GPU
     python -m gpulayers.train --data mnist --data-dir ~/data/mnist --epochs 5 --plot curves.png
 
-:mod:`gpulayers.train` re-exports :func:`main` and the other public names here.
+:mod:`gpulayers.train` is the ``python -m`` entry and re-exports :func:`main` and the other public
+names here; the training loop itself lives in :mod:`gpulayers.training`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import backend, data, models, nn, optim
+from .training import fit
 
 __all__ = ["DEFAULTS", "add_run_arguments", "build_parser", "choose_device", "fit_options", "main", "save_plot"]
 
@@ -70,7 +72,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def fit_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``checkpoint``, ``resume`` and ``progress`` for :func:`gpulayers.train.fit`, from the
+    """``checkpoint``, ``resume`` and ``progress`` for :func:`gpulayers.training.fit`, from the
     options of :func:`add_run_arguments`."""
     return {"checkpoint": args.checkpoint, "resume": args.resume, "progress": not args.no_progress}
 
@@ -166,9 +168,6 @@ def _limit_threads(n: int | None):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad arguments or data, 1 other errors)."""
-    # Imported here, not at the top: gpulayers.train imports this module to re-export main().
-    from .train import fit  # noqa: PLC0415
-
     wall_start = time.perf_counter()
     args = build_parser().parse_args(argv)
     for key, value in DEFAULTS[args.data].items():

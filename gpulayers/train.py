@@ -1,26 +1,20 @@
-"""Training: ``fit`` and ``evaluate``, with a progress bar and a checkpoint after every epoch.
+"""``python -m gpulayers.train``: the command line of :mod:`gpulayers.cli`, and one import for scripts.
 
     python -m gpulayers.train                       # small CNN on scikit-learn's digits, CPU or GPU
     python -m gpulayers.train --data mnist --data-dir ~/data/mnist --epochs 5 --plot curves.png
 
-The checkpoint format lives in :mod:`gpulayers.checkpoint` and the command line in
-:mod:`gpulayers.cli`; both are re-exported here (``gpulayers.train.save_checkpoint``,
-``gpulayers.train.main``, ...), and ``python -m gpulayers.train`` runs the command line.
+Re-exports the training loop (:mod:`gpulayers.training`), the checkpoint functions
+(:mod:`gpulayers.checkpoint`) and the command line's helpers (:mod:`gpulayers.cli`); the code lives
+in those modules, none of which imports this one.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
-
-from . import nn, optim
 from .checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import DEFAULTS as DEFAULTS
 from .cli import add_run_arguments, build_parser, choose_device, fit_options, main, save_plot
-from .nn.module import Module
+from .training import evaluate, fit, fit_sgd
 
 __all__ = [
     "fit",
@@ -35,192 +29,6 @@ __all__ = [
     "add_run_arguments",
     "fit_options",
 ]
-
-
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-
-
-def _current_lr(optimizer: Any) -> float | None:
-    groups = getattr(optimizer, "param_groups", None)
-    if groups:
-        return float(groups[0]["lr"])
-    lr = getattr(optimizer, "lr", None)
-    return None if lr is None else float(lr)
-
-
-def evaluate(model: Module, loader: Iterable, criterion: Any = None) -> dict[str, Any]:
-    """Accuracy (and mean loss with ``criterion``) of ``model`` over ``loader``, in eval mode.
-
-    Every module's training flag is restored afterwards.
-
-    Returns:
-        ``{"accuracy": fraction, "loss": float or None, "count": examples}``.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    correct, loss_sum, count = None, 0.0, 0
-    try:
-        for xb, yb in loader:
-            logits = model(xb)
-            hits = (logits.argmax(axis=1) == yb).sum()  # stays on the device
-            correct = hits if correct is None else correct + hits
-            if criterion is not None:
-                loss_sum += float(criterion(logits, yb)) * len(yb)
-            count += len(yb)
-    finally:
-        for m, mode in modes:
-            object.__setattr__(m, "training", mode)
-    accuracy = int(correct) / count if count else 0.0
-    return {"accuracy": accuracy, "loss": loss_sum / count if criterion is not None and count else None, "count": count}
-
-
-def _train_epoch(model, loader, criterion, optimizer, desc: str, progress: bool) -> tuple[float, float, int, float]:
-    model.train()
-    bar = _progress(loader, len(loader), desc, progress)
-    correct, loss_sum, seen = None, 0.0, 0
-    start = time.perf_counter()
-    for step, (xb, yb) in enumerate(bar):
-        optimizer.zero_grad()
-        logits = model(xb)
-        loss = float(criterion(logits, yb))
-        model.backward(criterion.backward())
-        optimizer.step()
-        n = len(yb)
-        loss_sum += loss * n
-        seen += n
-        hits = (logits.argmax(axis=1) == yb).sum()
-        correct = hits if correct is None else correct + hits
-        if step % 10 == 0 and hasattr(bar, "set_postfix"):
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:,.0f}", refresh=False)
-    if hasattr(bar, "close"):
-        bar.close()
-    seconds = time.perf_counter() - start
-    return loss_sum / max(seen, 1), (int(correct) / seen if seen else 0.0), seen, seconds
-
-
-def fit(
-    model: Module,
-    train_loader: Any,
-    test_loader: Any,
-    criterion: Any,
-    optimizer: Any,
-    epochs: int,
-    scheduler: Any = None,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], Any] | None = print,
-    on_epoch_end: Callable[[dict, float], Any] | None = None,
-    extra: dict | None = None,
-) -> list[dict[str, Any]]:
-    """Train for ``epochs`` epochs, evaluating on ``test_loader`` after each one.
-
-    Args:
-        model, criterion, optimizer: the library's Module, loss and optimiser.
-        train_loader: yields ``(x, y)`` on the model's device; with ``set_epoch`` (as
-            :class:`gpulayers.data.DataLoader`) each epoch gets its own reproducible shuffle.
-        test_loader: evaluated after each epoch (None to skip).
-        epochs: the total number of epochs, counting those of a resumed checkpoint.
-        scheduler: stepped once per epoch, after the optimiser steps.
-        checkpoint: a ``.npz`` path written after every epoch.
-        resume: continue from ``checkpoint`` when the file exists (RuntimeError when it was written
-            for another model, optimiser or scheduler).
-        progress: a tqdm bar with the loss and images/s (silently off without tqdm).
-        log: receives one line per epoch (None for silence).
-        on_epoch_end: called with (record, seconds of training) after each epoch.
-        extra: JSON-able data stored in the checkpoint.
-
-    Returns:
-        The history: one dict per epoch with ``epoch``, ``lr``, ``train_loss``,
-        ``train_accuracy``, ``test_loss`` and ``test_accuracy`` (fractions). It holds no
-        timings, so an interrupted and resumed run gives the same history as a straight one.
-    """
-    say = log or (lambda _msg: None)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and checkpoint is not None:
-        if Path(checkpoint).is_file():
-            try:
-                state = load_checkpoint(checkpoint, model, optimizer, scheduler, train_loader)
-            except (RuntimeError, ValueError, KeyError) as exc:  # another model, optimiser or scheduler
-                raise RuntimeError(f"cannot resume from {checkpoint}: {exc}") from exc
-            history, start = list(state["history"]), int(state["epoch"])
-            say(f"resumed from {checkpoint} after epoch {start}")
-        else:
-            say(f"no checkpoint at {checkpoint} yet; starting from scratch")
-    for epoch in range(start, epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        lr = _current_lr(optimizer)
-        desc = f"epoch {epoch + 1}/{epochs}"
-        loss, acc, seen, seconds = _train_epoch(model, train_loader, criterion, optimizer, desc, progress)
-        result = evaluate(model, test_loader, criterion) if test_loader is not None else None
-        if scheduler is not None:
-            scheduler.step()
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": loss,
-            "train_accuracy": acc,
-            "test_loss": result["loss"] if result else None,
-            "test_accuracy": result["accuracy"] if result else None,
-        }
-        history.append(record)
-        if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                model,
-                optimizer,
-                scheduler,
-                epoch=epoch + 1,
-                history=history,
-                loader=train_loader,
-                extra=extra,
-            )
-        test_part = f"  test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.2%}" if result else ""
-        say(
-            f"{desc}  train loss {loss:.4f} acc {acc:.2%}{test_part}  "
-            f"({seconds:.1f} s, {seen / max(seconds, 1e-9):,.0f} img/s)"
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(record, seconds)
-    return history
-
-
-def fit_sgd(
-    model: Module,
-    train_loader: Any,
-    test_loader: Any,
-    epochs: int,
-    lr: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.9,
-    **fit_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """:func:`fit` with the examples' recipe: cross-entropy loss, SGD with momentum and a cosine
-    learning-rate schedule over ``epochs``.
-
-    Args:
-        model, train_loader, test_loader, epochs: as for :func:`fit`.
-        lr, weight_decay, momentum: the SGD settings (``lr`` is the schedule's peak).
-        **fit_kwargs: more :func:`fit` arguments (``checkpoint``, ``resume``, ``progress``, ...).
-
-    Returns:
-        :func:`fit`'s history.
-    """
-    optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = optim.CosineAnnealingLR(optimizer, T_max=epochs)
-    criterion = nn.CrossEntropyLoss()
-    return fit(model, train_loader, test_loader, criterion, optimizer, epochs, scheduler=scheduler, **fit_kwargs)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
