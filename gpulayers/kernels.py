@@ -6,7 +6,7 @@ system headers). A file is compiled with :data:`COMPILE_OPTIONS` into one
 name expressions (``"im2col_kernel<float>"``). Launches go to the current device and
 stream; callers enter :func:`device_scope` of their input first.
 
-The op launchers (``gpulayers/ops/conv_cuda.py``, ``pooling_cuda.py``) obtain every kernel
+The op launchers (``gpulayers/ops/conv2d_cuda.py``, ``max_pool2d_cuda.py``) obtain every kernel
 through :func:`get_function`, which is the one place a test replaces to run the very same
 launch code on a CPU emulation of the kernels (``tests/kernel_harness``).
 """

@@ -8,7 +8,7 @@ import pytest
 import gpulayers as gl
 from gpulayers import functional as F
 from gpulayers import nn
-from gpulayers.ops import conv as conv_ops
+from gpulayers.ops import conv2d as conv_ops
 
 torch = pytest.importorskip("torch")
 

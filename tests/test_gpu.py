@@ -22,8 +22,8 @@ import pytest
 
 import gpulayers as gl
 from gpulayers import kernels, nn, optim
-from gpulayers.ops import conv_cuda, pooling_cuda
-from gpulayers.ops._checks import pooled_size
+from gpulayers._checks import pooled_size
+from gpulayers.ops import conv2d_cuda, max_pool2d_cuda
 
 try:
     import torch
@@ -232,11 +232,11 @@ def test_conv_kernels_on_gpu_match_cpu(case, dtype, algorithm, kernel_backend):
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((oc, shape[1] // groups, kh, kw)).astype(dtype)
     b = rng.standard_normal(oc).astype(dtype) if bias else None
-    y, cache = conv_cuda.conv2d_forward(
+    y, cache = conv2d_cuda.conv2d_forward(
         to_dev(x), to_dev(w), None if b is None else to_dev(b), stride, padding, dilation, groups, algorithm=algorithm
     )
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv_cuda.conv2d_backward(to_dev(dy), cache)
+    dx, dw, db = conv2d_cuda.conv2d_backward(to_dev(dy), cache)
     y_ref, cache_ref = gl.functional.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     dx_ref, dw_ref, db_ref = gl.functional.conv2d_backward(dy, cache_ref)
     for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
@@ -271,9 +271,9 @@ def test_max_pool_kernels_on_gpu_equal_torch_exactly(case, dtype, kind, kernel_b
         if kind == "neg_inf":
             x[rng.random(shape) < 0.9] = -np.inf
     out = tuple(pooled_size("t", shape[2 + i], k[i], s[i], p[i], d[i], ceil_mode, "h") for i in range(2))
-    y, cache = pooling_cuda.max_pool2d_forward(to_dev(x), k, s, p, d, out)
+    y, cache = max_pool2d_cuda.max_pool2d_forward(to_dev(x), k, s, p, d, out)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = pooling_cuda.max_pool2d_backward(to_dev(dy), cache)
+    dx = max_pool2d_cuda.max_pool2d_backward(to_dev(dy), cache)
     xt = torch.tensor(x, requires_grad=True)  # PyTorch on the CPU: the reference order of sums
     yt = torch.nn.functional.max_pool2d(xt, k, s, p, d, ceil_mode=ceil_mode)
     yt.backward(torch.tensor(dy))
@@ -285,11 +285,11 @@ def test_conv_gemm_chunks_on_gpu(monkeypatch, kernel_backend):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 4, 9, 9)).astype(np.float32)
     w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    monkeypatch.setattr(conv_cuda, "COL_BUDGET_BYTES", 2 * 4 * 9 * 81 * 4)  # two samples per chunk
-    y, cache = conv_cuda.conv2d_forward(to_dev(x), to_dev(w), None, (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setattr(conv2d_cuda, "COL_BUDGET_BYTES", 2 * 4 * 9 * 81 * 4)  # two samples per chunk
+    y, cache = conv2d_cuda.conv2d_forward(to_dev(x), to_dev(w), None, (1, 1), (1, 1), (1, 1), 1)
     assert cache.col is None
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, dw, _ = conv_cuda.conv2d_backward(to_dev(dy), cache)
+    dx, dw, _ = conv2d_cuda.conv2d_backward(to_dev(dy), cache)
     y_ref, c_ref = gl.functional.conv2d_forward(x, w, None, 1, 1, 1, 1)
     dx_ref, dw_ref, _ = gl.functional.conv2d_backward(dy, c_ref)
     close(y, y_ref, scale=10.0)
@@ -310,10 +310,10 @@ FUSED_OPTIMIZERS = {
 def test_fused_optimizer_steps_on_gpu_match_cpu(name, dtype, kernel_backend, monkeypatch):
     """The optimisers step each GPU parameter with one kernel (cuda_kernels/optim.cu); parameters
     and state dicts agree with the CPU's NumPy path."""
-    from gpulayers.optim import _cuda
+    from gpulayers.optim import optim_cuda
 
     if not ON_GPU:  # the dry run routes NumPy parameters to the launchers (on the harness)
-        monkeypatch.setattr(_cuda, "can_fuse", _cuda.fusable)
+        monkeypatch.setattr(optim_cuda, "can_fuse", optim_cuda.fusable)
     launched = []
     launch = kernels.launch
     monkeypatch.setattr(kernels, "launch", lambda f, k, *rest: (launched.append(k), launch(f, k, *rest))[1])
@@ -332,7 +332,7 @@ def test_fused_optimizer_steps_on_gpu_match_cpu(name, dtype, kernel_backend, mon
             p.grad, q.grad = to_dev(g), g
         opt_gpu.step()
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_cuda, "can_fuse", lambda *a: False)
+            mp.setattr(optim_cuda, "can_fuse", lambda *a: False)
             opt_cpu.step()
     kernel = "sgd_update_kernel" if name.startswith("sgd") else "adam_update_kernel"
     assert launched == [kernel] * (steps * len(shapes))
@@ -401,10 +401,10 @@ def test_max_pool_past_int32_flat_indices():
         pytest.skip("needs 24 GiB of free GPU memory")
     n_planes, h, w = 2**15 + 3, 256, 256  # 2**31 + 196608 elements
     x = cupy.random.default_rng(0).standard_normal((1, n_planes, h, w), dtype=cupy.float32)
-    y, cache = pooling_cuda.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (h // 2, w // 2))
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (h // 2, w // 2))
     tail = x[:, -3:].get()
     np.testing.assert_array_equal(y[:, -3:].get(), gl.functional.max_pool2d_forward(tail, 2)[0])
-    dx = pooling_cuda.max_pool2d_backward(cupy.ones_like(y), cache)
+    dx = max_pool2d_cuda.max_pool2d_backward(cupy.ones_like(y), cache)
     assert float(dx[:, -3:].sum()) == 3 * (h // 2) * (w // 2)
     del x, y, cache, dx
     cupy.get_default_memory_pool().free_all_blocks()

@@ -1,7 +1,7 @@
 """The CUDA kernels, run on the CPU through the g++ harness, against PyTorch and the NumPy path.
 
 ``gpulayers.kernels.get_function`` is swapped for the harness's, so the real launchers of
-``gpulayers/ops/conv_cuda.py`` and ``pooling_cuda.py`` run end to end on NumPy arrays: the
+``gpulayers/ops/conv2d_cuda.py`` and ``max_pool2d_cuda.py`` run end to end on NumPy arrays: the
 argument order, the scalar types (checked against each kernel's C signature), the launch
 sizes and the GEMM glue are all exercised. Every case also runs with a 3 x 4 grid, far too
 small for the work, to exercise the grid-stride loops. An AddressSanitizer/UBSan build runs
@@ -20,8 +20,8 @@ from kernel_harness.harness import HarnessLibrary, LaunchError, build, sanitizer
 
 import gpulayers.functional as F
 from gpulayers import kernels
-from gpulayers.ops import conv_cuda, pooling_cuda
-from gpulayers.ops._checks import pooled_size
+from gpulayers._checks import pooled_size
+from gpulayers.ops import conv2d_cuda, max_pool2d_cuda
 
 torch = pytest.importorskip("torch")
 
@@ -101,9 +101,9 @@ def _torch_conv(x, w, b, dy, opts):
 @pytest.mark.parametrize("name", list(CONV_CASES))
 def test_conv2d_kernels_match_torch_and_numpy_path(harness, name, dtype, algorithm):
     x, w, b, opts = _conv_inputs(CONV_CASES[name], dtype)
-    y, cache = conv_cuda.conv2d_forward(x, w, b, **opts, algorithm=algorithm)
+    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm=algorithm)
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv_cuda.conv2d_backward(dy, cache)
+    dx, dw, db = conv2d_cuda.conv2d_backward(dy, cache)
 
     y_ref, dx_ref, dw_ref, db_ref = _torch_conv(x, w, b, dy, opts)
     assert y.dtype == dx.dtype == dw.dtype == dtype
@@ -139,7 +139,7 @@ def test_conv2d_kernels_match_torch_and_numpy_path(harness, name, dtype, algorit
     [(6, 6, "direct"), (1, 1, "direct"), (3, 3, "direct"), (4, 2, "gemm"), (32, 1, "gemm")],
 )
 def test_conv2d_algorithm_choice(channels, groups, expected):
-    assert conv_cuda.choose_algorithm(channels, groups) == expected
+    assert conv2d_cuda.choose_algorithm(channels, groups) == expected
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -147,11 +147,11 @@ def test_conv2d_gemm_batch_chunks(harness, monkeypatch, dtype):
     """A column budget smaller than the batch: several chunks, columns rebuilt in backward."""
     x, w, b, opts = _conv_inputs(CONV_CASES["odd_sizes"], dtype, seed=3)
     per_sample = x.shape[1] * w.shape[2] * w.shape[3] * 13 * 3 * x.itemsize  # OH=13, OW=3
-    monkeypatch.setattr(conv_cuda, "COL_BUDGET_BYTES", per_sample)  # one sample per chunk
-    y, cache = conv_cuda.conv2d_forward(x, w, b, **opts, algorithm="gemm")
+    monkeypatch.setattr(conv2d_cuda, "COL_BUDGET_BYTES", per_sample)  # one sample per chunk
+    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="gemm")
     assert cache.col is None
     dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv_cuda.conv2d_backward(dy, cache)
+    dx, dw, db = conv2d_cuda.conv2d_backward(dy, cache)
     assert sum(name.startswith("im2col_kernel") for name, _, _ in harness.launches) == 2 * x.shape[0]
     y_ref, dx_ref, dw_ref, db_ref = _torch_conv(x, w, b, dy, opts)
     for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
@@ -167,9 +167,9 @@ def test_conv2d_non_contiguous_inputs(harness, algorithm):
     b = rng.standard_normal(8)[::2]
     assert not (x.flags.c_contiguous or w.flags.c_contiguous or b.flags.c_contiguous)
     opts = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2)
-    y, cache = conv_cuda.conv2d_forward(x, w, b, **opts, algorithm=algorithm)
+    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm=algorithm)
     dy = rng.standard_normal(y.shape)[..., ::-1]
-    dx, dw, db = conv_cuda.conv2d_backward(dy, cache)
+    dx, dw, db = conv2d_cuda.conv2d_backward(dy, cache)
     y_ref, dx_ref, dw_ref, db_ref = _torch_conv(x, w, b, np.ascontiguousarray(dy), opts)
     for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -179,10 +179,10 @@ def test_conv2d_non_contiguous_inputs(harness, algorithm):
 def test_conv2d_direct_weight_gradient_any_lane_count(harness, monkeypatch, lanes):
     """Lane counts below a row, across rows and across whole samples (out 8x12, 2 samples)."""
     x, w, b, opts = _conv_inputs(((2, 3, 8, 12), (6, 3, 3), (1, 1), (1, 1), (1, 1), 3, True), np.float64, seed=9)
-    monkeypatch.setattr(conv_cuda, "_direct_lanes", lambda g, itemsize: lanes)
-    y, cache = conv_cuda.conv2d_forward(x, w, b, **opts, algorithm="direct")
+    monkeypatch.setattr(conv2d_cuda, "_direct_lanes", lambda g, itemsize: lanes)
+    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="direct")
     dy = np.random.default_rng(10).standard_normal(y.shape)
-    _, dw, _ = conv_cuda.conv2d_backward(dy, cache)
+    _, dw, _ = conv2d_cuda.conv2d_backward(dy, cache)
     np.testing.assert_allclose(dw, _torch_conv(x, w, b, dy, opts)[2], rtol=1e-10, atol=1e-10)
 
 
@@ -192,8 +192,8 @@ def test_conv2d_direct_lanes_do_not_depend_on_the_grid(libraries, monkeypatch):
     results = []
     for library in libraries.values():
         monkeypatch.setattr(kernels, "get_function", library.get_function)
-        y, cache = conv_cuda.conv2d_forward(x, w, b, **opts, algorithm="direct")
-        results.append(conv_cuda.conv2d_backward(np.ones_like(y), cache))
+        y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="direct")
+        results.append(conv2d_cuda.conv2d_backward(np.ones_like(y), cache))
     for first, second in zip(*results, strict=True):
         np.testing.assert_array_equal(first, second)
 
@@ -257,9 +257,9 @@ def test_max_pool2d_kernels_match_torch_exactly(harness, name, dtype, kind):
     shape = POOL_CASES[name][0]
     opts, ceil_mode = _pool_opts(POOL_CASES[name])
     x = _pool_input(kind, shape, dtype)
-    y, cache = pooling_cuda.max_pool2d_forward(x, **opts)
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, **opts)
     dy = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
-    dx = pooling_cuda.max_pool2d_backward(dy, cache)
+    dx = max_pool2d_cuda.max_pool2d_backward(dy, cache)
 
     # PyTorch, same dtype: maxima are exact and the gradient sums run in the same order.
     y_ref, dx_ref = _torch_pool(x, dy, opts, ceil_mode)
@@ -292,10 +292,10 @@ def _torch_argmax(x, opts, ceil_mode):
 
 def test_max_pool2d_nan_picks_the_last_nan_like_torch(harness):
     x = np.array([[[[1.0, np.nan, 3.0, np.nan, 7.0, 2.0]]]])
-    y, cache = pooling_cuda.max_pool2d_forward(x, (1, 6), (1, 1), (0, 0), (1, 1), (1, 1))
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, (1, 6), (1, 1), (0, 0), (1, 1), (1, 1))
     assert np.isnan(y).all()
     assert cache.argmax.item() == 3
-    dx = pooling_cuda.max_pool2d_backward(np.ones_like(y), cache)
+    dx = max_pool2d_cuda.max_pool2d_backward(np.ones_like(y), cache)
     np.testing.assert_array_equal(dx, [[[[0, 0, 0, 1, 0, 0]]]])
 
 
@@ -303,21 +303,21 @@ def test_max_pool2d_window_without_input(harness):
     """2x2 input, kernel 2, dilation 3, padding 1: the window reaches only padding, so the
     output is -inf (as in PyTorch) and no input element receives its gradient."""
     x = np.arange(4.0).reshape(1, 1, 2, 2)
-    y, cache = pooling_cuda.max_pool2d_forward(x, (2, 2), (1, 1), (1, 1), (3, 3), (1, 1))
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, (2, 2), (1, 1), (1, 1), (3, 3), (1, 1))
     np.testing.assert_array_equal(y, [[[[-np.inf]]]])
     y_ref = torch.nn.functional.max_pool2d(torch.tensor(x), 2, stride=1, padding=1, dilation=3)
     np.testing.assert_array_equal(y, y_ref.numpy())
-    np.testing.assert_array_equal(pooling_cuda.max_pool2d_backward(np.ones_like(y), cache), np.zeros_like(x))
+    np.testing.assert_array_equal(max_pool2d_cuda.max_pool2d_backward(np.ones_like(y), cache), np.zeros_like(x))
 
 
 def test_max_pool2d_non_contiguous_input(harness):
     x = np.random.default_rng(7).standard_normal((2, 10, 9, 3)).transpose(0, 3, 2, 1)  # (2, 3, 9, 10)
     opts, ceil_mode = _pool_opts((x.shape, (3, 3), (2, 2), (1, 1), (1, 1), True))
-    y, cache = pooling_cuda.max_pool2d_forward(x, **opts)
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, **opts)
     dy = np.ones(y.shape)[:, :, ::-1]
     y_ref, dx_ref = _torch_pool(x, np.ascontiguousarray(dy), opts, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
-    np.testing.assert_array_equal(pooling_cuda.max_pool2d_backward(dy, cache), dx_ref)
+    np.testing.assert_array_equal(max_pool2d_cuda.max_pool2d_backward(dy, cache), dx_ref)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,8 +336,8 @@ def test_launchers_use_the_capped_grid(libraries, monkeypatch):
     monkeypatch.setattr(kernels, "get_function", library.get_function)
     monkeypatch.setattr(kernels, "MAX_GRID", 2)
     x = np.random.default_rng(8).standard_normal((2, 3, 40, 30))
-    y, cache = pooling_cuda.max_pool2d_forward(x, (2, 1), (2, 1), (0, 0), (1, 1), (20, 30))
-    dx = pooling_cuda.max_pool2d_backward(np.ones_like(y), cache)
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, (2, 1), (2, 1), (0, 0), (1, 1), (20, 30))
+    dx = max_pool2d_cuda.max_pool2d_backward(np.ones_like(y), cache)
     assert [grid for _, grid, _ in library.launches] == [(2, 1, 1), (2, 1, 1)]
     np.testing.assert_array_equal(y, np.maximum(x[:, :, 0::2], x[:, :, 1::2]))
     np.testing.assert_array_equal(dx.sum(axis=2), np.ones((2, 3, 30)) * 20)
@@ -345,9 +345,9 @@ def test_launchers_use_the_capped_grid(libraries, monkeypatch):
 
 def test_unsupported_dtype_is_a_type_error():
     with pytest.raises(TypeError, match="float32 or float64.*float16"):
-        pooling_cuda.max_pool2d_forward(np.zeros((1, 1, 4, 4), np.float16), (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+        max_pool2d_cuda.max_pool2d_forward(np.zeros((1, 1, 4, 4), np.float16), (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
     with pytest.raises(TypeError, match="float32 or float64.*int64"):
-        conv_cuda.conv2d_forward(np.zeros((1, 1, 4, 4), np.int64), np.zeros((1, 1, 3, 3), np.int64), None)
+        conv2d_cuda.conv2d_forward(np.zeros((1, 1, 4, 4), np.int64), np.zeros((1, 1, 3, 3), np.int64), None)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The fused optimiser kernels (``cuda_kernels/optim.cu``), run on the CPU through the g++ harness.
 
 ``gpulayers.kernels.get_function`` is swapped for the harness's and the optimisers' GPU test
-(:func:`gpulayers.optim._cuda.can_fuse`) for the layout check alone, so that NumPy parameters
+(:func:`gpulayers.optim.optim_cuda.can_fuse`) for the layout check alone, so that NumPy parameters
 take the fused path: the real launchers run end to end, their argument types checked against
 the kernels' C signatures. Each case steps a fused optimiser and a twin on the NumPy path
 (which matches PyTorch step for step, ``tests/test_optim.py``) over the same gradients and
@@ -29,7 +29,7 @@ from kernel_harness.harness import HarnessLibrary, build, sanitizer_env
 import gpulayers as gl
 from gpulayers import kernels, optim
 from gpulayers.nn import Parameter
-from gpulayers.optim import _cuda
+from gpulayers.optim import optim_cuda
 
 torch = pytest.importorskip("torch")
 
@@ -68,7 +68,7 @@ def harness(request, libraries, monkeypatch) -> HarnessLibrary:
     library = libraries[request.param]
     library.launches.clear()
     monkeypatch.setattr(kernels, "get_function", library.get_function)
-    monkeypatch.setattr(_cuda, "can_fuse", _cuda.fusable)
+    monkeypatch.setattr(optim_cuda, "can_fuse", optim_cuda.fusable)
     return library
 
 
@@ -111,7 +111,7 @@ def _fused_vs_numpy(harness, make, dtype, grads=None, seed=0, shapes=SHAPES, aft
         fused.step()
         assert len(harness.launches) - before == len(shapes)  # one launch per parameter
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_cuda, "can_fuse", lambda *a: False)
+            mp.setattr(optim_cuda, "can_fuse", lambda *a: False)
             reference_step()
         assert len(harness.launches) - before == len(shapes)
         for i, (p, q) in enumerate(zip(fused_params, numpy_params, strict=True)):
@@ -241,15 +241,15 @@ def test_grid_stride_loop_covers_more_than_the_grid(libraries, monkeypatch):
     shapes = [(3000,)]
     for make in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.AdamW(ps, amsgrad=True)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_cuda, "can_fuse", _cuda.fusable)
+            mp.setattr(optim_cuda, "can_fuse", optim_cuda.fusable)
             fused_params, numpy_params = _params(np.float32, shapes=shapes)
             fused, reference = make(fused_params), make(numpy_params)
             for step_grads in _grads(np.float32, steps=2, shapes=shapes):
                 fused_params[0].grad = numpy_params[0].grad = step_grads[0]
                 fused.step()
-                mp.setattr(_cuda, "can_fuse", lambda *a: False)
+                mp.setattr(optim_cuda, "can_fuse", lambda *a: False)
                 reference.step()
-                mp.setattr(_cuda, "can_fuse", _cuda.fusable)
+                mp.setattr(optim_cuda, "can_fuse", optim_cuda.fusable)
             _agree(fused_params[0].data, numpy_params[0].data, np.float32)
     assert [grid for _, grid, _ in library.launches] == [(2, 1, 1)] * 4
 
@@ -275,7 +275,7 @@ def test_numpy_parameters_take_the_numpy_path(libraries, monkeypatch):
     opt = optim.SGD([p], lr=0.5, momentum=0.9)
     opt.step()
     assert library.launches == []
-    assert not _cuda.can_fuse(p.data, p.grad)
+    assert not optim_cuda.can_fuse(p.data, p.grad)
     np.testing.assert_array_equal(p.data, np.full(4, 0.5, np.float32))
 
 
@@ -308,7 +308,7 @@ def test_layouts_the_kernels_cannot_take_fall_back_to_the_numpy_path(harness, ca
         else:
             state["exp_avg_sq"] = np.asfortranarray(state["exp_avg_sq"])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_cuda, "can_fuse", lambda *a: False)
+        mp.setattr(optim_cuda, "can_fuse", lambda *a: False)
         reference.step()
     opt.step()
     assert harness.launches == []
@@ -337,7 +337,7 @@ def test_state_dict_is_the_same_on_both_paths_and_resumes(harness, make):
     _, numpy_params = _params(np.float64)
     reference = factory(numpy_params)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_cuda, "can_fuse", lambda *a: False)
+        mp.setattr(optim_cuda, "can_fuse", lambda *a: False)
         for step_grads in grads[:2]:
             for q, g in zip(numpy_params, step_grads, strict=True):
                 q.grad = g.copy()
@@ -362,7 +362,7 @@ def test_state_dict_is_the_same_on_both_paths_and_resumes(harness, make):
 def test_launcher_needs_a_buffer_for_momentum():
     p = np.zeros(3)
     with pytest.raises(ValueError, match="momentum buffer"):
-        _cuda.sgd_update(
+        optim_cuda.sgd_update(
             p, p, None, lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, first_step=True
         )
 
@@ -377,11 +377,11 @@ import numpy as np
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from gpulayers import kernels, optim
 from gpulayers.nn import Parameter
-from gpulayers.optim import _cuda
+from gpulayers.optim import optim_cuda
 from kernel_harness.harness import HarnessLibrary
 
 build_dir, mode = Path(sys.argv[3]), sys.argv[4]
-_cuda.can_fuse = _cuda.fusable
+optim_cuda.can_fuse = optim_cuda.fusable
 rng = np.random.default_rng(0)
 if mode == "clean":
     for grid in (None, (3, 4)):

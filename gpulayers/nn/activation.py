@@ -6,8 +6,8 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_floating
 from ..ops import activation as ops
-from ..ops._checks import check_floating
 from .module import Module
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]

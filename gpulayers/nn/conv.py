@@ -1,4 +1,4 @@
-"""Conv2d: a thin layer over :mod:`gpulayers.ops.conv`."""
+"""Conv2d: a thin layer over :mod:`gpulayers.ops.conv2d`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ops import conv as ops
-from ..ops._checks import check_input, no_forward, pair
+from .._checks import check_input, no_forward, pair
+from ..ops import conv2d as ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._checks import check_floating
 from ..ops import dropout as ops
-from ..ops._checks import check_floating
 from .module import Module
 
 __all__ = ["Dropout"]

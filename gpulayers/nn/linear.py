@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_channels, check_floating, check_same_device
 from ..ops import linear as ops
-from ..ops._checks import check_channels, check_floating, check_same_device
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import backend
-from ..ops._checks import check_grad, no_forward
+from .._checks import check_grad, no_forward
 
 __all__ = ["Parameter", "Module", "Sequential"]
 

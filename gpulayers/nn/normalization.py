@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_channels, check_input, check_same_device
 from ..ops import normalization as ops
-from ..ops._checks import check_channels, check_input, check_same_device
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]

@@ -1,11 +1,11 @@
-"""MaxPool2d, AvgPool2d and AdaptiveAvgPool2d: thin layers over :mod:`gpulayers.ops.pooling`."""
+"""MaxPool2d, AvgPool2d and AdaptiveAvgPool2d: thin layers over :mod:`gpulayers.ops.max_pool2d`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..ops import pooling as ops
-from ..ops._checks import no_forward
+from .._checks import no_forward
+from ..ops import max_pool2d as ops
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]

@@ -1,13 +1,13 @@
 """Adam and AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), step for step.
 
-On the GPU each parameter's step is one fused kernel launch (:mod:`._cuda`) with the same
+On the GPU each parameter's step is one fused kernel launch (:mod:`.optim_cuda`) with the same
 arithmetic; elsewhere the element-wise code below.
 """
 
 from __future__ import annotations
 
 from .. import backend
-from . import _cuda
+from . import optim_cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["Adam", "AdamW"]
@@ -69,8 +69,8 @@ class Adam(Optimizer):
         if group["amsgrad"] and "max_exp_avg_sq" not in state:  # amsgrad switched on after a step
             state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         max_exp_avg_sq = state["max_exp_avg_sq"] if group["amsgrad"] else None
-        if _cuda.can_fuse(p.data, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq):
-            _cuda.adam_update(
+        if optim_cuda.can_fuse(p.data, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq):
+            optim_cuda.adam_update(
                 p.data,
                 grad,
                 state["exp_avg"],

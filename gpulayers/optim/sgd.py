@@ -1,6 +1,6 @@
 """Stochastic gradient descent (``torch.optim.SGD``), step for step.
 
-On the GPU each parameter's step is one fused kernel launch (:mod:`._cuda`) with the same
+On the GPU each parameter's step is one fused kernel launch (:mod:`.optim_cuda`) with the same
 arithmetic; elsewhere the element-wise code below.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from . import _cuda
+from . import optim_cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["SGD"]
@@ -60,7 +60,7 @@ class SGD(Optimizer):
 
     def _update(self, p, grad, state, group):
         momentum, wd = group["momentum"], group["weight_decay"]
-        if _cuda.can_fuse(p.data, grad, state.get("momentum_buffer")):
+        if optim_cuda.can_fuse(p.data, grad, state.get("momentum_buffer")):
             self._fused_update(p, grad, state, group)
             return
         if wd != 0:
@@ -77,7 +77,7 @@ class SGD(Optimizer):
         p.data -= group["lr"] * grad
 
     def _fused_update(self, p, grad, state, group):
-        """The same step as one kernel launch (a CuPy parameter; see :mod:`._cuda`)."""
+        """The same step as one kernel launch (a CuPy parameter; see :mod:`.optim_cuda`)."""
         buf, first_step = None, False
         if group["momentum"] != 0:
             buf = state.get("momentum_buffer")
@@ -85,7 +85,7 @@ class SGD(Optimizer):
                 buf = backend.get_array_module(p.data).empty_like(p.data)
                 state["momentum_buffer"] = buf
                 first_step = True
-        _cuda.sgd_update(
+        optim_cuda.sgd_update(
             p.data,
             grad,
             buf,

@@ -4,7 +4,7 @@ Usage: ``python asan_run.py BUILD_DIR clean|overflow-write|overflow-read``. The 
 preload the sanitizer runtimes (``LD_PRELOAD``) and use ``PYTHONMALLOC=malloc``; every array
 is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones.
 
-* ``clean`` drives every kernel through ``gpulayers.ops.conv_cuda`` / ``pooling_cuda`` over
+* ``clean`` drives every kernel through ``gpulayers.ops.conv2d_cuda`` / ``max_pool2d_cuda`` over
   many shapes (and again with a 3 x 4 grid) and prints ``ASAN_CLEAN_RUN_OK`` at the end.
 * ``overflow-write`` / ``overflow-read`` launch a kernel with a deliberately wrong size, so a
   correct sanitizer build must abort the process (the negative controls).
@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpulayers import kernels  # noqa: E402
-from gpulayers.ops import conv_cuda, pooling_cuda  # noqa: E402
+from gpulayers.ops import conv2d_cuda, max_pool2d_cuda  # noqa: E402
 from kernel_harness.harness import HarnessLibrary  # noqa: E402
 
 MIN_BYTES = 16 * 1024
@@ -71,15 +71,17 @@ def run_clean(build_dir: Path) -> None:
                 w = rng.standard_normal((oc, shape[1] // groups, kh, kw)).astype(dtype)
                 b = rng.standard_normal(oc).astype(dtype)
                 for algorithm in ("gemm", "direct"):
-                    y, cache = conv_cuda.conv2d_forward(x, w, b, stride, padding, dilation, groups, algorithm=algorithm)
-                    dx, dw, db = conv_cuda.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+                    y, cache = conv2d_cuda.conv2d_forward(
+                        x, w, b, stride, padding, dilation, groups, algorithm=algorithm
+                    )
+                    dx, dw, db = conv2d_cuda.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
                     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
                     assert np.isfinite(y).all() and np.isfinite(dx).all() and np.isfinite(dw).all()
             for shape, k, s, p, d, ceil_mode in POOL_CASES:
                 x = _big(rng, shape, dtype)
                 out = tuple(_pooled(shape[2 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2))
-                y, cache = pooling_cuda.max_pool2d_forward(x, k, s, p, d, out)
-                dx = pooling_cuda.max_pool2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+                y, cache = max_pool2d_cuda.max_pool2d_forward(x, k, s, p, d, out)
+                dx = max_pool2d_cuda.max_pool2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
                 assert dx.shape == x.shape
         print(f"grid {grid}: {len(library.launches)} launches", flush=True)
     print("ASAN_CLEAN_RUN_OK", flush=True)

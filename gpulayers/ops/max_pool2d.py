@@ -7,7 +7,7 @@ kernel offsets only: each offset reads one strided ``(N, C, OH, OW)`` view of th
 Max pooling follows PyTorch's CPU kernel exactly: padding never wins (it acts as -inf, and
 the window's first real pixel is the starting candidate), ties go to the first maximum in
 row-major window order, and a NaN always takes over (so the *last* NaN of a window is the
-one that receives the gradient). CuPy inputs go to the CUDA kernel in ``pooling_cuda``; the
+one that receives the gradient). CuPy inputs go to the CUDA kernel in ``max_pool2d_cuda``; the
 average pools are written against the array module and run on either device.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import check_grad, check_input, grad_marker, no_forward, pair, pooled_size
+from .._checks import check_grad, check_input, grad_marker, no_forward, pair, pooled_size
 
 __all__ = [
     "PoolArgs",
@@ -170,9 +170,9 @@ def max_pool2d_forward(
     a = pool_arguments(name, kernel_size, stride, padding, dilation, ceil_mode)
     out = pooled_output_size(name, x, a)
     if backend.is_cuda_array(x):
-        from . import pooling_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
+        from . import max_pool2d_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
 
-        y, inner = pooling_cuda.max_pool2d_forward(
+        y, inner = max_pool2d_cuda.max_pool2d_forward(
             x, kernel=a.kernel, stride=a.stride, padding=a.padding, dilation=a.dilation, out_size=out
         )
         return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name, on_gpu=True)
@@ -185,9 +185,9 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     """Gradient of :func:`max_pool2d_forward` w.r.t. its input (one winner per window)."""
     dy = _check_backward("max_pool2d", dy, cache)
     if cache.on_gpu:
-        from . import pooling_cuda  # noqa: PLC0415
+        from . import max_pool2d_cuda  # noqa: PLC0415
 
-        return pooling_cuda.max_pool2d_backward(dy, cache.data)
+        return max_pool2d_cuda.max_pool2d_backward(dy, cache.data)
     a, argmax = cache.a, cache.data
     (kh, kw), (oh, ow) = a.kernel, cache.out_shape[2:]
     disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1

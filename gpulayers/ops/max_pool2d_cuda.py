@@ -1,6 +1,6 @@
 """max_pool2d on the GPU: the launchers of ``cuda_kernels/max_pool2d.cu``.
 
-Called by :mod:`gpulayers.ops.pooling` for CuPy arrays, after validation and with the output
+Called by :mod:`gpulayers.ops.max_pool2d` for CuPy arrays, after validation and with the output
 size already chosen (``ceil_mode`` enters only through it). Forward saves the argmax of every
 window as an int32 index into its input plane; backward is a gather over it, deterministic
 and equal to PyTorch's scatter (same summation order).

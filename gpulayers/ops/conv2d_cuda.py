@@ -1,6 +1,6 @@
 """conv2d on the GPU: the launchers of ``cuda_kernels/conv2d.cu`` and cuBLAS GEMMs through CuPy.
 
-Called by :mod:`gpulayers.ops.conv` for CuPy arrays, after validation. Two algorithms:
+Called by :mod:`gpulayers.ops.conv2d` for CuPy arrays, after validation. Two algorithms:
 
 * ``"gemm"`` (the default): ``im2col`` into a group-major column matrix of shape
   ``(C * kh * kw, N * OH * OW)``, one (batched-over-groups) GEMM with the weight, then a

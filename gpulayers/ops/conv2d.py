@@ -2,7 +2,7 @@
 
 ``y, cache = conv2d_forward(x, weight, bias, stride, padding, dilation, groups)`` and
 ``dx, dw, db = conv2d_backward(dy, cache)``. NumPy arrays run the im2col/GEMM code below,
-CuPy arrays the CUDA kernels behind :mod:`gpulayers.ops.conv_cuda`.
+CuPy arrays the CUDA kernels behind :mod:`gpulayers.ops.conv2d_cuda`.
 
 The CPU path builds the column matrix with one strided copy per kernel offset (never per
 pixel), multiplies it with the weight through BLAS, and in backward scatters the column
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
+from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_arguments", "normalize_conv_options", "ConvArgs", "ConvCache"]
 
@@ -147,14 +147,14 @@ def conv2d_forward(
             x = np.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
         y, inner = _forward_cpu(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, a)
         return y, ConvCache(inner, False, in_shape, tuple(y.shape), grad_marker(x), name)
-    from . import conv_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
+    from . import conv2d_cuda  # noqa: PLC0415 - the GPU module loads CuPy kernels lazily
 
     with x.device:
         if a.extra != (0, 0):
             x = xp.pad(x, ((0, 0), (0, 0), (0, a.extra[0]), (0, a.extra[1])))
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         bias = None if bias is None else xp.ascontiguousarray(bias)
-        y, inner = conv_cuda.conv2d_forward(
+        y, inner = conv2d_cuda.conv2d_forward(
             x, weight, bias, stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups
         )
     return y, ConvCache(inner, True, in_shape, tuple(y.shape), grad_marker(x), name)
@@ -179,11 +179,11 @@ def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
         if dx.shape[2:] != (h, w):  # undo the extra "same" row/column
             dx = np.ascontiguousarray(dx[:, :, :h, :w])
         return dx, dw, db
-    from . import conv_cuda  # noqa: PLC0415
+    from . import conv2d_cuda  # noqa: PLC0415
 
     xp = backend.get_array_module(dy)
     with dy.device:
-        dx, dw, db = conv_cuda.conv2d_backward(xp.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
+        dx, dw, db = conv2d_cuda.conv2d_backward(xp.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
         if dx.shape[2:] != (h, w):
             dx = xp.ascontiguousarray(dx[:, :, :h, :w])
     return dx, dw, db

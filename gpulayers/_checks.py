@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from . import backend
 
 
 def pair(name: str, arg: str, value: Any, *, minimum: int = 0) -> tuple[int, int]:
