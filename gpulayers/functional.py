@@ -15,18 +15,17 @@ from .ops.activation import (
     tanh_backward,
     tanh_forward,
 )
-from .ops.conv2d import conv2d_backward, conv2d_forward
-from .ops.dropout import dropout_backward, dropout_forward
-from .ops.linear import linear_backward, linear_forward
-from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
-from .ops.max_pool2d import (
+from .ops.avg_pool2d import (
     adaptive_avg_pool2d_backward,
     adaptive_avg_pool2d_forward,
     avg_pool2d_backward,
     avg_pool2d_forward,
-    max_pool2d_backward,
-    max_pool2d_forward,
 )
+from .ops.conv2d import conv2d_backward, conv2d_forward
+from .ops.dropout import dropout_backward, dropout_forward
+from .ops.linear import linear_backward, linear_forward
+from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
+from .ops.max_pool2d import max_pool2d_backward, max_pool2d_forward
 from .ops.normalization import batch_norm_backward, batch_norm_forward
 
 __all__ = [

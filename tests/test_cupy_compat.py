@@ -32,6 +32,7 @@ XP_MODULES = [
     "ops/loss.py",
     "ops/normalization.py",
     "ops/max_pool2d.py",
+    "ops/avg_pool2d.py",
     "ops/max_pool2d_cuda.py",
     "_checks.py",
     "nn/module.py",

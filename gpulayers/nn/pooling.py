@@ -1,10 +1,11 @@
-"""MaxPool2d, AvgPool2d and AdaptiveAvgPool2d: thin layers over :mod:`gpulayers.ops.max_pool2d`."""
+"""MaxPool2d, AvgPool2d and AdaptiveAvgPool2d: thin layers over :mod:`gpulayers.ops.max_pool2d` and ``avg_pool2d``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .._checks import no_forward
+from ..ops import avg_pool2d as avg_ops
 from ..ops import max_pool2d as ops
 from .module import Module
 
@@ -92,8 +93,8 @@ class AvgPool2d(_Pool):
         - Output: ``(N, C, OH, OW)``, ``OH = floor_or_ceil((H + 2*padding[0] - kernel_size[0]) / stride[0]) + 1``.
     """
 
-    _forward_op = staticmethod(ops.avg_pool2d_forward)
-    _backward_op = staticmethod(ops.avg_pool2d_backward)
+    _forward_op = staticmethod(avg_ops.avg_pool2d_forward)
+    _backward_op = staticmethod(avg_ops.avg_pool2d_backward)
 
     def __init__(
         self,
@@ -129,12 +130,12 @@ class AdaptiveAvgPool2d(_Pool):
         - Output: ``(N, C, oh, ow)``; cell ``i`` averages rows ``[floor(i*H/oh), ceil((i+1)*H/oh))``.
     """
 
-    _forward_op = staticmethod(ops.adaptive_avg_pool2d_forward)
-    _backward_op = staticmethod(ops.adaptive_avg_pool2d_backward)
+    _forward_op = staticmethod(avg_ops.adaptive_avg_pool2d_forward)
+    _backward_op = staticmethod(avg_ops.adaptive_avg_pool2d_backward)
 
     def __init__(self, output_size: Any) -> None:
         super().__init__()
-        ops.adaptive_output_size("AdaptiveAvgPool2d", output_size)
+        avg_ops.adaptive_output_size("AdaptiveAvgPool2d", output_size)
         self.output_size = output_size
 
     def _op_args(self) -> tuple:
