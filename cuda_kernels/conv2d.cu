@@ -9,7 +9,7 @@
 // gathers (one thread per gradient element summing everything that points at it) so
 // results are deterministic without floating-point atomics.
 //
-// Two paths (chosen in gpulayers/ops/conv_cuda.py):
+// Two paths (chosen in gpulayers/ops/conv2d_cuda.py):
 //   * GEMM path: im2col_kernel -> cuBLAS GEMM per group -> gemm_to_nchw_kernel (+bias);
 //     backward: dW by GEMM, dcol by GEMM -> col2im_kernel (gather) for dx.
 //     The column matrix is laid out group-major as (C * kernel_h * kernel_w, N * out_h * out_w),

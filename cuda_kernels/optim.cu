@@ -2,7 +2,7 @@
 //
 // Compiled at run time by NVRTC through cupy.RawModule (gpulayers/kernels.py): no #include,
 // templates instantiated for float and double by name expression ("sgd_update_kernel<float>").
-// Launched by gpulayers/optim/_cuda.py for CuPy parameters; NumPy parameters keep the
+// Launched by gpulayers/optim/optim_cuda.py for CuPy parameters; NumPy parameters keep the
 // element-wise code of gpulayers/optim/sgd.py and adam.py, whose arithmetic these kernels
 // repeat operation for operation, in the same order and precision: every scalar that the
 // NumPy code derives in double on the host (1 - dampening, lr / (1 - beta1**t), ...) arrives
