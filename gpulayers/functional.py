@@ -6,12 +6,20 @@ dispatches on the array type: NumPy to vectorised CPU code, CuPy to the GPU.
 """
 
 from .ops.activation import (
+    gelu_backward,
+    gelu_forward,
     leaky_relu_backward,
     leaky_relu_forward,
+    log_softmax_backward,
+    log_softmax_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    silu_backward,
+    silu_forward,
+    softmax_backward,
+    softmax_forward,
     tanh_backward,
     tanh_forward,
 )
@@ -22,11 +30,12 @@ from .ops.avg_pool2d import (
     avg_pool2d_forward,
 )
 from .ops.conv2d import conv2d_backward, conv2d_forward
-from .ops.dropout import dropout_backward, dropout_forward
+from .ops.dropout import dropout2d_backward, dropout2d_forward, dropout_backward, dropout_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
 from .ops.max_pool2d import max_pool2d_backward, max_pool2d_forward
 from .ops.normalization import batch_norm_backward, batch_norm_forward
+from .ops.special import erf
 
 __all__ = [
     "adaptive_avg_pool2d_backward",
@@ -39,12 +48,19 @@ __all__ = [
     "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "dropout2d_backward",
+    "dropout2d_forward",
     "dropout_backward",
     "dropout_forward",
+    "erf",
+    "gelu_backward",
+    "gelu_forward",
     "leaky_relu_backward",
     "leaky_relu_forward",
     "linear_backward",
     "linear_forward",
+    "log_softmax_backward",
+    "log_softmax_forward",
     "max_pool2d_backward",
     "max_pool2d_forward",
     "mse_loss_backward",
@@ -53,6 +69,10 @@ __all__ = [
     "relu_forward",
     "sigmoid_backward",
     "sigmoid_forward",
+    "silu_backward",
+    "silu_forward",
+    "softmax_backward",
+    "softmax_forward",
     "tanh_backward",
     "tanh_forward",
 ]

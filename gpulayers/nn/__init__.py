@@ -1,9 +1,9 @@
 """Layers, losses and the module system (PyTorch's names and defaults)."""
 
 from . import init
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .conv import Conv2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter, Sequential
@@ -19,10 +19,13 @@ __all__ = [
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Dropout2d",
+    "GELU",
     "Flatten",
     "Identity",
     "LeakyReLU",
     "Linear",
+    "LogSoftmax",
     "MSELoss",
     "MaxPool2d",
     "Module",
@@ -30,6 +33,8 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Sigmoid",
+    "SiLU",
+    "Softmax",
     "Tanh",
     "init",
     "summary",

@@ -1,8 +1,9 @@
-"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh (PyTorch's names and reprs)."""
+"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, SiLU, GELU, Softmax, LogSoftmax (PyTorch's names and reprs)."""
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from .._checks import check_floating
 from ..ops import activation as ops
 from .module import Module
 
-__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Softmax", "LogSoftmax"]
 
 
 class _Activation(Module):
@@ -112,3 +113,99 @@ class Tanh(_Activation):
 
     _forward_fn = staticmethod(ops.tanh_forward)
     _backward_fn = staticmethod(ops.tanh_backward)
+
+
+class SiLU(_Activation):
+    """``x * sigmoid(x)`` (the sigmoid-weighted linear unit, or swish).
+
+    Args:
+        inplace: accepted for PyTorch compatibility (the output is a new array). Defaults to False.
+
+    Shape:
+        - Input: (*), any shape
+        - Output: (*), same shape
+    """
+
+    _forward_fn = staticmethod(ops.silu_forward)
+    _backward_fn = staticmethod(ops.silu_backward)
+
+
+class GELU(_Activation):
+    """``x * Phi(x)``, ``Phi`` the standard normal CDF, exactly (with erf) or by the tanh approximation.
+
+    Args:
+        approximate: ``"none"`` (default) for ``0.5 * x * (1 + erf(x / sqrt(2)))``, or ``"tanh"``
+            for ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+
+    Shape:
+        - Input: (*), any shape
+        - Output: (*), same shape
+    """
+
+    _backward_fn = staticmethod(ops.gelu_backward)
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ops.GELU_APPROXIMATIONS:
+            raise ValueError(f"GELU: expected approximate 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _forward_op(self, x: Any) -> tuple[Any, dict]:
+        return ops.gelu_forward(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class _SoftmaxBase(_Activation):
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral)):
+            raise TypeError(f"{name}: expected dim to be an int or None, got {dim!r}")
+        self.dim = None if dim is None else int(dim)
+
+    def _forward_op(self, x: Any) -> tuple[Any, dict]:
+        name = type(self).__name__
+        if self.dim is None:
+            warnings.warn(
+                f"{name}: implicit dimension choice (dim=None) is deprecated, as in PyTorch; pass dim "
+                f"(using dim={ops.softmax_dim(name, x.ndim, None)} for a {x.ndim}-D input)",
+                UserWarning,
+                stacklevel=4,
+            )
+        ops.softmax_dim(name, x.ndim, self.dim)  # a bad dim names the layer
+        return self._forward_fn(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_SoftmaxBase):
+    """``exp(x) / sum(exp(x))`` along ``dim`` (stabilised by subtracting the maximum).
+
+    Args:
+        dim: the axis that sums to 1. None picks PyTorch's legacy implicit axis, with a warning.
+
+    Shape:
+        - Input: (*), any shape
+        - Output: (*), same shape
+    """
+
+    _forward_fn = staticmethod(ops.softmax_forward)
+    _backward_fn = staticmethod(ops.softmax_backward)
+
+
+class LogSoftmax(_SoftmaxBase):
+    """``x - log(sum(exp(x)))`` along ``dim``, computed without overflow.
+
+    Args:
+        dim: the axis of the normalisation. None picks PyTorch's legacy implicit axis, with a warning.
+
+    Shape:
+        - Input: (*), any shape
+        - Output: (*), same shape
+    """
+
+    _forward_fn = staticmethod(ops.log_softmax_forward)
+    _backward_fn = staticmethod(ops.log_softmax_backward)

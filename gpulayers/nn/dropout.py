@@ -1,4 +1,4 @@
-"""Dropout layer (inverted dropout; identity in eval mode)."""
+"""Dropout layers: Dropout (elements) and Dropout2d (whole channels); identity in eval mode."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from .._checks import check_floating
 from ..ops import dropout as ops
 from .module import Module
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "Dropout2d"]
 
 
 class Dropout(Module):
@@ -40,6 +40,39 @@ class Dropout(Module):
 
     def backward(self, grad_output: Any) -> Any:
         return ops.dropout_backward(grad_output, self._saved_for_backward(grad_output))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout2d(Module):
+    """Zero whole channels with probability ``p`` in training and scale the rest by ``1 / (1 - p)``.
+
+    Each ``(sample, channel)`` plane is kept or dropped as one, as ``torch.nn.Dropout2d`` does for
+    4-D input; a 3-D input is one unbatched image ``(C, H, W)``. In eval mode the layer is the identity.
+
+    Args:
+        p: probability of zeroing a channel, in [0, 1]. Defaults to 0.5.
+        inplace: accepted for PyTorch compatibility (the output is a new array). Defaults to False.
+
+    Shape:
+        - Input: (N, C, H, W) or (C, H, W)
+        - Output: same as the input
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        self.p = ops.check_p("Dropout2d", p)
+        self.inplace = bool(inplace)
+        self._cache = None  # (op cache, output)
+
+    def forward(self, x: Any) -> Any:
+        y, cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        return ops.dropout2d_backward(grad_output, self._saved_for_backward(grad_output))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"

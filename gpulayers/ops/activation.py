@@ -1,4 +1,4 @@
-"""Element-wise activations: ReLU, LeakyReLU, Sigmoid, Tanh (xp-generic, dtype-preserving).
+"""Activations: ReLU, LeakyReLU, Sigmoid, Tanh, SiLU, GELU, softmax and log-softmax (xp-generic, dtype-preserving).
 
 NaN propagates through the forward pass as in PyTorch; the backward passes follow PyTorch's
 rules at the kinks and at NaN (ReLU's gradient is masked where the *output* is <= 0).
@@ -6,11 +6,13 @@ rules at the kinks and at NaN (ReLU's gradient is masked where the *output* is <
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .. import backend
+from .special import erf
 
 __all__ = [
     "relu_forward",
@@ -21,7 +23,19 @@ __all__ = [
     "sigmoid_backward",
     "tanh_forward",
     "tanh_backward",
+    "silu_forward",
+    "silu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "softmax_forward",
+    "softmax_backward",
+    "log_softmax_forward",
+    "log_softmax_backward",
+    "softmax_dim",
+    "GELU_APPROXIMATIONS",
 ]
+
+GELU_APPROXIMATIONS = ("none", "tanh")
 
 
 def _zero(a: Any) -> Any:
@@ -85,3 +99,112 @@ def tanh_backward(dy: Any, cache: dict) -> Any:
     """``dy * (1 - y**2)``."""
     y = cache["y"]
     return dy * (1 - y * y)
+
+
+def silu_forward(x: Any) -> tuple[Any, dict]:
+    """``x * sigmoid(x)`` (also called swish)."""
+    s, _ = sigmoid_forward(x)
+    return x * s, {"x": x, "s": s}
+
+
+def silu_backward(dy: Any, cache: dict) -> Any:
+    """``dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
+    x, s = cache["x"], cache["s"]
+    return dy * (s * (1 + x * (1 - s)))
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_SCALE = math.sqrt(2.0 / math.pi)
+_TANH_CUBIC = 0.044715
+
+
+def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, dict]:
+    """``x * Phi(x)`` with ``Phi`` the standard normal CDF (PyTorch's ``F.gelu``).
+
+    ``approximate="none"``: ``0.5 * x * (1 + erf(x / sqrt(2)))``; ``"tanh"``:
+    ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+    """
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
+    xp = backend.get_array_module(x)
+    if approximate == "tanh":
+        inner = _TANH_SCALE * (x + _TANH_CUBIC * (x * x * x))
+        th = xp.tanh(inner)
+        return 0.5 * x * (1 + th), {"x": x, "approximate": approximate, "tanh": th}
+    # 1 + erf cancels for negative x: float32 input takes erf in float64 so that the cancellation
+    # only costs float64 digits.
+    wide = x.astype(xp.float64) if x.dtype == xp.float32 else x
+    cdf = (0.5 * (1 + erf(wide * _SQRT_HALF))).astype(x.dtype, copy=False)
+    return x * cdf, {"x": x, "approximate": approximate, "cdf": cdf}
+
+
+def gelu_backward(dy: Any, cache: dict) -> Any:
+    """``dy * (Phi(x) + x * phi(x))`` (or the derivative of the tanh form), as PyTorch computes it."""
+    xp = backend.get_array_module(dy)
+    x = cache["x"]
+    if cache["approximate"] == "tanh":
+        th = cache["tanh"]
+        slope = _TANH_SCALE * (1 + 3 * _TANH_CUBIC * (x * x))
+        return dy * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * slope)
+    pdf = xp.exp(-0.5 * (x * x)) * x.dtype.type(_INV_SQRT_2PI)
+    return dy * (cache["cdf"] + x * pdf)
+
+
+def softmax_dim(name: str, ndim: int, dim: int | None) -> int:
+    """The axis of a softmax over an ``ndim``-D array: ``dim`` normalised (negative counts from the end).
+
+    ``dim=None`` takes PyTorch's legacy implicit choice (0 for 0-, 1- and 3-D input, else 1).
+    """
+    if dim is None:
+        return 0 if ndim in (0, 1, 3) else 1
+    rank = max(ndim, 1)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"{name}: expected dim to be an int, got {dim!r}")
+    if not -rank <= dim < rank:
+        raise IndexError(f"{name}: dim {dim} is out of range for a {ndim}-D input (expected -{rank} <= dim < {rank})")
+    return int(dim) % rank
+
+
+def _shifted(x: Any, axis: int) -> Any:
+    """``x`` minus its maximum along ``axis`` (a row of -inf stays -inf minus -inf = NaN, as PyTorch)."""
+    if x.size == 0:
+        return x
+    return x - x.max(axis=axis, keepdims=True)
+
+
+def softmax_forward(x: Any, dim: int | None = None) -> tuple[Any, dict]:
+    """``exp(x) / sum(exp(x))`` along ``dim``, stabilised by the maximum (PyTorch's ``F.softmax``)."""
+    axis = softmax_dim("softmax", x.ndim, dim)
+    shape = tuple(x.shape)
+    x = x.reshape(shape or (1,))
+    xp = backend.get_array_module(x)
+    e = xp.exp(_shifted(x, axis))
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y.reshape(shape), {"y": y, "axis": axis}
+
+
+def softmax_backward(dy: Any, cache: dict) -> Any:
+    """``y * (dy - sum(dy * y))`` along the softmax axis."""
+    y, axis = cache["y"], cache["axis"]
+    shape, dy = dy.shape, dy.reshape(y.shape)
+    return (y * (dy - (dy * y).sum(axis=axis, keepdims=True))).reshape(shape)
+
+
+def log_softmax_forward(x: Any, dim: int | None = None) -> tuple[Any, dict]:
+    """``x - logsumexp(x)`` along ``dim`` (PyTorch's ``F.log_softmax``)."""
+    axis = softmax_dim("log_softmax", x.ndim, dim)
+    shape = tuple(x.shape)
+    x = x.reshape(shape or (1,))
+    xp = backend.get_array_module(x)
+    shifted = _shifted(x, axis)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return y.reshape(shape), {"y": y, "axis": axis}
+
+
+def log_softmax_backward(dy: Any, cache: dict) -> Any:
+    """``dy - exp(y) * sum(dy)`` along the softmax axis."""
+    xp = backend.get_array_module(dy)
+    y, axis = cache["y"], cache["axis"]
+    shape, dy = dy.shape, dy.reshape(y.shape)
+    return (dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)).reshape(shape)

@@ -10,8 +10,9 @@ import numbers
 from typing import Any
 
 from .. import backend
+from .._checks import check_input
 
-__all__ = ["dropout_forward", "dropout_backward", "check_p"]
+__all__ = ["dropout_forward", "dropout_backward", "dropout2d_forward", "dropout2d_backward", "check_p"]
 
 
 def check_p(name: str, p: Any) -> float:
@@ -23,13 +24,14 @@ def check_p(name: str, p: Any) -> float:
     return float(p)
 
 
-def _uniform(x: Any) -> Any:
-    """U[0, 1) samples of ``x``'s shape and dtype, from the generator of ``x``'s device."""
+def _uniform(x: Any, shape: tuple[int, ...] | None = None) -> Any:
+    """U[0, 1) samples of ``shape`` (default ``x``'s) in ``x``'s dtype, from the generator of ``x``'s device."""
     xp = backend.get_array_module(x)
+    shape = tuple(x.shape) if shape is None else shape
     if backend.is_cuda_array(x):
         with xp.cuda.Device(x.device.id):
-            return backend.rng_for(xp, x.device.id).random(x.shape, dtype=x.dtype)
-    return backend.rng_for(xp).random(x.shape, dtype=x.dtype)
+            return backend.rng_for(xp, x.device.id).random(shape, dtype=x.dtype)
+    return backend.rng_for(xp).random(shape, dtype=x.dtype)
 
 
 def dropout_forward(x: Any, p: float, training: bool) -> tuple[Any, dict]:
@@ -51,13 +53,17 @@ def dropout_forward(x: Any, p: float, training: bool) -> tuple[Any, dict]:
     p = check_p("dropout", p)
     if not training or p == 0.0:
         return x, {"mask": None}
+    mask = _scaled_mask(x, p, tuple(x.shape))
+    return x * mask, {"mask": mask}
+
+
+def _scaled_mask(x: Any, p: float, shape: tuple[int, ...]) -> Any:
+    """0 with probability ``p``, else ``1 / (1 - p)``, of ``shape`` in ``x``'s dtype and device."""
     xp = backend.get_array_module(x)
     if p == 1.0:
-        mask = xp.zeros(x.shape, dtype=x.dtype)
-    else:
-        # keep with probability 1 - p: u ~ U[0, 1) is >= p with exactly that probability
-        mask = (_uniform(x) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
-    return x * mask, {"mask": mask}
+        return xp.zeros(shape, dtype=x.dtype)
+    # keep with probability 1 - p: u ~ U[0, 1) is >= p with exactly that probability
+    return (_uniform(x, shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
 
 
 def dropout_backward(dy: Any, cache: dict) -> Any:
@@ -66,3 +72,33 @@ def dropout_backward(dy: Any, cache: dict) -> Any:
     if mask is None:
         return dy
     return dy * mask
+
+
+def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2d") -> tuple[Any, dict]:
+    """Channel dropout: zero whole channels with probability ``p``, scale the rest by ``1 / (1 - p)``.
+
+    Args:
+        x: ``(N, C, H, W)`` or unbatched ``(C, H, W)`` (floating).
+        p: probability of zeroing a channel, in [0, 1].
+        training: in eval mode (False) the op is the identity.
+        name: who is calling, for error messages.
+
+    Returns:
+        ``(y, cache)``; ``cache["mask"]`` is the scaled mask of shape ``(N, C, 1, 1)`` (or
+        ``(C, 1, 1)``), or None for the identity.
+
+    Shape:
+        - x: (N, C, H, W) or (C, H, W)
+        - y: same as x
+    """
+    check_input(name, x, (3, 4), "(N, C, H, W) or (C, H, W)")
+    p = check_p(name, p)
+    if not training or p == 0.0:
+        return x, {"mask": None}
+    mask = _scaled_mask(x, p, tuple(x.shape[:-2]) + (1, 1))
+    return x * mask, {"mask": mask}
+
+
+def dropout2d_backward(dy: Any, cache: dict) -> Any:
+    """Gradient of :func:`dropout2d_forward`: ``dy`` times the same per-channel mask."""
+    return dropout_backward(dy, cache)
