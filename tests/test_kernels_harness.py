@@ -407,3 +407,12 @@ def test_address_sanitizer_catches_a_wrong_launch_size(asan_build, mode):
     assert result.returncode != 0
     assert "OVERFLOW_NOT_DETECTED" not in result.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr
+
+
+def test_address_sanitizer_guards_cooperative_shared_memory(asan_build):
+    result = _run_asan(asan_build, "shared-overflow")
+    assert result.returncode != 0, result.stdout
+    assert "OVERFLOW_NOT_DETECTED" not in result.stdout
+    # UBSan's object-size check or ASan's redzone around the static array reports the write first.
+    assert "coop_controls.cu" in result.stderr
+    assert "global-buffer-overflow" in result.stderr or "insufficient space" in result.stderr

@@ -8,6 +8,8 @@ is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones
   many shapes (and again with a 3 x 4 grid) and prints ``ASAN_CLEAN_RUN_OK`` at the end.
 * ``overflow-write`` / ``overflow-read`` launch a kernel with a deliberately wrong size, so a
   correct sanitizer build must abort the process (the negative controls).
+* ``shared-overflow`` runs ``coop_controls.cu`` in the mode where one thread writes past its
+  ``__shared__`` array: the cooperative harness's shared memory must be guarded too.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpulayers import kernels  # noqa: E402
-from gpulayers.ops import conv2d_cuda, max_pool2d_cuda  # noqa: E402
-from kernel_harness.harness import HarnessLibrary  # noqa: E402
+from gpulayers.ops import conv2d_cuda, conv2d_igemm_cuda, max_pool2d_cuda  # noqa: E402
+from kernel_harness.harness import HarnessKernel, HarnessLibrary, build, parse_kernels  # noqa: E402
 
 MIN_BYTES = 16 * 1024
 
@@ -83,6 +85,15 @@ def run_clean(build_dir: Path) -> None:
                 y, cache = max_pool2d_cuda.max_pool2d_forward(x, k, s, p, d, out)
                 dx = max_pool2d_cuda.max_pool2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)
                 assert dx.shape == x.shape
+            for shape, (oc, kh, kw), stride, padding, dilation, groups in CONV_CASES[:4]:
+                x = _big(rng, shape, dtype)
+                w = rng.standard_normal((oc, shape[1] // groups, kh, kw)).astype(dtype)
+                b = rng.standard_normal(oc).astype(dtype)
+                y = conv2d_igemm_cuda.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+                dy = rng.standard_normal(y.shape).astype(dtype)
+                dx = conv2d_igemm_cuda.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
+                dw = conv2d_igemm_cuda.conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation, groups)
+                assert np.isfinite(y).all() and np.isfinite(dx).all() and np.isfinite(dw).all()
         print(f"grid {grid}: {len(library.launches)} launches", flush=True)
     print("ASAN_CLEAN_RUN_OK", flush=True)
 
@@ -110,9 +121,37 @@ def run_overflow(build_dir: Path, kind: str) -> None:
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
 
+CONTROLS = Path(__file__).resolve().parent / "coop_controls.cu"
+
+
+def run_control(build_dir: Path, mode: int, sanitize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Launch ``coop_controls.cu``'s kernel (2 blocks of 64 threads) in ``mode``; returns (x, y).
+
+    Modes: 0 correct, 1 barrier missing, 2 a thread returns before the barrier, 3 a thread
+    writes past the ``__shared__`` array.
+    """
+    import ctypes
+
+    lib = ctypes.CDLL(str(build(CONTROLS, build_dir, sanitize=sanitize)))
+    sig = parse_kernels(CONTROLS.read_text())[0]
+    assert sig.cooperative, "the control kernel must run on the cooperative path"
+
+    class _Launches:
+        launches: list = []
+
+    kernel = HarnessKernel(_Launches(), sig, "double", lib.gl_launch_reverse_kernel_double)
+    x = np.arange(2048, dtype=np.float64)  # 16 KB: malloc'd, so ASan guards it
+    y = np.zeros_like(x)
+    kernel((2,), (64,), (x, y, np.int32(128), np.int32(mode)))
+    return x, y
+
+
 if __name__ == "__main__":
     directory, mode = Path(sys.argv[1]), sys.argv[2]
     if mode == "clean":
         run_clean(directory)
+    elif mode == "shared-overflow":
+        run_control(directory, 3, sanitize=True)
+        print("OVERFLOW_NOT_DETECTED", flush=True)
     else:
         run_overflow(directory, mode)

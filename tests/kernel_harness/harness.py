@@ -2,7 +2,10 @@
 
 Each ``.cu`` file is compiled by g++ after ``shim.h`` (which defines away the CUDA qualifiers
 and emulates the index variables), together with generated ``extern "C"`` wrappers that run
-a kernel instantiation serially over every (block, thread) of a given grid and block.
+a kernel instantiation over every (block, thread) of a given grid and block: serially, or,
+for a cooperative kernel (one whose body uses ``__shared__`` or ``__syncthreads``), one block
+at a time with a fiber per thread that switches at every barrier (see ``shim.h``). A barrier
+that not every thread of a block reaches raises :class:`BarrierError`.
 :class:`HarnessLibrary` loads the result with ctypes and hands out kernels through
 :meth:`HarnessLibrary.get_function`, whose signature matches
 :func:`gpulayers.kernels.get_function`, so tests can swap it in and drive the real launchers.
@@ -52,6 +55,7 @@ class Param:
 class KernelSignature:
     name: str
     params: tuple[Param, ...]
+    cooperative: bool = False  # the body uses __shared__ or __syncthreads
 
 
 def _parse_param(decl: str) -> Param:
@@ -68,12 +72,26 @@ def _parse_param(decl: str) -> Param:
     return Param(text, name, kinds[base], const)
 
 
+def _body(source: str, start: int) -> str:
+    """The brace-delimited body that follows ``start`` in ``source``."""
+    opening = source.index("{", start)
+    depth = 0
+    for i in range(opening, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[opening : i + 1]
+    raise ValueError("unbalanced braces in a kernel body")
+
+
 def parse_kernels(source: str) -> list[KernelSignature]:
     """The ``template <typename T> __global__`` kernels of a source, with their parameters."""
-    return [
-        KernelSignature(name, tuple(_parse_param(p) for p in params.split(",")))
-        for name, params in _KERNEL.findall(source)
-    ]
+    kernels = []
+    for match in _KERNEL.finditer(source):
+        name, params = match.group(1), match.group(2)
+        body = _body(source, match.end())
+        cooperative = "__syncthreads" in body or "__shared__" in body
+        kernels.append(KernelSignature(name, tuple(_parse_param(p) for p in params.split(",")), cooperative))
+    return kernels
 
 
 def _wrapper_name(kernel: str, ctype: str) -> str:
@@ -81,18 +99,24 @@ def _wrapper_name(kernel: str, ctype: str) -> str:
 
 
 def wrapper_source(cu_path: Path, signatures: list[KernelSignature]) -> str:
-    """The C++ translation unit: shim, the kernel file, and one extern "C" launcher per instantiation."""
+    """The C++ translation unit: shim, the kernel file, and one extern "C" launcher per instantiation.
+
+    Each launcher returns NULL, or the message of the error the launch met (a barrier mismatch).
+    """
     lines = [f'#include "{SHIM}"', f'#include "{cu_path}"', ""]
     for sig in signatures:
+        runner = "run_grid_cooperative" if sig.cooperative else "run_grid"
         for ctype in CTYPES:
             params = ", ".join(re.sub(r"\bT\b", ctype, p.decl) for p in sig.params)
             names = ", ".join(p.name for p in sig.params)
             lines += [
                 f"template void {sig.name}<{ctype}>({params});  // emitted, so its mangled name can be checked",
-                f'extern "C" void {_wrapper_name(sig.name, ctype)}(unsigned gx, unsigned gy, unsigned gz, '
+                f'extern "C" const char* {_wrapper_name(sig.name, ctype)}(unsigned gx, unsigned gy, unsigned gz, '
                 f"unsigned bx, unsigned by, unsigned bz, {params}) {{",
-                "  gl_harness::run_grid(dim3(gx, gy, gz), dim3(bx, by, bz),",
+                "  gl_harness::launch_error[0] = '\\0';",
+                f"  gl_harness::{runner}(dim3(gx, gy, gz), dim3(bx, by, bz),",
                 f"                      [&]() {{ {sig.name}<{ctype}>({names}); }});",
+                "  return gl_harness::launch_error[0] ? gl_harness::launch_error : nullptr;",
                 "}",
                 "",
             ]
@@ -147,6 +171,10 @@ class LaunchError(TypeError):
     """A kernel was launched with arguments that would be wrong on the GPU."""
 
 
+class BarrierError(RuntimeError):
+    """A cooperative kernel's ``__syncthreads()`` was not reached by every thread of a block."""
+
+
 class HarnessKernel:
     """One instantiation (``kernel<float>`` or ``kernel<double>``), callable like a CuPy kernel."""
 
@@ -167,7 +195,7 @@ class HarnessKernel:
             else:
                 argtypes.append(ctypes.c_float if ctype == "float" else ctypes.c_double)
         function.argtypes = argtypes
-        function.restype = None
+        function.restype = ctypes.c_char_p
 
     @property
     def name(self) -> str:
@@ -206,7 +234,9 @@ class HarnessKernel:
             raise LaunchError(f"{self.name}: expected {len(self.sig.params)} arguments, got {len(args)}")
         values = [self._convert(p, a) for p, a in zip(self.sig.params, args, strict=True)]
         self.library.launches.append((self.name, grid3, block3))
-        self.function(*grid3, *block3, *values)
+        error = self.function(*grid3, *block3, *values)
+        if error is not None:
+            raise BarrierError(f"{self.name}: {error.decode()}")
 
 
 def _dims(name: str, what: str, value) -> tuple[int, int, int]:
@@ -254,4 +284,6 @@ class HarnessLibrary:
         if self.grid_override is None:
             return k
         grid, block = self.grid_override
+        if k.sig.cooperative:  # the block size is part of such a kernel's tiling: shrink the grid only
+            return lambda _grid, launcher_block, args, shared_mem=0, stream=None: k((grid,), launcher_block, args)
         return lambda _grid, _block, args, shared_mem=0, stream=None: k((grid,), (block,), args)

@@ -1,0 +1,179 @@
+"""conv2d and linear as implicit GEMM: the launchers of ``cuda_kernels/conv2d_igemm.cu``.
+
+No column matrix and no cuBLAS: each kernel gathers its operand tiles straight from the NCHW
+arrays into shared memory (see the kernel file). That keeps a training step free of library
+calls that CUDA-graph capture refuses, and its memory to the output plus what backward keeps.
+
+Every function takes validated arguments (int pairs, matching float dtypes, C-contiguous or
+not) and is written against the input's array module, so the harness in
+``tests/kernel_harness`` can run the same launch code on NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import backend, kernels
+
+__all__ = [
+    "TILE",
+    "conv2d_backward_data",
+    "conv2d_backward_weight",
+    "conv2d_forward",
+    "linear_backward",
+    "linear_forward",
+    "weight_split",
+]
+
+_FILE = "conv2d_igemm.cu"
+
+#: Output tile (rows, columns) and reduction step of every kernel; 256 threads per block.
+TILE = (64, 64, 16)
+_THREADS = 256
+
+#: Blocks the weight gradient aims for when it splits its reduction (enough for a large GPU).
+_WEIGHT_BLOCKS = 512
+
+#: Largest buffer (bytes) of per-chunk partial weight gradients.
+_PARTIAL_BUDGET_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """The sizes every implicit-GEMM kernel takes, in the kernels' argument order."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    out_h: int
+    out_w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    groups: int
+
+    def args(self) -> tuple:
+        return tuple(np.int32(v) for v in vars(self).values())
+
+    @classmethod
+    def of(cls, x_shape, w_shape, stride, padding, dilation, groups) -> ConvShape:
+        n, c, h, w = (int(v) for v in x_shape)
+        oc, _, kh, kw = (int(v) for v in w_shape)
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return cls(n, c, h, w, oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, int(groups))
+
+
+def _tiles(rows: int, cols: int, groups: int) -> int:
+    bm, bn, _ = TILE
+    return groups * -(-rows // bm) * -(-cols // bn)
+
+
+def _launch(kernel: str, dtype: Any, tiles: int, args: tuple) -> None:
+    if tiles <= 0:
+        return
+    function = kernels.get_function(_FILE, kernel, dtype)
+    function((min(tiles, kernels.MAX_GRID),), (_THREADS,), args)
+
+
+def weight_split(s: ConvShape, itemsize: int) -> tuple[int, int]:
+    """``(splits, chunk)``: the weight gradient's reduction over ``N*OH*OW`` positions in
+    ``splits`` chunks of ``chunk`` positions (a multiple of the reduction step).
+
+    A function of the shape alone, never of the grid, so the sum's order and bits are fixed.
+    """
+    step = TILE[2]
+    positions = s.batch * s.out_h * s.out_w
+    depth = s.in_channels // s.groups * s.kernel_h * s.kernel_w
+    tiles = _tiles(s.out_channels // s.groups, depth, s.groups)
+    splits = max(1, min(-(-positions // step), -(-_WEIGHT_BLOCKS // tiles)))
+    splits = max(1, min(splits, _PARTIAL_BUDGET_BYTES // max(1, s.out_channels * depth * itemsize)))
+    chunk = -(-positions // splits)
+    chunk = -(-chunk // step) * step
+    return max(1, -(-positions // chunk)), chunk
+
+
+def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """``y`` of a convolution (bias added in the kernel's epilogue)."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only
+    weight = xp.ascontiguousarray(weight, dtype=x.dtype)
+    s = ConvShape.of(x.shape, weight.shape, stride, padding, dilation, groups)
+    with kernels.device_scope(x):
+        has_bias = bias is not None
+        bias = xp.ascontiguousarray(bias, dtype=x.dtype) if has_bias else weight  # never read without bias
+        y = xp.empty((s.batch, s.out_channels, s.out_h, s.out_w), dtype=x.dtype)
+        tiles = _tiles(s.out_channels // s.groups, s.batch * s.out_h * s.out_w, s.groups)
+        _launch("conv2d_igemm_forward_kernel", x.dtype, tiles, (x, weight, bias, y, *s.args(), np.int32(has_bias)))
+    return y
+
+
+def conv2d_backward_data(dy, weight, x_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """``dx`` of a convolution, as a gather (every element written once, no atomics)."""
+    xp = backend.get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
+    s = ConvShape.of(x_shape, weight.shape, stride, padding, dilation, groups)
+    with kernels.device_scope(dy):
+        dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
+        tiles = _tiles(s.in_channels // s.groups, s.batch * s.height * s.width, s.groups)
+        _launch("conv2d_igemm_backward_data_kernel", dy.dtype, tiles, (dy, weight, dx, *s.args()))
+    return dx
+
+
+def conv2d_backward_weight(x, dy, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """``dW`` of a convolution: chunked reduction, chunks added in a fixed order."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+    s = ConvShape.of(x.shape, weight_shape, stride, padding, dilation, groups)
+    depth = s.in_channels // s.groups * s.kernel_h * s.kernel_w
+    with kernels.device_scope(x):
+        if s.batch * s.out_h * s.out_w == 0:
+            return xp.zeros(tuple(int(v) for v in weight_shape), dtype=x.dtype)
+        splits, chunk = weight_split(s, x.dtype.itemsize)
+        dw = xp.empty(tuple(int(v) for v in weight_shape), dtype=x.dtype)
+        partial = dw if splits == 1 else xp.empty((splits, *dw.shape), dtype=x.dtype)
+        tiles = splits * _tiles(s.out_channels // s.groups, depth, s.groups)
+        args = (x, dy, partial, *s.args(), np.int32(splits), np.int64(chunk))
+        _launch("conv2d_igemm_backward_weight_kernel", x.dtype, tiles, args)
+        if splits > 1:
+            args = (partial, dw, np.int64(dw.size), np.int32(splits))
+            kernels.launch(_FILE, "conv2d_igemm_reduce_kernel", x.dtype, dw.size, args)
+    return dw
+
+
+# A linear layer is a 1x1 convolution of a 1x1 image: (N, in) is (N, in, 1, 1) in memory.
+_ONE = ((1, 1), (0, 0), (1, 1), 1)
+
+
+def linear_forward(x, weight, bias):
+    """``x @ weight.T + bias`` for ``x`` of shape ``(N, in)`` and ``weight`` ``(out, in)``."""
+    n, i = (int(v) for v in x.shape)
+    o = int(weight.shape[0])
+    y = conv2d_forward(x.reshape(n, i, 1, 1), weight.reshape(o, i, 1, 1), bias, *_ONE)
+    return y.reshape(n, o)
+
+
+def linear_backward(dy, x, weight, need_input_grad: bool = True):
+    """``(dx, dW)`` of :func:`linear_forward` (``db`` is the column sum of ``dy``); dx None if not needed."""
+    n, i = (int(v) for v in x.shape)
+    o = int(weight.shape[0])
+    dy4 = dy.reshape(n, o, 1, 1)
+    dx = None
+    if need_input_grad:
+        dx = conv2d_backward_data(dy4, weight.reshape(o, i, 1, 1), (n, i, 1, 1), *_ONE).reshape(n, i)
+    dw = conv2d_backward_weight(x.reshape(n, i, 1, 1), dy4, (o, i, 1, 1), *_ONE).reshape(o, i)
+    return dx, dw
