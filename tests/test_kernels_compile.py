@@ -46,7 +46,11 @@ def _expressions(filename: str) -> list[str]:
 
 
 def test_kernel_files_present_and_templated():
-    assert KERNEL_FILES == ["conv2d.cu", "max_pool2d.cu", "optim.cu"]
+    assert {"conv2d.cu", "conv2d_igemm.cu", "max_pool2d.cu", "optim.cu"} <= set(KERNEL_FILES)
+    package = Path(kernels.__file__).resolve().parent
+    for filename in KERNEL_FILES:  # one name finds the kernels and their launchers
+        stem = filename.removesuffix(".cu")
+        assert list(package.rglob(f"{stem}_cuda.py")), f"{filename}: no launcher module {stem}_cuda.py"
     for filename in KERNEL_FILES:
         source = kernels.kernel_source(filename)
         assert not re.search(r"^\s*#\s*include", source, re.M), f"{filename}: NVRTC has no system headers"
