@@ -31,6 +31,8 @@ from .ops.avg_pool2d import (
 )
 from .ops.conv2d import conv2d_backward, conv2d_forward
 from .ops.dropout import dropout2d_backward, dropout2d_forward, dropout_backward, dropout_forward
+from .ops.group_norm import group_norm_backward, group_norm_forward
+from .ops.layer_norm import layer_norm_backward, layer_norm_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
 from .ops.max_pool2d import max_pool2d_backward, max_pool2d_forward
@@ -55,6 +57,10 @@ __all__ = [
     "erf",
     "gelu_backward",
     "gelu_forward",
+    "group_norm_backward",
+    "group_norm_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "leaky_relu_backward",
     "leaky_relu_forward",
     "linear_backward",

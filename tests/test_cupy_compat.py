@@ -36,6 +36,8 @@ XP_MODULES = [
     "ops/max_pool2d_cuda.py",
     "_checks.py",
     "ops/special.py",
+    "ops/layer_norm.py",
+    "ops/group_norm.py",
     "nn/module.py",
     "nn/summary.py",
     "optim/adam.py",

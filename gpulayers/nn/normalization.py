@@ -1,4 +1,4 @@
-"""BatchNorm1d and BatchNorm2d (PyTorch's arguments, buffers and state_dict keys)."""
+"""BatchNorm1d, BatchNorm2d, GroupNorm and LayerNorm (PyTorch's arguments, buffers and state_dict keys)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 
 from .._checks import check_channels, check_input, check_same_device
 from ..ops import normalization as ops
+from ..ops.group_norm import group_norm_backward, group_norm_forward
+from ..ops.layer_norm import layer_norm_backward, layer_norm_forward
 from .module import Module, Parameter
 
-__all__ = ["BatchNorm1d", "BatchNorm2d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm"]
 
 
 class _BatchNorm(Module):
@@ -152,3 +154,155 @@ class BatchNorm2d(_BatchNorm):
 
     _ranks = (4,)
     _layout = "(N, C, H, W)"
+
+
+def _check_eps(name: str, eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"{name}: expected eps >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _count(name: str, arg: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {arg} to be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected {arg} >= 1, got {value}")
+    return int(value)
+
+
+class GroupNorm(Module):
+    """Group normalisation: per sample, each group of channels normalised over its channels and positions.
+
+    Unlike batch normalisation there are no running statistics, so training and eval agree
+    (``torch.nn.GroupNorm``).
+
+    Args:
+        num_groups: number of groups; ``num_channels`` must divide by it.
+        num_channels: C, the channels of the input.
+        eps: added to the variance for stability. Defaults to 1e-5.
+        affine: learn a per-channel ``weight`` (ones) and ``bias`` (zeros). Defaults to True.
+        bias: keyword-only; with ``affine``, whether to learn the ``bias`` too. Defaults to True.
+
+    Shape:
+        - Input: (N, C, *)
+        - Output: same as the input
+    """
+
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, bias: bool = True
+    ) -> None:
+        super().__init__()
+        name = "GroupNorm"
+        self.num_groups = _count(name, "num_groups", num_groups)
+        self.num_channels = _count(name, "num_channels", num_channels)
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"{name}: expected num_channels divisible by num_groups, got num_channels={num_channels}, "
+                f"num_groups={num_groups}"
+            )
+        self.eps = _check_eps(name, eps)
+        self.affine = bool(affine)
+        self.use_bias = bool(bias)
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_channels, dtype=np.float32))
+            if self.use_bias:
+                self.bias = Parameter(np.zeros(self.num_channels, dtype=np.float32))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._cache = None  # (op cache, output)
+
+    def forward(self, x: Any) -> Any:
+        if hasattr(x, "ndim") and x.ndim >= 2:
+            check_channels("GroupNorm", x, self.num_channels, axis=1)
+        y, cache = group_norm_forward(
+            x,
+            self.num_groups,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.eps,
+            name="GroupNorm",
+        )
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        dx, dw, db = group_norm_backward(grad_output, self._saved_for_backward(grad_output))
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.use_bias}"
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the trailing ``normalized_shape`` axes of each sample (``torch.nn.LayerNorm``).
+
+    Args:
+        normalized_shape: an int or a tuple of ints, the trailing shape to normalise over.
+        eps: added to the variance for stability. Defaults to 1e-5.
+        elementwise_affine: learn a ``weight`` (ones) of shape ``normalized_shape``. Defaults to True.
+        bias: with ``elementwise_affine``, also learn a ``bias`` (zeros). Defaults to True.
+
+    Shape:
+        - Input: (*, *normalized_shape)
+        - Output: same as the input
+    """
+
+    def __init__(
+        self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True
+    ) -> None:
+        super().__init__()
+        name = "LayerNorm"
+        dims = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else normalized_shape
+        if (
+            isinstance(normalized_shape, bool)
+            or not isinstance(dims, (tuple, list))
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in dims)
+        ):
+            raise TypeError(
+                f"{name}: expected normalized_shape to be an int or a tuple of ints, got {normalized_shape!r}"
+            )
+        if any(v < 0 for v in dims):
+            raise ValueError(f"{name}: expected non-negative sizes in normalized_shape, got {tuple(dims)}")
+        self.normalized_shape = tuple(int(v) for v in dims)
+        self.eps = _check_eps(name, eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.use_bias = bool(bias)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=np.float32))
+            if self.use_bias:
+                self.bias = Parameter(np.zeros(self.normalized_shape, dtype=np.float32))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._cache = None  # (op cache, output)
+
+    def forward(self, x: Any) -> Any:
+        y, cache = layer_norm_forward(
+            x,
+            self.normalized_shape,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.eps,
+            name="LayerNorm",
+        )
+        self._cache = (cache, y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        dx, dw, db = layer_norm_backward(grad_output, self._saved_for_backward(grad_output))
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.use_bias}"
+        )
