@@ -223,7 +223,7 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
 def test_conv_kernels_on_gpu_match_cpu(case, dtype, algorithm, kernel_backend):

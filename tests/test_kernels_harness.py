@@ -19,6 +19,7 @@ import pytest
 from kernel_harness.harness import HarnessLibrary, LaunchError, build, sanitizer_env
 
 import gpulayers.functional as F
+from gpulayers import cuda as gl_cuda
 from gpulayers import kernels
 from gpulayers._checks import pooled_size
 from gpulayers.ops import conv2d_cuda, max_pool2d_cuda
@@ -96,7 +97,7 @@ def _torch_conv(x, w, b, dy, opts):
     return yt.detach().numpy(), *as_np
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("name", list(CONV_CASES))
 def test_conv2d_kernels_match_torch_and_numpy_path(harness, name, dtype, algorithm):
@@ -128,18 +129,39 @@ def test_conv2d_kernels_match_torch_and_numpy_path(harness, name, dtype, algorit
 
     if x.shape[0]:
         ran = {name.split("<")[0] for name, _, _ in harness.launches}
-        expected = {"gemm": {"im2col_kernel", "gemm_to_nchw_kernel", "col2im_kernel"}}.get(
-            algorithm, {"conv2d_direct_forward_kernel", "conv2d_direct_backward_data_kernel"}
-        )
+        expected = {
+            "im2col": {"im2col_kernel", "gemm_to_nchw_kernel", "col2im_kernel"},
+            "implicit_gemm": {"conv2d_igemm_forward_kernel", "conv2d_igemm_backward_data_kernel"},
+            "direct": {"conv2d_direct_forward_kernel", "conv2d_direct_backward_data_kernel"},
+        }[algorithm]
         assert expected <= ran
 
 
 @pytest.mark.parametrize(
     ("channels", "groups", "expected"),
-    [(6, 6, "direct"), (1, 1, "direct"), (3, 3, "direct"), (4, 2, "gemm"), (32, 1, "gemm")],
+    [(6, 6, "direct"), (1, 1, "direct"), (3, 3, "direct"), (4, 2, "implicit_gemm"), (32, 1, "implicit_gemm")],
 )
 def test_conv2d_algorithm_choice(channels, groups, expected):
+    assert gl_cuda.get_conv_algorithm() == "auto"
     assert conv2d_cuda.choose_algorithm(channels, groups) == expected
+
+
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct"])
+def test_conv2d_algorithm_setting(harness, algorithm):
+    try:
+        gl_cuda.set_conv_algorithm(algorithm)
+        assert conv2d_cuda.choose_algorithm(32, 1) == algorithm
+        x, w, b, opts = _conv_inputs(CONV_CASES["basic"], np.float64)
+        _, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts)
+        assert cache.algorithm == algorithm
+    finally:
+        gl_cuda.set_conv_algorithm("auto")
+
+
+@pytest.mark.parametrize("bad", ["gemm", "cudnn", None, 3])
+def test_conv2d_algorithm_setting_rejects_unknown_names(bad):
+    with pytest.raises(ValueError, match="set_conv_algorithm: expected one of auto, implicit_gemm, im2col, direct"):
+        gl_cuda.set_conv_algorithm(bad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -148,7 +170,7 @@ def test_conv2d_gemm_batch_chunks(harness, monkeypatch, dtype):
     x, w, b, opts = _conv_inputs(CONV_CASES["odd_sizes"], dtype, seed=3)
     per_sample = x.shape[1] * w.shape[2] * w.shape[3] * 13 * 3 * x.itemsize  # OH=13, OW=3
     monkeypatch.setattr(conv2d_cuda, "COL_BUDGET_BYTES", per_sample)  # one sample per chunk
-    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="gemm")
+    y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="im2col")
     assert cache.col is None
     dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
     dx, dw, db = conv2d_cuda.conv2d_backward(dy, cache)
@@ -158,7 +180,7 @@ def test_conv2d_gemm_batch_chunks(harness, monkeypatch, dtype):
         np.testing.assert_allclose(got, want, **_tol(dtype))
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct"])
 def test_conv2d_non_contiguous_inputs(harness, algorithm):
     """Views with strides (which RawKernel would ignore) are made contiguous first."""
     rng = np.random.default_rng(5)

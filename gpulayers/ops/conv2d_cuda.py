@@ -1,14 +1,17 @@
 """conv2d on the GPU: the launchers of ``cuda_kernels/conv2d.cu`` and cuBLAS GEMMs through CuPy.
 
-Called by :mod:`gpulayers.ops.conv2d` for CuPy arrays, after validation. Two algorithms:
+Called by :mod:`gpulayers.ops.conv2d` for CuPy arrays, after validation. Three algorithms
+(:func:`gpulayers.cuda.set_conv_algorithm` picks; :func:`choose_algorithm` applies it):
 
-* ``"gemm"`` (the default): ``im2col`` into a group-major column matrix of shape
+* ``"implicit_gemm"``: the kernels of ``cuda_kernels/conv2d_igemm.cu``
+  (:mod:`gpulayers.ops.conv2d_igemm_cuda`); no column matrix, no cuBLAS.
+* ``"im2col"``: ``im2col`` into a group-major column matrix of shape
   ``(C * kh * kw, N * OH * OW)``, one (batched-over-groups) GEMM with the weight, then a
   kernel that transposes the channel-major product to NCHW and adds the bias. Backward:
   ``dW`` by GEMM, ``dcol`` by GEMM and ``col2im`` (a gather) for ``dx``, ``db`` by a sum.
   The column matrix is built for at most :data:`COL_BUDGET_BYTES` at a time (the batch is
   processed in chunks beyond that) and kept for backward when one chunk covers the batch.
-* ``"direct"``, chosen when each output channel reads a single input channel
+* ``"direct"``, chosen by ``"auto"`` when each output channel reads a single input channel
   (``in_channels / groups == 1``: depthwise convolutions and one-channel inputs), where the
   GEMMs would be tiny and memory-bound: one thread per output / input / weight element.
 
@@ -24,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend, kernels
+from .. import backend, cuda, kernels
+from . import conv2d_igemm_cuda
 
 __all__ = ["COL_BUDGET_BYTES", "choose_algorithm", "conv2d_backward", "conv2d_forward"]
 
@@ -188,8 +192,12 @@ def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: _Geometry) -> 
 # The op
 # ----------------------------------------------------------------------------------------------
 def choose_algorithm(channels: int, groups: int) -> str:
-    """``"direct"`` when each output channel reads one input channel, else ``"gemm"``."""
-    return "direct" if channels // groups == 1 else "gemm"
+    """The algorithm set by :func:`gpulayers.cuda.set_conv_algorithm`; for ``"auto"``, ``"direct"``
+    when each output channel reads one input channel, else :data:`gpulayers.cuda.DEFAULT_GEMM`."""
+    chosen = cuda.get_conv_algorithm()
+    if chosen != "auto":
+        return chosen
+    return "direct" if channels // groups == 1 else cuda.DEFAULT_GEMM
 
 
 def _batch_chunk(g: _Geometry, itemsize: int) -> int:
@@ -225,7 +233,7 @@ def conv2d_forward(
         bias: ``(out_channels,)`` or None.
         stride, padding, dilation: ``(h, w)`` pairs.
         groups: number of groups.
-        algorithm: ``"gemm"``, ``"direct"`` or None for :func:`choose_algorithm`.
+        algorithm: ``"implicit_gemm"``, ``"im2col"``, ``"direct"`` or None for :func:`choose_algorithm`.
 
     Shape:
         y: ``(N, out_channels, (H + 2 p - d (k - 1) - 1) // s + 1, ...)`` per axis.
@@ -242,11 +250,14 @@ def conv2d_forward(
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     g = _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     algorithm = algorithm or choose_algorithm(c, g.groups)
-    if algorithm not in ("gemm", "direct"):
-        raise ValueError(f"conv2d: expected algorithm 'gemm' or 'direct', got {algorithm!r}")
+    if algorithm not in ("implicit_gemm", "im2col", "direct"):
+        raise ValueError(f"conv2d: expected algorithm 'implicit_gemm', 'im2col' or 'direct', got {algorithm!r}")
 
     col = None
     with kernels.device_scope(x):
+        if algorithm == "implicit_gemm":
+            y = conv2d_igemm_cuda.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+            return y, _ConvCache(x, weight, bias is not None, g, algorithm, None)
         y = xp.empty((n, oc, oh, ow), dtype=x.dtype)
         if algorithm == "direct":
             _launch_direct_forward(x, weight, bias, y, g)
@@ -279,6 +290,10 @@ def conv2d_backward(dy, cache: _ConvCache):
         if g.batch == 0:
             dx = xp.empty_like(x)
             dw = xp.zeros_like(weight)
+        elif cache.algorithm == "implicit_gemm":
+            window = ((g.stride_h, g.stride_w), (g.pad_h, g.pad_w), (g.dilation_h, g.dilation_w), g.groups)
+            dx = conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x.shape, *window)
+            dw = conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight.shape, *window)
         elif cache.algorithm == "direct":
             dx = xp.empty_like(x)
             _launch_direct_backward_data(dy, weight, dx, g)

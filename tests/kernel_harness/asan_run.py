@@ -72,7 +72,7 @@ def run_clean(build_dir: Path) -> None:
                 x = _big(rng, shape, dtype)
                 w = rng.standard_normal((oc, shape[1] // groups, kh, kw)).astype(dtype)
                 b = rng.standard_normal(oc).astype(dtype)
-                for algorithm in ("gemm", "direct"):
+                for algorithm in ("implicit_gemm", "im2col", "direct"):
                     y, cache = conv2d_cuda.conv2d_forward(
                         x, w, b, stride, padding, dilation, groups, algorithm=algorithm
                     )
