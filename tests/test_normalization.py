@@ -284,7 +284,9 @@ def test_batchnorm_bad_input(layer, x, exc, pattern):
     "kwargs,pattern",
     [
         ({"num_features": 0}, "num_features >= 1, got 0"),
-        ({"num_features": 3, "eps": -1.0}, "eps >= 0"),
+        ({"num_features": 3, "eps": -1.0}, "eps > 0"),
+        ({"num_features": 3, "eps": 0}, "eps > 0"),
+        ({"num_features": 3, "eps": float("nan")}, "eps > 0"),
         ({"num_features": 3, "momentum": 1.5}, r"momentum in \[0, 1\]"),
     ],
 )
@@ -319,3 +321,54 @@ def test_batchnorm_device_mismatch_raises():
     bn = nn.BatchNorm1d(3).to("cuda")
     with pytest.raises(RuntimeError, match="BatchNorm1d: input is on cpu but the weight is on cuda"):
         bn(np.zeros((2, 3), np.float32))
+
+
+def test_batchnorm_eps_zero_refused_like_torch():
+    """PyTorch refuses eps <= 0 in training (it would divide by zero on constant input)."""
+    with pytest.raises(ValueError, match="eps must be positive"):
+        torch.nn.BatchNorm2d(1, eps=0)(torch.ones(2, 1, 2, 2))
+    with pytest.raises(ValueError, match="BatchNorm2d: expected eps > 0"):
+        nn.BatchNorm2d(1, eps=0)
+    with pytest.raises(ValueError, match="batch_norm: expected eps > 0"):
+        F.batch_norm_forward(np.ones((2, 1, 2, 2)), None, None, None, None, True, 0.1, 0.0)
+
+
+_HUGE = {
+    "constant-1e38": lambda rng: np.full((4, 2, 2, 2), 1e38),
+    "constant-3e38": lambda rng: np.full((4, 2, 2, 2), -3e38),
+    "positive-near-1e38": lambda rng: rng.uniform(0.9e38, 1e38, (4, 2, 2, 2)),
+    "offset-1e20": lambda rng: 1e20 + rng.uniform(-1, 1, (4, 2, 2, 2)) * 1e17,
+    "mixed-sign-1e38": lambda rng: rng.uniform(-1, 1, (4, 2, 2, 2)) * 1e38,
+}
+
+
+@pytest.mark.parametrize("kind", list(_HUGE))
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_float32_huge_input_running_stats_match_torch(kind, momentum):
+    """|x| ~ 1e38 in float32: the statistics are finite wherever PyTorch's are, and equal to them."""
+    x = _HUGE[kind](np.random.default_rng(1)).astype(np.float32)
+    ours, ref = nn.BatchNorm2d(2, momentum=momentum), torch.nn.BatchNorm2d(2, momentum=momentum)
+    y = ours(x)
+    ref(torch.from_numpy(x))
+    for name in ("running_mean", "running_var"):
+        want = getattr(ref, name).numpy()
+        got = getattr(ours, name)
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+    # The batch statistics are representable here, so the output is too (a float64 reference).
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3), keepdims=True), x64.var(axis=(0, 2, 3), keepdims=True)
+    if np.isfinite(var).all() and var.max() < 3e38:
+        np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_safe_statistics_path_matches_fast_path():
+    """The overflow-safe reductions (always used on CuPy) agree with the float32 fast path."""
+    from gpulayers.ops import normalization as ops
+
+    x = np.random.default_rng(2).standard_normal((5, 3, 4, 4)).astype(np.float32) * 3 + 1
+    bshape = (1, 3, 1, 1)
+    fast = ops._fast_stats(x, 80, bshape)
+    safe = ops._safe_stats(x, 80, bshape)
+    for a, b in zip(fast, safe, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

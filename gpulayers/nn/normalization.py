@@ -36,8 +36,8 @@ class _BatchNorm(Module):
             raise TypeError(f"{name}: expected num_features to be an int, got {type(num_features).__name__}")
         if num_features < 1:
             raise ValueError(f"{name}: expected num_features >= 1, got {num_features}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-            raise ValueError(f"{name}: expected eps >= 0, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"{name}: expected eps > 0 (it keeps the division finite), got {eps!r}")
         if momentum is not None and (
             isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1
         ):
@@ -120,7 +120,7 @@ class BatchNorm1d(_BatchNorm):
 
     Args:
         num_features: C, the number of features (channels).
-        eps: added to the variance for stability. Defaults to 1e-5.
+        eps: added to the variance for stability, > 0. Defaults to 1e-5.
         momentum: running-average factor, or None for a cumulative average. Defaults to 0.1.
         affine: learn a per-feature scale ``weight`` (ones) and shift ``bias`` (zeros). Defaults to True.
         track_running_stats: keep ``running_mean``, ``running_var`` and ``num_batches_tracked``
@@ -142,7 +142,7 @@ class BatchNorm2d(_BatchNorm):
 
     Args:
         num_features: C, the number of channels.
-        eps: added to the variance for stability. Defaults to 1e-5.
+        eps: added to the variance for stability, > 0. Defaults to 1e-5.
         momentum: running-average factor, or None for a cumulative average. Defaults to 0.1.
         affine: learn a per-channel ``weight`` and ``bias``. Defaults to True.
         track_running_stats: keep running statistics buffers. Defaults to True.

@@ -3,10 +3,16 @@
 One xp-generic implementation (NumPy or CuPy): the statistics are reductions over every axis
 but the channel axis, computed in the input dtype with the two-pass variance (mean first, then
 the mean of squared deviations), as PyTorch does. See ``torch.nn.functional.batch_norm``.
+
+Float32 input near the top of its range (|x| ~ 1e38) would overflow a float32 sum or square;
+such channels are summed in float64 instead (on NumPy only when the fast float32 reductions
+overflow; on CuPy always, which costs no extra pass), so the mean and the running statistics
+stay finite wherever the true values are representable.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -42,6 +48,37 @@ def _channel_dot(a: Any, b: Any) -> Any:
     return xp.matmul(a3[:, :, None, :], b3[:, :, :, None]).reshape(a3.shape[0], a3.shape[1]).sum(axis=0)
 
 
+def _safe_stats(x: Any, count: int, bshape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """Per-channel mean, centred input and biased variance without intermediate overflow.
+
+    The sum accumulates in float64; the squared deviations are scaled by ``1/sqrt(count)``
+    before squaring, so a square overflows only when the variance itself would.
+    """
+    mean = (_per_channel(x).sum(axis=2, dtype=np.float64).sum(axis=0) / count).astype(x.dtype)
+    centred = x - mean.reshape(bshape)
+    scaled = centred * x.dtype.type(1.0 / np.sqrt(count))
+    var = _channel_dot(scaled, scaled).astype(x.dtype, copy=False)
+    return mean, centred, var
+
+
+def _fast_stats(x: Any, count: int, bshape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """Two-pass statistics in the input dtype (mean first, then the mean squared deviation)."""
+    mean = (_channel_sum(x) / count).astype(x.dtype, copy=False)
+    centred = x - mean.reshape(bshape)
+    var = (_channel_dot(centred, centred) / count).astype(x.dtype, copy=False)
+    return mean, centred, var
+
+
+def _batch_stats(x: Any, count: int, bshape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    if backend.is_cuda_array(x):  # no host synchronisation for an overflow check
+        return _safe_stats(x, count, bshape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, centred, var = _fast_stats(x, count, bshape)
+        if np.isfinite(mean).all() and np.isfinite(var).all():
+            return mean, centred, var
+        return _safe_stats(x, count, bshape)
+
+
 def batch_norm_forward(
     x: Any,
     weight: Any,
@@ -70,7 +107,7 @@ def batch_norm_forward(
         running_var: (C,) running variance, or None.
         training: use (and track) batch statistics.
         momentum: running-average factor, or None for a cumulative average.
-        eps: added to the variance before the square root.
+        eps: added to the variance before the square root; must be > 0.
         num_batches_tracked: 0-d int64 counter (required when ``momentum`` is None).
 
     Returns:
@@ -81,6 +118,8 @@ def batch_norm_forward(
         - y: same as x
     """
     xp = backend.get_array_module(x)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"batch_norm: expected eps > 0, got {eps!r}")
     bshape, count = _layout(x)
     use_batch_stats = bool(training) or running_mean is None
     update = bool(training) and running_mean is not None
@@ -95,10 +134,7 @@ def batch_norm_forward(
             var = xp.ones(x.shape[1], dtype=x.dtype)
             centred = x
         else:
-            # Two-pass variance (mean first, then the mean of squared deviations), as PyTorch.
-            mean = (_channel_sum(x) / count).astype(x.dtype, copy=False)
-            centred = x - mean.reshape(bshape)
-            var = (_channel_dot(centred, centred) / count).astype(x.dtype, copy=False)
+            mean, centred, var = _batch_stats(x, count, bshape)
     else:
         mean = running_mean
         var = running_var
