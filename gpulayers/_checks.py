@@ -6,11 +6,58 @@ can fix the call without reading the source.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 
 from . import backend
+
+
+def check_int(name: str, arg: str, value: Any, minimum: int | None = None) -> int:
+    """An int (not a bool, not a float) at least ``minimum``, as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {arg} to be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected {arg} >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(name: str, arg: str, value: Any) -> bool:
+    """A bool (Python or NumPy), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected {arg} to be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_real(
+    name: str,
+    arg: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+) -> float:
+    """A finite real number (not a bool) within the bounds, as a Python float.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above`` an exclusive lower bound.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {arg} to be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite {arg}, got {value!r}")
+    if (
+        (minimum is not None and v < minimum)
+        or (maximum is not None and v > maximum)
+        or (above is not None and v <= above)
+    ):
+        lo = f"> {above}" if above is not None else (f">= {minimum}" if minimum is not None else "")
+        hi = f"<= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name}: expected {arg} {' and '.join(b for b in (lo, hi) if b)}, got {value!r}")
+    return v
 
 
 def pair(name: str, arg: str, value: Any, *, minimum: int = 0) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from .collate import default_collate
 from .datasets import (
     DATASETS,
     ArrayDataset,
@@ -25,6 +26,7 @@ from .datasets import (
     load_mnist,
     read_idx,
 )
+from .ops._checks import check_bool, check_int, check_real
 
 __all__ = [
     "ArrayDataset",
@@ -34,6 +36,7 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "Compose",
+    "default_collate",
     "cifar10_augment",
     "load_dataset",
     "load_digits",
@@ -48,6 +51,11 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Augmentation on a batch, on the batch's device
 # ------------------------------------------------------------------------------------------------
+def _check_images(name: str, x: Any) -> None:
+    if not hasattr(x, "ndim") or x.ndim != 4:
+        raise ValueError(f"{name}: expected a batch of images (N, C, H, W), got shape {getattr(x, 'shape', None)}")
+
+
 def _device_scope(x):
     """The batch's GPU as the current device (CuPy allocates there); a no-op for NumPy."""
     return x.device if backend.is_cuda_array(x) else contextlib.nullcontext()
@@ -66,12 +74,12 @@ class RandomCrop:
     """
 
     def __init__(self, size: int, padding: int = 0):
-        if size < 1 or padding < 0:
-            raise ValueError(f"RandomCrop: expected size >= 1 and padding >= 0, got size={size}, padding={padding}")
-        self.size, self.padding = int(size), int(padding)
+        self.size = check_int("RandomCrop", "size", size, 1)
+        self.padding = check_int("RandomCrop", "padding", padding, 0)
 
     def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
+        _check_images("RandomCrop", x)
         n, c, h, w = x.shape
         p, s = self.padding, self.size
         if h + 2 * p < s or w + 2 * p < s:
@@ -96,12 +104,11 @@ class RandomHorizontalFlip:
     """Mirror each image left-right with probability ``p``."""
 
     def __init__(self, p: float = 0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomHorizontalFlip: expected 0 <= p <= 1, got {p}")
-        self.p = float(p)
+        self.p = check_real("RandomHorizontalFlip", "p", p, minimum=0.0, maximum=1.0)
 
     def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
+        _check_images("RandomHorizontalFlip", x)
         with _device_scope(x):
             rng = _rng_for(x) if rng is None else rng
             flip = xp.asarray(rng.random(x.shape[0]) < self.p)
@@ -115,6 +122,11 @@ class Compose:
     """Apply augmentations in order."""
 
     def __init__(self, transforms: Sequence[Callable]):
+        if not isinstance(transforms, (list, tuple)):
+            raise TypeError(f"Compose: expected a list of callables, got {type(transforms).__name__}")
+        for i, t in enumerate(transforms):
+            if not callable(t):
+                raise TypeError(f"Compose: expected callables, got {type(t).__name__} at position {i}")
         self.transforms = list(transforms)
 
     def __call__(self, x, rng=None):
@@ -134,31 +146,89 @@ def cifar10_augment(size: int = 32, padding: int = 4) -> Compose:
 # ------------------------------------------------------------------------------------------------
 # The loader
 # ------------------------------------------------------------------------------------------------
+def _as_dataset(dataset: Any) -> Any:
+    """An :class:`ArrayDataset` for arrays; any other map-style dataset as it is."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset
+    if (
+        isinstance(dataset, (tuple, list))
+        and len(dataset) == 2
+        and all(hasattr(a, "shape") and hasattr(a, "dtype") and len(a.shape) >= 1 for a in dataset)
+    ):
+        return ArrayDataset(dataset[0], dataset[1])
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        return dataset
+    raise TypeError(
+        "DataLoader: expected an ArrayDataset, a pair (x, y) of arrays, or a map-style dataset "
+        f"(with __len__ and __getitem__), got {type(dataset).__name__}"
+    )
+
+
+def _check_pixels(name: str, x: Any) -> None:
+    """Integer inputs are pixels 0..255 (scaled to [0, 1]); any other integer range is refused."""
+    if x.dtype.kind not in "iu" or x.dtype == np.uint8 or x.size == 0:
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"{name}: integer inputs are read as pixels 0..255 and scaled by 1/255, but dtype {x.dtype} holds "
+            f"values {lo}..{hi}; convert them to float (scaled as you mean) before loading"
+        )
+
+
+def _check_normalize(name: str, normalize: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
+        raise TypeError(f"{name}: expected normalize=(mean, std), got {normalize!r}")
+    out = []
+    for what, v in zip(("mean", "std"), normalize, strict=True):
+        try:
+            arr = np.asarray(backend.to_numpy(v), dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected normalize {what} to be numbers, got {v!r}") from exc
+        if arr.size == 0 or not np.isfinite(arr).all():
+            raise ValueError(f"{name}: expected finite normalize {what} values, got {v!r}")
+        out.append(arr)
+    mean, std = out
+    if np.any(std <= 0):
+        raise ValueError(f"{name}: normalize std must be positive, got {tuple(float(s) for s in std)}")
+    if mean.size != std.size and 1 not in (mean.size, std.size):
+        raise ValueError(f"{name}: normalize has {mean.size} means but {std.size} stds")
+    return mean, std
+
+
 class DataLoader:
-    """Mini-batches ``(x, y)`` on a device: x float (N, C, H, W), y int64 (N,).
+    """Mini-batches on a device: ``(x, y)`` with x in ``dtype`` and y as the targets are.
 
     Each pass shuffles with its own NumPy generator seeded from ``(seed, epoch)``, so a resumed
     run reshuffles exactly as an uninterrupted one. Iterating starts pass number ``epoch`` and
     advances the counter; :meth:`set_epoch` picks the pass explicitly.
 
+    An :class:`ArrayDataset` (or a pair of arrays) is copied to the device once and batches are
+    gathered there. Any other map-style dataset (``__len__`` and ``__getitem__``, as PyTorch's
+    DataLoader takes) is read item by item and collated with :func:`default_collate`; when its
+    items are tuples, the first element is the input and gets the preparation below.
+
     Args:
-        dataset: an :class:`ArrayDataset` or a pair ``(x, y)`` of arrays.
+        dataset: an :class:`ArrayDataset`, a pair ``(x, y)`` of arrays, or a map-style dataset.
         batch_size: examples per batch (default 64).
         shuffle: reshuffle every pass (default False).
-        seed: shuffling seed; None draws one from the library generator (``gl.manual_seed``)
-            when ``shuffle`` is set.
+        seed: shuffling seed, an int >= 0; None draws one from the library generator
+            (``gl.manual_seed``) when ``shuffle`` is set.
         drop_last: drop the last incomplete batch (default False).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``. The whole data set is copied to
-            the device once, and batches are gathered and prepared there.
-        normalize: ``(mean, std)``, scalars or one value per channel, applied as ``(x - mean) / std``
-            after scaling uint8 pixels to [0, 1] and after augmentation.
-        augment: a callable on the batch (e.g. :func:`cifar10_augment`), run before normalising.
-        dtype: the floating dtype of the batches (default float32).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        normalize: ``(mean, std)``, scalars or one value per channel (axis 1 of the input), finite,
+            std > 0; applied as ``(x - mean) / std`` after scaling pixels to [0, 1] and after
+            augmentation.
+        augment: a callable on the input batch (e.g. :func:`cifar10_augment`), run before normalising.
+        dtype: the floating dtype of the input batches (default float32).
+
+    The inputs are prepared as: uint8 and other integer inputs are pixels 0..255, scaled to
+    [0, 1] (other integer ranges are refused); float inputs are cast to ``dtype``.
     """
 
     def __init__(
         self,
-        dataset: ArrayDataset | tuple[Any, Any],
+        dataset: Any,
         batch_size: int = 64,
         shuffle: bool = False,
         seed: int | None = None,
@@ -168,33 +238,46 @@ class DataLoader:
         augment: Callable | None = None,
         dtype: Any = np.float32,
     ):
-        if not isinstance(dataset, ArrayDataset):
-            if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
-                raise TypeError(f"DataLoader: expected an ArrayDataset or a pair (x, y), got {type(dataset).__name__}")
-            dataset = ArrayDataset(backend.to_numpy(dataset[0]), backend.to_numpy(dataset[1]))
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size!r}")
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, int(batch_size), shuffle, drop_last
+        name = "DataLoader"
+        self.dataset = dataset = _as_dataset(dataset)
+        self._arrays = isinstance(dataset, ArrayDataset)
+        self.batch_size = check_int(name, "batch_size", batch_size, 1)
+        self.shuffle = check_bool(name, "shuffle", shuffle)
+        self.drop_last = check_bool(name, "drop_last", drop_last)
         self.device = backend.default_device() if device == "auto" else device
         backend.parse_device(self.device)
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"{name}: expected a floating dtype, got {dtype!r}") from exc
         if self.dtype.kind != "f":
-            raise TypeError(f"DataLoader: expected a floating dtype, got {self.dtype}")
+            raise TypeError(f"{name}: expected a floating dtype, got {self.dtype}")
         if seed is None:  # only a shuffling loader draws (so an unshuffled one leaves the library RNG alone)
-            seed = int(backend.cpu_rng().integers(2**31)) if shuffle else 0
-        self.seed = int(seed)
+            seed = int(backend.cpu_rng().integers(2**31)) if self.shuffle else 0
+        self.seed = check_int(name, "seed", seed, 0)
         self.epoch = 0
+        if augment is not None and not callable(augment):
+            raise TypeError(f"{name}: expected augment to be callable or None, got {type(augment).__name__}")
         self.augment = augment
         self.normalize = None
         if normalize is not None:
-            channels = dataset.x.shape[1]
-            mean, std = (
-                np.broadcast_to(backend.to_numpy(v).astype(np.float64).reshape(-1), (channels,)) for v in normalize
-            )
-            if np.any(std <= 0):
-                raise ValueError(f"DataLoader: normalize std must be positive, got {tuple(std)}")
+            mean, std = _check_normalize(name, normalize)
+            if self._arrays:
+                self._check_channels(dataset.x, max(mean.size, std.size))
+                _check_pixels(name, dataset.x)
             self.normalize = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        elif self._arrays:
+            _check_pixels(name, dataset.x)
         self._on_device: tuple[Any, Any, Any] | None = None
+
+    @staticmethod
+    def _check_channels(x: Any, count: int) -> None:
+        channels = x.shape[1] if x.ndim >= 2 else 1
+        if count not in (1, channels):
+            raise ValueError(
+                f"DataLoader: normalize has {count} values per statistic but the inputs have {channels} "
+                f"channels (axis 1 of shape {tuple(x.shape)}); give one value or {channels}"
+            )
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -202,13 +285,17 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass use the shuffle of ``epoch``."""
-        self.epoch = int(epoch)
+        self.epoch = check_int("DataLoader.set_epoch", "epoch", epoch, 0)
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        if not isinstance(state, dict) or not {"seed", "epoch"} <= set(state):
+            raise ValueError(f"DataLoader.load_state_dict: expected a dict with 'seed' and 'epoch', got {state!r}")
+        seed = check_int("DataLoader.load_state_dict", "seed", state["seed"], 0)
+        self.epoch = check_int("DataLoader.load_state_dict", "epoch", state["epoch"], 0)
+        self.seed = seed
 
     def order(self, epoch: int) -> np.ndarray:
         """The example order of pass ``epoch``."""
@@ -217,40 +304,73 @@ class DataLoader:
             return np.arange(n)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
 
+    def _stats(self, x: Any) -> tuple[Any, Any] | None:
+        """The normalisation arrays, shaped to broadcast over channel axis 1 of ``x``."""
+        if self.normalize is None:
+            return None
+        xp = backend.get_array_module(x)
+        self._check_channels(x, max(len(self.normalize[0]), len(self.normalize[1])))
+        shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim >= 2 else (-1,)
+        with _device_scope(x):
+            return tuple(xp.asarray(v, dtype=self.dtype).reshape(shape) for v in self.normalize)
+
     def _device_arrays(self):
         if self._on_device is None:
             x = backend.to_device(self.dataset.x, self.device)
             y = backend.to_device(self.dataset.y, self.device)
-            xp = backend.get_array_module(x)
-            stats = None
-            if self.normalize is not None:
-                mean, std = (xp.asarray(v, dtype=self.dtype).reshape(1, -1, 1, 1) for v in self.normalize)
-                stats = (mean, std)
-            self._on_device = (x, y, stats)
+            self._on_device = (x, y, self._stats(x))
         return self._on_device
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def _prepare(self, xb: Any, stats: Any) -> Any:
+        if xb.dtype.kind in "ui":
+            xb = xb.astype(self.dtype) / 255  # pixels to [0, 1]
+        elif xb.dtype != self.dtype:
+            xb = xb.astype(self.dtype)
+        if self.augment is not None:
+            xb = self.augment(xb)
+        if stats is not None:
+            xb = (xb - stats[0]) / stats[1]
+        return backend.get_array_module(xb).ascontiguousarray(xb)
+
+    def __iter__(self) -> Iterator[Any]:
         order = self.order(self.epoch)
         self.epoch += 1
-        return self._batches(order)
+        return self._batches(order) if self._arrays else self._collated(order)
 
     def _batches(self, order: np.ndarray) -> Iterator[tuple[Any, Any]]:
         x_all, y_all, stats = self._device_arrays()
-        xp = backend.get_array_module(x_all)
         order_dev = backend.to_device(order, self.device)
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, len(order)), self.batch_size):
             idx = order_dev[start : start + self.batch_size]
-            xb = x_all[idx]
-            if xb.dtype.kind in "ui":
-                xb = xb.astype(self.dtype) / 255  # pixels to [0, 1]
-            elif xb.dtype != self.dtype:
-                xb = xb.astype(self.dtype)
-            if self.augment is not None:
-                xb = self.augment(xb)
-            if stats is not None:
-                xb = (xb - stats[0]) / stats[1]
-            yield xp.ascontiguousarray(xb), y_all[idx]
+            yield self._prepare(x_all[idx], stats), y_all[idx]
+
+    def _collated(self, order: np.ndarray) -> Iterator[Any]:
+        stop = min(len(self) * self.batch_size, len(order))
+        for start in range(0, stop, self.batch_size):
+            batch = default_collate([self.dataset[int(i)] for i in order[start : start + self.batch_size]])
+            if isinstance(batch, tuple) and batch and isinstance(batch[0], np.ndarray):
+                yield (self._input(batch[0]),) + tuple(self._move(b) for b in batch[1:])
+            elif isinstance(batch, np.ndarray):
+                yield self._input(batch)
+            else:
+                yield self._move(batch)
+
+    def _input(self, x: np.ndarray) -> Any:
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"DataLoader: expected real-valued inputs from the dataset, got dtype {x.dtype}")
+        _check_pixels("DataLoader", x)
+        x = backend.to_device(x, self.device)
+        return self._prepare(x, self._stats(x))
+
+    def _move(self, batch: Any) -> Any:
+        if isinstance(batch, np.ndarray):
+            return backend.to_device(batch, self.device)
+        if isinstance(batch, tuple):
+            return tuple(self._move(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self._move(v) for k, v in batch.items()}
+        return batch
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,8 @@
 """Data sets held in memory, and the readers that build them from the original files.
 
 Images are NumPy arrays in NCHW: ``x`` (float32 in [0, 1], or uint8 pixels that the loader scales
-to [0, 1] on the device) and ``y`` (int64 class indices).
+to [0, 1] on the device) and ``y`` (int64 class indices). :class:`ArrayDataset` holds any other
+(N, ...) inputs and targets too.
 
 - :func:`load_digits`: scikit-learn's 8x8 handwritten digits, bundled with scikit-learn (no download).
 - :func:`load_mnist`, :func:`load_fashion_mnist`: the original IDX files in a folder.
@@ -49,24 +50,41 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 
 class ArrayDataset:
-    """Images and labels held in memory.
+    """Inputs and targets held in memory (PyTorch's ``TensorDataset`` for a pair of arrays).
 
     Args:
-        x: images (N, C, H, W), float in [0, 1] or uint8 in 0..255.
-        y: class indices (N,), cast to int64.
+        x: inputs (N, ...): images (N, C, H, W) as float, or uint8 pixels in 0..255, tabular
+            rows (N, F), sequences (N, C, L), or any other real-valued (N, ...) array.
+        y: targets (N, ...). Integer and bool targets become int64 class indices; floating
+            targets keep their dtype (regression targets are never truncated).
         name: a label for messages.
-        mean, std: per-channel statistics of the training images on the [0, 1] scale (for
-            :class:`DataLoader`'s ``normalize``).
+        mean, std: per-channel statistics of the training inputs (on the [0, 1] scale for
+            pixels), for :class:`~gpulayers.data.DataLoader`'s ``normalize``.
+        classes: class names, or None.
+        target_dtype: an integer dtype to convert floating targets to class indices; every
+            target must then be a finite whole number (NaN and 1.7 are refused). Defaults to
+            None (keep floating targets as they are).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, name: str = "", mean=None, std=None, classes=None):
+    def __init__(self, x, y, name: str = "", mean=None, std=None, classes=None, target_dtype=None):
         x = backend.to_numpy(x)  # CuPy arrays too (np.asarray refuses them)
         y = backend.to_numpy(y)
-        if x.ndim != 4:
-            raise ValueError(f"ArrayDataset: expected images of shape (N, C, H, W), got shape {x.shape}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"ArrayDataset: expected {x.shape[0]} labels of shape ({x.shape[0]},), got {y.shape}")
-        self.x, self.y = x, y.astype(np.int64, copy=False)
+        if x.ndim < 1:
+            raise ValueError("ArrayDataset: expected inputs of shape (N, ...), got a 0-D array")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"ArrayDataset: expected real-valued inputs (float, int or uint8), got dtype {x.dtype}")
+        if y.ndim < 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"ArrayDataset: expected {x.shape[0]} targets of shape ({x.shape[0]}, ...) "
+                f"for inputs of shape {x.shape}, got shape {y.shape}"
+            )
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"ArrayDataset: expected integer or floating targets, got dtype {y.dtype}")
+        if target_dtype is not None:
+            y = _as_class_indices(y, np.dtype(target_dtype))
+        elif y.dtype.kind in "biu":
+            y = y.astype(np.int64, copy=False)
+        self.x, self.y = x, y
         self.name, self.mean, self.std, self.classes = name, mean, std, classes
 
     def __len__(self) -> int:
@@ -76,13 +94,37 @@ class ArrayDataset:
         return self.x[i], self.y[i]
 
     def subset(self, n: int | None) -> ArrayDataset:
-        """The first ``n`` examples (all of them for None)."""
-        if n is None or n >= len(self):
+        """The first ``n`` examples (all of them for None or ``n >= len``); ``n`` >= 0."""
+        if n is None:
+            return self
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"ArrayDataset.subset: expected n to be an int or None, got {type(n).__name__} {n!r}")
+        if n < 0:
+            raise ValueError(f"ArrayDataset.subset: expected n >= 0 (the first n examples), got {n}")
+        if n >= len(self):
             return self
         return ArrayDataset(self.x[:n], self.y[:n], self.name, self.mean, self.std, self.classes)
 
     def __repr__(self) -> str:
-        return f"ArrayDataset({self.name!r}, x={self.x.shape} {self.x.dtype}, y={self.y.shape})"
+        return f"ArrayDataset({self.name!r}, x={self.x.shape} {self.x.dtype}, y={self.y.shape} {self.y.dtype})"
+
+
+def _as_class_indices(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Targets as integer class indices, refusing values that are not whole numbers."""
+    if dtype.kind not in "iu":
+        raise TypeError(f"ArrayDataset: expected an integer target_dtype, got {dtype}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            first = float(y[bad].reshape(-1)[0])
+            raise ValueError(
+                f"ArrayDataset: expected whole-number targets for target_dtype {dtype}, "
+                f"got {int(bad.sum())} that are not (first: {first!r})"
+            )
+        info = np.iinfo(dtype)
+        if y.size and (y.min() < info.min or y.max() > info.max):
+            raise ValueError(f"ArrayDataset: targets {y.min()}..{y.max()} do not fit target_dtype {dtype}")
+    return y.astype(dtype, copy=False)
 
 
 # ------------------------------------------------------------------------------------------------
