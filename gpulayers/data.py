@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from ._checks import check_bool, check_int, check_real
 from .collate import default_collate
 from .datasets import (
     DATASETS,
@@ -26,7 +27,6 @@ from .datasets import (
     load_mnist,
     read_idx,
 )
-from .ops._checks import check_bool, check_int, check_real
 
 __all__ = [
     "ArrayDataset",
