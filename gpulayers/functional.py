@@ -29,6 +29,7 @@ from .ops.avg_pool2d import (
     avg_pool2d_backward,
     avg_pool2d_forward,
 )
+from .ops.bce_loss import bce_with_logits_backward, bce_with_logits_forward
 from .ops.conv2d import conv2d_backward, conv2d_forward
 from .ops.dropout import dropout2d_backward, dropout2d_forward, dropout_backward, dropout_forward
 from .ops.group_norm import group_norm_backward, group_norm_forward
@@ -36,6 +37,7 @@ from .ops.layer_norm import layer_norm_backward, layer_norm_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_backward, mse_loss_forward
 from .ops.max_pool2d import max_pool2d_backward, max_pool2d_forward
+from .ops.nll_loss import nll_loss_backward, nll_loss_forward
 from .ops.normalization import batch_norm_backward, batch_norm_forward
 from .ops.special import erf
 
@@ -46,6 +48,8 @@ __all__ = [
     "avg_pool2d_forward",
     "batch_norm_backward",
     "batch_norm_forward",
+    "bce_with_logits_backward",
+    "bce_with_logits_forward",
     "conv2d_backward",
     "conv2d_forward",
     "cross_entropy_backward",
@@ -71,6 +75,8 @@ __all__ = [
     "max_pool2d_forward",
     "mse_loss_backward",
     "mse_loss_forward",
+    "nll_loss_backward",
+    "nll_loss_forward",
     "relu_backward",
     "relu_forward",
     "sigmoid_backward",

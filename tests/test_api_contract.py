@@ -67,8 +67,17 @@ API_SIGNATURES = {
     "Dropout": "p=0.5",
     "LeakyReLU": "negative_slope=0.01",
     "Flatten": "start_dim=1 end_dim=-1",
-    "CrossEntropyLoss": "reduction=mean label_smoothing=0.0",
+    "CrossEntropyLoss": "weight=None ignore_index=-100 reduction=mean label_smoothing=0.0",
+    "NLLLoss": "weight=None ignore_index=-100 reduction=mean",
+    "BCEWithLogitsLoss": "weight=None reduction=mean pos_weight=None",
     "MSELoss": "reduction=mean",
+    "GroupNorm": "num_groups num_channels eps=1e-05 affine=True",
+    "LayerNorm": "normalized_shape eps=1e-05 elementwise_affine=True bias=True",
+    "Dropout2d": "p=0.5",
+    "Softmax": "dim=None",
+    "LogSoftmax": "dim=None",
+    "GELU": "approximate=none",
+    "SiLU": "",
 }
 
 
@@ -400,7 +409,7 @@ def test_contract_losses_on_empty_batch_like_pytorch(which, reduction):
         tt = torch.from_numpy(t)
     else:
         smoothing = 0.1 if which == "ce-smooth" else 0.0
-        ours = nn.CrossEntropyLoss(reduction, smoothing)
+        ours = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
         theirs = tnn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
         x, t = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         tt = torch.from_numpy(t)

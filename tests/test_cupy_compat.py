@@ -38,6 +38,8 @@ XP_MODULES = [
     "ops/special.py",
     "ops/layer_norm.py",
     "ops/group_norm.py",
+    "ops/nll_loss.py",
+    "ops/bce_loss.py",
     "nn/module.py",
     "nn/summary.py",
     "optim/adam.py",

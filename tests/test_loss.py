@@ -132,7 +132,12 @@ def test_cross_entropy_empty_batch_as_torch(reduction, expected):
         (np.zeros((3, 4), np.float32), np.array([0, 1]), ValueError, r"expected target of shape \(3,\).*got \(2,\)"),
         (np.zeros((3, 4), np.float32), np.zeros((3, 1), np.int64), ValueError, r"target of shape \(3,\).*got \(3, 1\)"),
         (np.zeros((3, 4), np.float32), np.zeros(3, np.float32), TypeError, "integer class indices.*float32"),
-        (np.zeros((3, 4), np.float32), np.zeros((3, 4), np.float32), TypeError, "integer class indices.*float32"),
+        (
+            np.zeros((3, 4), np.float32),
+            np.zeros((3, 5), np.float32),
+            TypeError,
+            r"class probabilities of the logits' shape \(3, 4\).*float32 of shape \(3, 5\)",
+        ),
         (np.zeros(4, np.float32), np.array(1), ValueError, r"logits of shape \(N, C\).*got shape \(4,\)"),
         (np.zeros((3, 4), np.int64), np.zeros(3, np.int64), TypeError, "floating-point logits.*int64"),
         (np.zeros((3, 4), np.float32), [0, 1, 2], TypeError, "integer array of class indices, got list"),

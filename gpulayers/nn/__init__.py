@@ -5,7 +5,7 @@ from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softma
 from .conv import Conv2d
 from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear
-from .loss import CrossEntropyLoss, MSELoss
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Module, Parameter, Sequential
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -16,6 +16,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BCEWithLogitsLoss",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -31,6 +32,7 @@ __all__ = [
     "MSELoss",
     "MaxPool2d",
     "Module",
+    "NLLLoss",
     "Parameter",
     "ReLU",
     "Sequential",

@@ -1,4 +1,4 @@
-"""Loss modules: CrossEntropyLoss and MSELoss.
+"""Loss modules: CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss and MSELoss.
 
 ``loss = criterion(logits, target)`` returns the reduced loss as a Python float (the array for
 ``reduction="none"``); ``criterion.backward()`` returns the gradient w.r.t. ``logits``, for the
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import backend
 from ..ops import loss as ops
+from ..ops.bce_loss import bce_with_logits_backward, bce_with_logits_forward
+from ..ops.nll_loss import nll_loss_backward, nll_loss_forward
 from .module import Module
 
-__all__ = ["CrossEntropyLoss", "MSELoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss"]
 
 
 class _Loss(Module):
@@ -50,59 +54,176 @@ def _rename(name: str, exc: Exception) -> Exception:
     return exc
 
 
-class CrossEntropyLoss(_Loss):
-    """Cross-entropy between raw logits and integer class indices (log-softmax + NLL).
+def _weight_buffer(module: Module, name: str, what: str, value: Any, ndim: int | None = 1) -> None:
+    """Register ``value`` (a floating array or None) as the buffer ``what``, as PyTorch's losses do."""
+    if value is not None:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        if not hasattr(value, "dtype") or np.dtype(value.dtype).kind != "f":
+            got = getattr(value, "dtype", type(value).__name__)
+            raise TypeError(f"{name}: expected {what} to be a floating-point array or None, got {got}")
+        if ndim is not None and value.ndim != ndim:
+            raise ValueError(f"{name}: expected a 1-D {what} (one value per class), got shape {tuple(value.shape)}")
+    module.register_buffer(what, value)
 
-    Numerically stable for large logits (the per-sample maximum is subtracted first).
+
+class _ClassLoss(_Loss):
+    """Shared by the losses over class indices: ``weight`` buffer, ``ignore_index``, the GPU label check."""
+
+    def __init__(self, weight: Any, ignore_index: int, reduction: str) -> None:
+        super().__init__(reduction)
+        name = type(self).__name__
+        _weight_buffer(self, name, "weight", weight)
+        self.ignore_index = ops.check_ignore_index(name, ignore_index)
+
+    def _run(self, fn, input: Any, target: Any, **kwargs: Any) -> Any:
+        name = type(self).__name__
+        self._cache = None
+        gpu = backend.is_cuda_array(input)
+        loss, cache = fn(input, target, check_labels=not gpu, name=name, **kwargs)
+        if gpu and self.reduction != "none":
+            # One transfer for the loss and the label check together.
+            xp = backend.get_array_module(input)
+            both = xp.stack([loss.astype(xp.float64), cache["invalid"].astype(xp.float64)]).get()
+            if both[1]:
+                raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
+            value = float(both[0])
+        else:
+            if gpu and bool(cache["invalid"]):
+                raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
+            value = loss
+        self._cache = cache
+        return self._result(value)
+
+    def extra_repr(self) -> str:
+        parts = [super().extra_repr()] if self.reduction != "mean" else []
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        return ", ".join(parts)
+
+
+class CrossEntropyLoss(_ClassLoss):
+    """Cross-entropy between raw logits and class indices or class probabilities (log-softmax + NLL).
+
+    Numerically stable for large logits (the per-sample maximum is subtracted first). With
+    ``weight``, ``ignore_index`` and ``label_smoothing`` together it follows PyTorch's formulas
+    exactly (see :func:`gpulayers.ops.loss.cross_entropy_forward`): "mean" divides by the total
+    weight of the samples not ignored.
 
     Args:
+        weight: per-class weights ``(C,)`` (kept as the buffer ``weight``), or None.
+        ignore_index: target value whose samples add nothing (index targets). Defaults to -100.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         label_smoothing: mix ``label_smoothing / C`` of a uniform distribution into the target,
             as in PyTorch. Defaults to 0.
 
     Shape:
         - Input: (N, C) logits (or (N, C, d1, ...))
-        - Target: (N,) integer class indices in [0, C) (or (N, d1, ...)); int64 or int32
+        - Target: (N,) integer class indices in [0, C) or ``ignore_index`` (or (N, d1, ...)); int64
+          or int32. Or class probabilities, floating, of the input's shape.
         - Output: a float, or (N,) / (N, d1, ...) for ``reduction="none"``
     """
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
-        super().__init__(reduction)
+    def __init__(
+        self,
+        weight: Any = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(weight, ignore_index, reduction)
         self.label_smoothing = ops.check_label_smoothing("CrossEntropyLoss", label_smoothing)
 
     def forward(self, input: Any, target: Any) -> Any:
-        name = "CrossEntropyLoss"
-        self._cache = None
-        gpu = backend.is_cuda_array(input)
-        try:
-            loss, cache = ops.cross_entropy_forward(
-                input, target, self.reduction, self.label_smoothing, check_labels=not gpu
-            )
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise _rename(name, exc) from None
-        if gpu and self.reduction != "none":
-            # One transfer for the loss and the label check together.
-            xp = backend.get_array_module(input)
-            both = xp.stack([loss.astype(xp.float64), cache["invalid"].astype(xp.float64)]).get()
-            if both[1]:
-                raise ops.label_range_error(name, target, input.shape[1])
-            value = float(both[0])
-        else:
-            if gpu and bool(cache["invalid"]):
-                raise ops.label_range_error(name, target, input.shape[1])
-            value = loss
-        self._cache = cache
-        return self._result(value)
+        return self._run(
+            ops.cross_entropy_forward,
+            input,
+            target,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+        )
 
     def backward(self, grad_output: Any = None) -> Any:
         """d loss / d input (``grad_output`` scales it; an array of the target's shape for "none")."""
         return self._backward(ops.cross_entropy_backward, grad_output)
 
     def extra_repr(self) -> str:
-        parts = [super().extra_repr()] if self.reduction != "mean" else []
+        parts = [p for p in [super().extra_repr()] if p]
         if self.label_smoothing:
             parts.append(f"label_smoothing={self.label_smoothing}")
         return ", ".join(parts)
+
+
+class NLLLoss(_ClassLoss):
+    """Negative log-likelihood of log-probabilities (e.g. after :class:`LogSoftmax`) and class indices.
+
+    ``loss_i = -weight[t_i] * input[i, t_i]``, nothing for ``t_i == ignore_index``; "mean" divides
+    by the total weight of the samples not ignored, as PyTorch does.
+
+    Args:
+        weight: per-class weights ``(C,)`` (kept as the buffer ``weight``), or None.
+        ignore_index: target value whose samples add nothing. Defaults to -100.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Shape:
+        - Input: (N, C) log-probabilities (or (N, C, d1, ...))
+        - Target: (N,) integer class indices (or (N, d1, ...))
+        - Output: a float, or the target's shape for ``reduction="none"``
+    """
+
+    def __init__(self, weight: Any = None, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(weight, ignore_index, reduction)
+
+    def forward(self, input: Any, target: Any) -> Any:
+        return self._run(
+            nll_loss_forward,
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+    def backward(self, grad_output: Any = None) -> Any:
+        """d loss / d input (``grad_output`` scales it; an array of the target's shape for "none")."""
+        return self._backward(nll_loss_backward, grad_output)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on raw logits (a sigmoid and BCE in one, without overflow).
+
+    ``loss = -weight * (pos_weight * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x)))``.
+
+    Args:
+        weight: rescaling weight broadcasting to the input's shape (the buffer ``weight``), or None.
+        reduction: ``"mean"`` (default, over every element), ``"sum"`` or ``"none"``.
+        pos_weight: weight of the positive examples, broadcasting to the input's shape (usually
+            one per class along the last axis; the buffer ``pos_weight``), or None.
+
+    Shape:
+        - Input: (*), logits
+        - Target: (*), the same shape; floating, values in [0, 1]
+        - Output: a float, or the input's shape for ``reduction="none"``
+    """
+
+    def __init__(self, weight: Any = None, reduction: str = "mean", pos_weight: Any = None) -> None:
+        super().__init__(reduction)
+        _weight_buffer(self, "BCEWithLogitsLoss", "weight", weight, ndim=None)
+        _weight_buffer(self, "BCEWithLogitsLoss", "pos_weight", pos_weight, ndim=None)
+
+    def forward(self, input: Any, target: Any) -> Any:
+        self._cache = None
+        loss, cache = bce_with_logits_forward(
+            input, target, self.weight, self.reduction, self.pos_weight, name="BCEWithLogitsLoss"
+        )
+        self._cache = cache
+        return self._result(loss)
+
+    def backward(self, grad_output: Any = None) -> Any:
+        """d loss / d input (``grad_output`` scales it; an array of the input's shape for "none")."""
+        return self._backward(bce_with_logits_backward, grad_output)
 
 
 class MSELoss(_Loss):

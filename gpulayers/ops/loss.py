@@ -1,6 +1,7 @@
-"""Losses: cross-entropy over raw logits with integer class indices, and mean squared error.
+"""Losses: cross-entropy over raw logits (class indices or class probabilities), mean squared
+error, and the helpers that the other losses share (reductions, class targets, upstream gradients).
 
-Both return the loss as an array (0-d for ``reduction="mean"``/``"sum"``) on the input's device,
+Each returns the loss as an array (0-d for ``reduction="mean"``/``"sum"``) on the input's device,
 so that a caller decides when, if ever, the value goes to the host.
 """
 
@@ -17,7 +18,12 @@ __all__ = [
     "REDUCTIONS",
     "check_reduction",
     "check_label_smoothing",
+    "check_ignore_index",
+    "class_weight",
+    "class_targets",
     "label_range_error",
+    "reduce_loss",
+    "scale_gradient",
     "cross_entropy_forward",
     "cross_entropy_backward",
     "mse_loss_forward",
@@ -39,120 +45,118 @@ def check_label_smoothing(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_ignore_index(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected ignore_index to be an int, got {value!r}")
+    return int(value)
+
+
 def _check_same_device(name: str, a: Any, b: Any, what: str) -> None:
     da, db = backend.device_of(a), backend.device_of(b)
     if da != db:
         raise RuntimeError(f"{name}: input is on {da} but the {what} is on {db}; move one with gl.to_device")
 
 
-def label_range_error(name: str, target: Any, num_classes: int) -> ValueError:
+def class_weight(name: str, weight: Any, logits: Any) -> Any:
+    """The per-class ``weight`` (or None) checked against ``(C,)`` and cast to the logits' dtype."""
+    if weight is None:
+        return None
+    if not hasattr(weight, "dtype") or np.dtype(weight.dtype).kind != "f":
+        got = getattr(weight, "dtype", type(weight).__name__)
+        raise TypeError(f"{name}: expected a floating-point weight array of shape (C,), got {got}")
+    num_classes = logits.shape[1]
+    if tuple(weight.shape) != (num_classes,):
+        raise ValueError(
+            f"{name}: expected a weight of shape ({num_classes},) (one per class), got {tuple(weight.shape)}"
+        )
+    _check_same_device(name, logits, weight, "weight")
+    return weight.astype(logits.dtype, copy=False)
+
+
+def label_range_error(name: str, target: Any, num_classes: int, ignore_index: int | None = None) -> ValueError:
     """The error for class indices outside [0, num_classes), naming the offending values."""
     t = backend.to_numpy(target)
-    bad = t[(t < 0) | (t >= num_classes)]
+    bad = t[((t < 0) | (t >= num_classes)) & (t != ignore_index if ignore_index is not None else True)]
     shown = ", ".join(str(int(v)) for v in np.unique(bad)[:5])
+    also = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
     return ValueError(
-        f"{name}: expected class indices in [0, {num_classes - 1}] (the logits have {num_classes} classes), "
+        f"{name}: expected class indices in [0, {num_classes - 1}]{also} (the logits have {num_classes} classes), "
         f"got {shown} (target min {int(t.min())}, max {int(t.max())})"
     )
 
 
-def _check_ce_inputs(name: str, logits: Any, target: Any) -> None:
+def _check_logits(name: str, logits: Any, what: str = "logits") -> None:
     if not hasattr(logits, "dtype") or np.dtype(logits.dtype).kind != "f":
         got = getattr(logits, "dtype", type(logits).__name__)
-        raise TypeError(f"{name}: expected floating-point logits (float32 or float64), got {got}")
+        raise TypeError(f"{name}: expected floating-point {what} (float32 or float64), got {got}")
     if logits.ndim < 2:
-        raise ValueError(f"{name}: expected logits of shape (N, C) or (N, C, d1, ...), got shape {tuple(logits.shape)}")
+        raise ValueError(f"{name}: expected {what} of shape (N, C) or (N, C, d1, ...), got shape {tuple(logits.shape)}")
+
+
+def _check_index_target(name: str, logits: Any, target: Any, probabilities_ok: bool) -> bool:
+    """Checks ``target``; True when it holds class probabilities (a float array of the logits' shape)."""
     if not hasattr(target, "dtype"):
         raise TypeError(f"{name}: expected an integer array of class indices, got {type(target).__name__}")
-    if np.dtype(target.dtype).kind not in "iu":
-        raise TypeError(
-            f"{name}: expected integer class indices (int64 or int32) as target, got dtype {target.dtype} "
-            "(class-probability targets are not supported)"
-        )
     want = (logits.shape[0],) + tuple(logits.shape[2:])
+    kind = np.dtype(target.dtype).kind
+    if probabilities_ok and kind == "f" and tuple(target.shape) == tuple(logits.shape):
+        _check_same_device(name, logits, target, "target")
+        return True
+    if kind not in "iu":
+        also = f" or class probabilities of the logits' shape {tuple(logits.shape)}" if probabilities_ok else ""
+        raise TypeError(
+            f"{name}: expected integer class indices (int64 or int32){also} as target, got dtype {target.dtype} "
+            f"of shape {tuple(target.shape)}"
+        )
     if tuple(target.shape) != want:
         raise ValueError(
-            f"{name}: expected target of shape {want} for logits of shape {tuple(logits.shape)}, "
+            f"{name}: expected target of shape {want} for input of shape {tuple(logits.shape)}, "
             f"got {tuple(target.shape)}"
         )
     _check_same_device(name, logits, target, "target")
+    return False
 
 
-def cross_entropy_forward(
-    logits: Any,
-    target: Any,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    check_labels: bool = True,
-) -> tuple[Any, dict]:
-    """Cross-entropy of raw ``logits`` against integer class indices (PyTorch's ``F.cross_entropy``).
+def class_targets(logits: Any, target: Any, weight: Any, ignore_index: int) -> dict:
+    """What the index-target losses share, for ``target`` ``(N, d1, ...)`` against ``(N, C, d1, ...)``.
 
-    With ``log p = log_softmax(logits)`` (stabilised by subtracting the per-sample maximum), the
-    per-sample loss is ``(1 - s) * -log p[target] + s / C * -sum_c log p[c]`` for label smoothing
-    ``s`` and ``C`` classes; ``reduction`` averages, sums, or keeps the per-sample losses.
-
-    Args:
-        logits: (N, C) or (N, C, d1, ...) floating array.
-        target: (N,) or (N, d1, ...) integer class indices in [0, C).
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        label_smoothing: ``s`` in [0, 1]. Defaults to 0.
-        check_labels: raise on out-of-range labels here. Passing False leaves the check to the
-            caller through ``cache["invalid"]`` (a 0-d bool array on the device), which lets a GPU
-            caller fetch it with the loss in one transfer.
-
-    Returns:
-        ``(loss, cache)``: ``loss`` is 0-d for "mean"/"sum", of the target's shape for "none",
-        in the logits' dtype. An empty batch gives NaN for "mean" and 0 for "sum" (as PyTorch).
-
-    Shape:
-        - logits: (N, C) or (N, C, d1, ...)
-        - target: (N,) or (N, d1, ...)
+    Returns a dict: ``index`` (the targets as ``(N, 1, d1, ...)`` int64, clipped into range so that
+    a gather never leaves the array), ``w_t`` (each sample's class weight, 0 where ignored, in
+    the logits' dtype), ``valid`` (not ignored) and ``invalid`` (a 0-d bool array: some label
+    other than ``ignore_index`` is out of range).
     """
-    name = "cross_entropy"
-    _check_ce_inputs(name, logits, target)
-    check_reduction(name, reduction)
-    smoothing = check_label_smoothing(name, label_smoothing)
     xp = backend.get_array_module(logits)
     num_classes = logits.shape[1]
-    invalid = xp.any((target < 0) | (target >= num_classes)) if target.size else xp.zeros((), dtype=bool)
-    if check_labels and bool(invalid):
-        raise label_range_error(name, target, num_classes)
-
-    idx = xp.expand_dims(target.astype(xp.int64), 1)
-    safe_idx = xp.clip(idx, 0, max(num_classes - 1, 0))  # never gather out of bounds, even unchecked
-    shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
-    exp = xp.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
-    log_probs = shifted - xp.log(sum_exp)
-    per_sample = -xp.take_along_axis(log_probs, safe_idx, axis=1)[:, 0]
-    if smoothing > 0:
-        smooth = -log_probs.sum(axis=1)
-        per_sample = (1 - smoothing) * per_sample + (smoothing / num_classes) * smooth
-    per_sample = per_sample.astype(logits.dtype, copy=False)
-
-    count = int(target.size)
-    if reduction == "none":
-        loss = per_sample
-    elif reduction == "sum":
-        loss = per_sample.sum()
-    elif count == 0:
-        loss = xp.full((), np.nan, dtype=logits.dtype)
+    valid = target != ignore_index
+    out_of_range = valid & ((target < 0) | (target >= num_classes))
+    invalid = xp.any(out_of_range) if target.size else xp.zeros((), dtype=bool)
+    safe = xp.where(valid, xp.clip(target.astype(xp.int64), 0, max(num_classes - 1, 0)), 0)
+    if weight is None:
+        w_t = valid.astype(logits.dtype)
     else:
-        loss = per_sample.mean()
-    cache = {
-        "probs": exp / sum_exp,
-        "index": safe_idx,
-        "reduction": reduction,
-        "smoothing": smoothing,
-        "count": count,
-        "invalid": invalid,
-    }
-    return loss, cache
+        w_t = xp.where(valid, xp.take(weight, safe), logits.dtype.type(0))
+    return {"index": xp.expand_dims(safe, 1), "w_t": w_t, "valid": valid, "invalid": invalid}
+
+
+def reduce_loss(per_sample: Any, reduction: str, denominator: Any = None) -> Any:
+    """``per_sample`` as is ("none"), summed, or summed and divided by ``denominator`` ("mean";
+    the element count when None). A mean over nothing is NaN, as in PyTorch."""
+    xp = backend.get_array_module(per_sample)
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    if denominator is None:
+        if per_sample.size == 0:
+            return xp.full((), np.nan, dtype=per_sample.dtype)
+        return total / per_sample.size
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 is NaN (all ignored), without a warning
+        return (total / denominator).astype(per_sample.dtype, copy=False)
 
 
 def _upstream(grad_output: Any, reduction: str, per_sample_shape: tuple[int, ...], like: Any) -> Any:
-    """The upstream gradient broadcastable against (N, 1, d1, ...), or None for 1."""
+    """The upstream gradient as an array of the per-sample shape ("none") or 0-d, or None for 1."""
     if grad_output is None:
         return None
     xp = backend.get_array_module(like)
@@ -171,27 +175,158 @@ def _upstream(grad_output: Any, reduction: str, per_sample_shape: tuple[int, ...
     return xp.asarray(grad_output, dtype=like.dtype).reshape(())
 
 
+def scale_gradient(grad: Any, cache: dict, grad_output: Any, class_axis: bool = True) -> Any:
+    """``grad`` (the gradient of the per-sample losses, summed) scaled for the reduction in place.
+
+    "mean" divides by ``cache["denominator"]`` (or the per-sample count when None); the upstream
+    ``grad_output`` multiplies (per sample for "none", broadcast over the class axis when
+    ``class_axis``).
+    """
+    xp = backend.get_array_module(grad)
+    reduction = cache["reduction"]
+    if reduction == "mean":
+        denominator = cache.get("denominator")
+        if denominator is None:
+            count = grad.size // (grad.shape[1] if class_axis and grad.ndim > 1 else 1)
+            if count:
+                grad /= count
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                grad /= denominator
+    shape = ((grad.shape[0],) + tuple(grad.shape[2:])) if class_axis else tuple(grad.shape)
+    g = _upstream(grad_output, reduction, shape, grad)
+    if g is not None:
+        grad *= xp.expand_dims(g, 1) if (g.ndim and class_axis) else g
+    return grad
+
+
+def _class_vector(v: Any, ndim: int) -> Any:
+    """A ``(C,)`` vector shaped to broadcast over ``(N, C, d1, ...)``."""
+    return v.reshape((1, v.shape[0]) + (1,) * (ndim - 2))
+
+
+def cross_entropy_forward(
+    logits: Any,
+    target: Any,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    weight: Any = None,
+    ignore_index: int = -100,
+    check_labels: bool = True,
+    name: str = "cross_entropy",
+) -> tuple[Any, dict]:
+    """Cross-entropy of raw ``logits`` (PyTorch's ``F.cross_entropy``), with PyTorch's formulas.
+
+    With ``log p = log_softmax(logits)`` (stabilised by the per-sample maximum), ``w`` the class
+    weights (1 when None), ``s`` the label smoothing and ``C`` classes:
+
+    * class indices ``t``: ``loss_i = (1 - s) * -w[t_i] log p[t_i] + s / C * -sum_c w_c log p[c]``,
+      0 where ``t_i == ignore_index``; "mean" divides the sum by ``sum_i w[t_i]`` over the samples
+      not ignored (NaN when there are none);
+    * class probabilities ``q`` (a float target of the logits' shape): ``q' = (1 - s) q + s / C``,
+      ``loss_i = -sum_c w_c q'_c log p[c]``; "mean" divides by the number of samples.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...) floating array.
+        target: (N,) or (N, d1, ...) integer class indices in [0, C) (or ``ignore_index``), or
+            class probabilities of the logits' shape.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        label_smoothing: ``s`` in [0, 1]. Defaults to 0.
+        weight: per-class weights ``(C,)``, or None.
+        ignore_index: class index whose samples count for nothing. Defaults to -100.
+        check_labels: raise on out-of-range labels here. Passing False leaves the check to the
+            caller through ``cache["invalid"]`` (a 0-d bool array on the device), which lets a GPU
+            caller fetch it with the loss in one transfer.
+        name: who is calling, for error messages.
+
+    Returns:
+        ``(loss, cache)``: ``loss`` is 0-d for "mean"/"sum", per sample for "none", in the
+        logits' dtype. An empty batch gives NaN for "mean" and 0 for "sum" (as PyTorch).
+
+    Shape:
+        - logits: (N, C) or (N, C, d1, ...)
+        - target: (N,) or (N, d1, ...), or (N, C, d1, ...) probabilities
+    """
+    _check_logits(name, logits)
+    probabilities = _check_index_target(name, logits, target, probabilities_ok=True)
+    check_reduction(name, reduction)
+    smoothing = check_label_smoothing(name, label_smoothing)
+    ignore_index = check_ignore_index(name, ignore_index)
+    weight = class_weight(name, weight, logits)
+    xp = backend.get_array_module(logits)
+    num_classes = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1, keepdims=True)
+    log_probs = shifted - xp.log(sum_exp)
+    probs = exp / sum_exp
+    wide = None if weight is None else _class_vector(weight, logits.ndim)
+
+    if probabilities:
+        q = target.astype(logits.dtype, copy=False)
+        if smoothing > 0:
+            q = q * (1 - smoothing) + smoothing / num_classes
+        wq = q if wide is None else q * wide
+        per_sample = -(log_probs * wq).sum(axis=1)
+        cache = {"probs": probs, "wq": wq, "reduction": reduction, "invalid": xp.zeros((), dtype=bool)}
+        return reduce_loss(per_sample, reduction), cache
+
+    t = class_targets(logits, target, weight, ignore_index)
+    if check_labels and bool(t["invalid"]):
+        raise label_range_error(name, target, num_classes, ignore_index)
+    per_sample = -xp.take_along_axis(log_probs, t["index"], axis=1)[:, 0] * t["w_t"]
+    if smoothing > 0:
+        smooth = -(log_probs if wide is None else log_probs * wide).sum(axis=1)
+        smooth = xp.where(t["valid"], smooth, logits.dtype.type(0))
+        per_sample = (1 - smoothing) * per_sample + (smoothing / num_classes) * smooth
+    per_sample = per_sample.astype(logits.dtype, copy=False)
+    denominator = t["w_t"].sum() if reduction == "mean" else None
+    if reduction == "mean" and target.size == 0:
+        loss = xp.full((), np.nan, dtype=logits.dtype)
+    else:
+        loss = reduce_loss(per_sample, reduction, denominator)
+    cache = {
+        "probs": probs,
+        "index": t["index"],
+        "w_t": t["w_t"],
+        "valid": t["valid"],
+        "weight": weight,
+        "reduction": reduction,
+        "smoothing": smoothing,
+        "denominator": denominator,
+        "invalid": t["invalid"],
+    }
+    return loss, cache
+
+
 def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     """Gradient of :func:`cross_entropy_forward` w.r.t. the logits.
 
-    ``softmax(logits) - ((1 - s) * onehot(target) + s / C)``, divided by the number of samples
-    for "mean", times ``grad_output`` when given (a scalar for "mean"/"sum", an array of the
-    target's shape for "none"; 1 when omitted).
+    Class indices: ``(1 - s) w_t (p - onehot(t)) + s / C (p sum(w) - w)`` per sample not ignored;
+    class probabilities: ``p sum(w q') - w q'``. Then divided by the "mean" denominator and
+    multiplied by ``grad_output`` when given (a scalar for "mean"/"sum", an array of the per-sample
+    shape for "none"; 1 when omitted).
     """
     xp = backend.get_array_module(cache["probs"])
-    probs, index, smoothing = cache["probs"], cache["index"], cache["smoothing"]
+    probs = cache["probs"]
+    if "wq" in cache:
+        wq = cache["wq"]
+        grad = probs * wq.sum(axis=1, keepdims=True) - wq
+        return scale_gradient(grad, cache, grad_output)
     num_classes = probs.shape[1]
+    smoothing, weight, w_t = cache["smoothing"], cache["weight"], xp.expand_dims(cache["w_t"], 1)
     classes = xp.arange(num_classes).reshape((1, num_classes) + (1,) * (probs.ndim - 2))
-    grad = probs - (1 - smoothing) * (classes == index).astype(probs.dtype)
-    if smoothing > 0:
-        grad -= smoothing / num_classes
-    if cache["reduction"] == "mean" and cache["count"] > 0:
-        grad /= cache["count"]
-    per_sample_shape = (probs.shape[0],) + tuple(probs.shape[2:])
-    g = _upstream(grad_output, cache["reduction"], per_sample_shape, probs)
-    if g is not None:
-        grad *= xp.expand_dims(g, 1) if g.ndim else g
-    return grad
+    onehot = (classes == cache["index"]).astype(probs.dtype)
+    if smoothing == 0:
+        grad = (probs - onehot) * w_t
+    else:
+        valid = xp.expand_dims(cache["valid"], 1).astype(probs.dtype)
+        total = float(num_classes) if weight is None else weight.sum()
+        wide = 1 if weight is None else _class_vector(weight, probs.ndim)
+        coef = (1 - smoothing) * w_t + (smoothing / num_classes) * total * valid
+        grad = probs * coef - (1 - smoothing) * w_t * onehot - (smoothing / num_classes) * (wide * valid)
+    return scale_gradient(grad.astype(probs.dtype, copy=False), cache, grad_output)
 
 
 def mse_loss_forward(input: Any, target: Any, reduction: str = "mean") -> tuple[Any, dict]:
