@@ -27,12 +27,14 @@ from .datasets import (
     load_mnist,
     read_idx,
 )
+from .distributed import DistributedSampler
 
 __all__ = [
     "ArrayDataset",
     "DataLoader",
     "DatasetError",
     "DatasetNotFoundError",
+    "DistributedSampler",
     "RandomCrop",
     "RandomHorizontalFlip",
     "Compose",
@@ -224,6 +226,9 @@ class DataLoader:
 
     The inputs are prepared as: uint8 and other integer inputs are pixels 0..255, scaled to
     [0, 1] (other integer ranges are refused); float inputs are cast to ``dtype``.
+
+    ``sampler`` (e.g. a :class:`DistributedSampler`) gives the indices to visit instead of the
+    whole data set, not with ``shuffle``; each pass calls its ``set_epoch`` with the loader's epoch.
     """
 
     def __init__(
@@ -237,6 +242,7 @@ class DataLoader:
         normalize: tuple[Any, Any] | None = None,
         augment: Callable | None = None,
         dtype: Any = np.float32,
+        sampler: Any = None,
     ):
         name = "DataLoader"
         self.dataset = dataset = _as_dataset(dataset)
@@ -244,6 +250,9 @@ class DataLoader:
         self.batch_size = check_int(name, "batch_size", batch_size, 1)
         self.shuffle = check_bool(name, "shuffle", shuffle)
         self.drop_last = check_bool(name, "drop_last", drop_last)
+        if sampler is not None and self.shuffle:
+            raise ValueError(f"{name}: sampler option is mutually exclusive with shuffle")
+        self.sampler = sampler
         self.device = backend.default_device() if device == "auto" else device
         backend.parse_device(self.device)
         try:
@@ -280,7 +289,7 @@ class DataLoader:
             )
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -299,6 +308,10 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """The example order of pass ``epoch``."""
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(int(epoch))
+            return np.fromiter(iter(self.sampler), dtype=np.int64)
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)

@@ -10,6 +10,7 @@ from .module import Module, Parameter, Sequential
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import summary
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -39,6 +40,7 @@ __all__ = [
     "Sigmoid",
     "SiLU",
     "Softmax",
+    "SyncBatchNorm",
     "Tanh",
     "init",
     "summary",
