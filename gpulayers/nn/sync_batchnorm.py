@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..distributed import process_group as pg
-from ..ops._checks import check_channels, check_input, check_same_device
+from .._checks import check_channels, check_input, check_same_device
 from ..ops.normalization import _channel_dot, _channel_sum
 from .module import Module
 from .normalization import _BatchNorm
