@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..distributed import process_group as pg
 from .._checks import check_channels, check_input, check_same_device
+from ..distributed import process_group as pg
 from ..ops.normalization import _channel_dot, _channel_sum
 from .module import Module
 from .normalization import _BatchNorm
