@@ -102,6 +102,7 @@ def test_contract_layer_signature_matches_api_and_pytorch(name):
         ("SGD", "params lr momentum=0 dampening=0 weight_decay=0 nesterov=False"),
         ("Adam", "params lr=0.001 betas=(0.9,0.999) eps=1e-08 weight_decay=0"),
         ("AdamW", "params lr=0.001 betas=(0.9,0.999) eps=1e-08 weight_decay=0.01"),
+        ("RMSprop", "params lr=0.01 alpha=0.99 eps=1e-08 weight_decay=0 momentum=0 centered=False"),
     ],
 )
 def test_contract_optimiser_signature(name, want):

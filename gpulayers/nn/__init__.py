@@ -1,6 +1,6 @@
 """Layers, losses and the module system (PyTorch's names and defaults)."""
 
-from . import init
+from . import init, utils
 from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .conv import Conv2d
 from .dropout import Dropout, Dropout2d
@@ -44,4 +44,5 @@ __all__ = [
     "Tanh",
     "init",
     "summary",
+    "utils",
 ]

@@ -31,6 +31,9 @@ from ..nn.module import Parameter
 
 __all__ = ["Optimizer"]
 
+# Group entries that are not the optimiser's own options: the parameters, and what schedulers add.
+_NOT_OPTIONS = frozenset({"params", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"})
+
 
 def _number(name: str, arg: str, value: Any, low: float = 0.0, high: float | None = None, open_high=False) -> float:
     """``value`` as a float in [low, high] (or [low, high)), else a ValueError naming the optimiser."""
@@ -177,7 +180,7 @@ class Optimizer:
                 f"{name}: the state has {len(groups)} parameter groups, the optimizer {len(self.param_groups)}"
             )
         for g, group in enumerate(self.param_groups):
-            own, saved = set(group) - {"params", "initial_lr"}, set(groups[g]) - {"params", "initial_lr"}
+            own, saved = set(group) - _NOT_OPTIONS, set(groups[g]) - _NOT_OPTIONS
             if own != saved:
                 raise ValueError(
                     f"{name}: parameter group {g} of the state has the options {sorted(saved)}, "
