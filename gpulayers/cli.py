@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backend, data, models, nn, optim
+from . import backend, data, distributed, models, nn, optim
+from .distributed import launch
 from .training import fit
 
 __all__ = ["DEFAULTS", "add_run_arguments", "build_parser", "choose_device", "fit_options", "main", "save_plot"]
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p)
     p.add_argument("--metrics-json", help="write the history and final accuracy as JSON")
     p.add_argument("--plot", help="save loss and accuracy curves as a PNG (needs matplotlib)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one rank of an MPI job: mpiexec -n K python -m gpulayers.train --distributed (batch size per rank)",
+    )
     p.add_argument("--num-threads", type=int, help="BLAS threads on the CPU (needs threadpoolctl)")
     return p
 
@@ -173,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.distributed:
+        return launch.run(lambda a: _train(a, wall_start), args)
+    return _train(args, wall_start)
+
+
+def _train(args: argparse.Namespace, wall_start: float) -> int:
     try:
         if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
             raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
@@ -188,10 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
     channels, size = train_set.x.shape[1], train_set.x.shape[2]
     model = models.small_cnn(channels, 10, size, width=args.width, dropout=args.dropout).to(device)
+    if args.distributed:  # rank 0's initial weights on every rank, gradients averaged after backward
+        model = distributed.DistributedDataParallel(model)
     stats = (train_set.mean, train_set.std)
     augment = data.cifar10_augment(size, 4) if args.augment else None
     train_loader = data.DataLoader(
-        train_set, args.batch_size, shuffle=True, seed=args.seed, device=device, normalize=stats, augment=augment
+        train_set,
+        args.batch_size,
+        shuffle=not args.distributed,
+        sampler=data.DistributedSampler(train_set, seed=args.seed) if args.distributed else None,
+        seed=args.seed,
+        device=device,
+        normalize=stats,
+        augment=augment,
     )
     test_loader = data.DataLoader(test_set, max(256, args.batch_size), device=device, normalize=stats)
     criterion = nn.CrossEntropyLoss()

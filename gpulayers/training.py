@@ -15,6 +15,7 @@ from typing import Any
 
 from . import nn, optim
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import get_rank
 from .nn.module import Module
 
 __all__ = ["evaluate", "fit", "fit_sgd"]
@@ -113,7 +114,7 @@ def fit(
         test_loader: evaluated after each epoch (None to skip).
         epochs: the total number of epochs, counting those of a resumed checkpoint.
         scheduler: stepped once per epoch, after the optimiser steps.
-        checkpoint: a ``.npz`` path written after every epoch.
+        checkpoint: a ``.npz`` path written after every epoch (by rank 0 alone in a process group).
         resume: continue from ``checkpoint`` when the file exists (RuntimeError when it was written
             for another model, optimiser or scheduler).
         progress: a tqdm bar with the loss and images/s (silently off without tqdm).
@@ -157,7 +158,7 @@ def fit(
             "test_accuracy": result["accuracy"] if result else None,
         }
         history.append(record)
-        if checkpoint is not None:
+        if checkpoint is not None and get_rank() == 0:  # one writer in a process group
             save_checkpoint(
                 checkpoint,
                 model,

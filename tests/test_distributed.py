@@ -3,6 +3,7 @@ DistributedSampler; several ranks under ``mpiexec -n 2`` (tests/mpi_worker.py), 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from conftest import requires_gpu, requires_torch, torch
 import gpulayers as gl
 import gpulayers.distributed as dist
 from gpulayers import nn
+from gpulayers.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("mpi_worker.py")
@@ -240,6 +242,37 @@ def test_mpi_mismatched_models_detected_at_construction(tmp_path):
         " (float32), rank 1 has parameter '0.weight' of shape (2, 5)" in result.stderr
     )
     assert not list(tmp_path.glob("*_passed"))
+
+
+@requires_mpi
+def test_mpi_cli_trains_digits_then_resumes(tmp_path):
+    common = ["-m", "gpulayers.train", "--distributed", "--no-progress", "--device", "cpu"]
+    common += ["--checkpoint", str(tmp_path / "ck" / "run.npz"), "--metrics-json", str(tmp_path / "m.json")]
+    first = run_mpi([*common, "--epochs", "3"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert out.count("distributed: 2 rank(s), mpi backend; batch 32 per rank, 64 per step in all") == 1
+    assert out.count("final test accuracy") == 1 and out.count("epoch 3/3") == 1  # rank 0 alone prints
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["run.npz"]  # one checkpoint, no leftovers
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["test_accuracy"] >= 0.9  # 3 epochs of digits with a global batch of 64
+    state = load_checkpoint(tmp_path / "ck" / "run.npz")
+    assert state["epoch"] == 3
+
+    resumed = run_mpi([*common, "--epochs", "4", "--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("resumed from") == 1 and "after epoch 3" in resumed.stdout
+    assert "epoch 1/4" not in resumed.stdout and resumed.stdout.count("epoch 4/4") == 1
+    history = json.loads((tmp_path / "m.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and history[:3] == metrics["history"]
+    assert history[3]["test_accuracy"] >= 0.9
+
+
+@requires_mpi
+def test_mpi_cli_error_on_every_rank_exits_2(tmp_path):
+    result = run_mpi(["-m", "gpulayers.train", "--distributed", "--data", "mnist", "--data-dir", str(tmp_path)])
+    assert result.returncode == 2
+    assert "error: MNIST:" in result.stderr and "Traceback" not in result.stderr
 
 
 # ------------------------------------------------------------------------------------------------
