@@ -141,18 +141,24 @@ def no_forward(name: str) -> RuntimeError:
 
 
 def pooled_size(name: str, size: int, k: int, s: int, p: int, d: int, ceil_mode: bool, axis: str) -> int:
-    """PyTorch's pooling output size, raising when the window does not fit."""
+    """PyTorch's pooling output size, raising when no window fits.
+
+    ``floor_or_ceil((size + 2p - span) / s) + 1`` with ``span = d*(k-1) + 1``; with ``ceil_mode`` a
+    last window that would start beyond the input and its left padding is dropped. A window may
+    run past the padded input in ceil mode (it then covers what is there), so the only failure is
+    an output with no window at all.
+    """
     span = d * (k - 1) + 1
-    if size + 2 * p < span:
+    num = size + 2 * p - span
+    out = (-(-num // s) if ceil_mode else num // s) + 1  # Python's // floors, as PyTorch's div_rtn
+    # The last window must start inside the input or its left padding (PyTorch's rule).
+    if ceil_mode and out >= 1 and (out - 1) * s >= size + p:
+        out -= 1
+    if out < 1:
         raise ValueError(
             f"{name}: the window ({span} after dilation) is larger than the padded input {axis} "
             f"({size} + 2*{p} = {size + 2 * p})"
         )
-    num = size + 2 * p - span
-    out = (-(-num // s) if ceil_mode else num // s) + 1
-    # The last window must start inside the input or its left padding (PyTorch's rule).
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
     return out
 
 

@@ -236,6 +236,10 @@ POOL_CASES = {
     "whole_plane": ((2, 4, 5, 6), (5, 6), (1, 1), (0, 0), (1, 1), False),
     "odd": ((1, 1, 13, 3), (4, 2), (3, 1), (2, 1), (1, 1), True),
     "empty_batch": ((0, 3, 6, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    # ceil_mode windows larger than the (padded) input, or running past it, as PyTorch allows.
+    "ceil_window_larger_than_input": ((1, 2, 1, 1), (2, 2), (2, 2), (0, 0), (1, 1), True),
+    "ceil_window_past_padding": ((2, 2, 3, 2), (4, 3), (3, 2), (1, 1), (1, 1), True),
+    "ceil_dilated_past_input": ((1, 2, 2, 3), (2, 2), (3, 3), (0, 1), (2, 3), True),
 }
 
 

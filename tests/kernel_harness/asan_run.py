@@ -44,6 +44,10 @@ POOL_CASES = [
     ((2, 6, 22, 21), (3, 2), (1, 2), (1, 0), (2, 3), True),
     ((64, 16, 2, 2), (2, 2), (1, 1), (1, 1), (3, 3), False),  # windows holding no input element
     ((3, 8, 13, 17), (4, 5), (3, 4), (2, 2), (1, 1), True),
+    # ceil_mode windows larger than the input, or running past its padding.
+    ((1024, 16, 1, 1), (2, 2), (2, 2), (0, 0), (1, 1), True),
+    ((256, 16, 3, 2), (4, 3), (3, 2), (1, 1), (1, 1), True),
+    ((256, 16, 2, 3), (2, 2), (3, 3), (0, 1), (2, 3), True),
 ]
 
 
