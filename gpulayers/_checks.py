@@ -14,6 +14,8 @@ import numpy as np
 
 from . import backend
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 def check_int(name: str, arg: str, value: Any, minimum: int | None = None) -> int:
     """An int (not a bool, not a float) at least ``minimum``, as a Python int."""
@@ -81,7 +83,7 @@ def check_floating(name: str, x: Any) -> None:
     """The input must be a NumPy or CuPy array of a floating dtype."""
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
-    if np.dtype(x.dtype).kind != "f":
+    if np.dtype(x.dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"{name}: expected a floating-point input (float32 or float64), got dtype {x.dtype}")
 
 

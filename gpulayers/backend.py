@@ -186,6 +186,8 @@ _unseeded_gpu_seed: int | None = None  # drawn once per process when manual_seed
 def manual_seed(seed: int) -> None:
     """Seed every random source the library uses (init, dropout, shuffling), CPU and GPU."""
     global _seed, _cpu_rng
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"manual_seed: expected a non-negative integer, got {type(seed).__name__} {seed!r}")
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"manual_seed: expected a non-negative integer, got {seed}")

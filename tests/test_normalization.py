@@ -284,9 +284,9 @@ def test_batchnorm_bad_input(layer, x, exc, pattern):
     "kwargs,pattern",
     [
         ({"num_features": 0}, "num_features >= 1, got 0"),
-        ({"num_features": 3, "eps": -1.0}, "eps > 0"),
-        ({"num_features": 3, "eps": 0}, "eps > 0"),
-        ({"num_features": 3, "eps": float("nan")}, "eps > 0"),
+        ({"num_features": 3, "eps": -1.0}, "a finite eps > 0"),
+        ({"num_features": 3, "eps": 0}, "a finite eps > 0"),
+        ({"num_features": 3, "eps": float("nan")}, "a finite eps > 0"),
         ({"num_features": 3, "momentum": 1.5}, r"momentum in \[0, 1\]"),
     ],
 )
@@ -327,7 +327,7 @@ def test_batchnorm_eps_zero_refused_like_torch():
     """PyTorch refuses eps <= 0 in training (it would divide by zero on constant input)."""
     with pytest.raises(ValueError, match="eps must be positive"):
         torch.nn.BatchNorm2d(1, eps=0)(torch.ones(2, 1, 2, 2))
-    with pytest.raises(ValueError, match="BatchNorm2d: expected eps > 0"):
+    with pytest.raises(ValueError, match="BatchNorm2d: expected a finite eps > 0"):
         nn.BatchNorm2d(1, eps=0)
     with pytest.raises(ValueError, match="batch_norm: expected eps > 0"):
         F.batch_norm_forward(np.ones((2, 1, 2, 2)), None, None, None, None, True, 0.1, 0.0)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .._checks import check_floating
+from .._checks import check_bool, check_floating
 from ..ops import activation as ops
 from .module import Module
 
@@ -20,7 +21,7 @@ class _Activation(Module):
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         # Accepted for PyTorch compatibility; the output is always a new array.
-        self.inplace = bool(inplace)
+        self.inplace = check_bool(type(self).__name__, "inplace", inplace)
         self._cache = None  # (op cache, output): everything backward needs
 
     # The op pair, set by each subclass as ``staticmethod``s.
@@ -74,6 +75,8 @@ class LeakyReLU(_Activation):
         super().__init__(inplace)
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
             raise TypeError(f"LeakyReLU: expected negative_slope to be a number, got {type(negative_slope).__name__}")
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"LeakyReLU: expected a finite negative_slope, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
     _backward_fn = staticmethod(ops.leaky_relu_backward)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_input, no_forward, pair
+from .._checks import check_bool, check_input, no_forward, pair
 from ..ops import conv2d as ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
@@ -76,7 +76,7 @@ class Conv2d(Module):
         self.padding = padding if isinstance(padding, str) else pad
         self.padding_mode = padding_mode
         shape = (self.out_channels, self.in_channels // groups_, *self.kernel_size)
-        w, b = default_weight_and_bias(shape, self.out_channels, bool(bias))
+        w, b = default_weight_and_bias(shape, self.out_channels, check_bool(name, "bias", bias))
         self.weight = Parameter(w)
         if b is not None:
             self.bias = Parameter(b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._checks import check_floating
+from .._checks import check_bool, check_floating
 from ..ops import dropout as ops
 from .module import Module
 
@@ -29,7 +29,7 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         self.p = ops.check_p("Dropout", p)
-        self.inplace = bool(inplace)
+        self.inplace = check_bool("Dropout", "inplace", inplace)
         self._cache = None  # (op cache, output)
 
     def forward(self, x: Any) -> Any:
@@ -63,7 +63,7 @@ class Dropout2d(Module):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         self.p = ops.check_p("Dropout2d", p)
-        self.inplace = bool(inplace)
+        self.inplace = check_bool("Dropout2d", "inplace", inplace)
         self._cache = None  # (op cache, output)
 
     def forward(self, x: Any) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_channels, check_floating, check_same_device
+from .._checks import check_bool, check_channels, check_floating, check_same_device
 from ..ops import linear as ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
@@ -43,7 +43,9 @@ class Linear(Module):
         super().__init__()
         self.in_features = _check_int("Linear", "in_features", in_features, 0)
         self.out_features = _check_int("Linear", "out_features", out_features, 0)
-        w, b = default_weight_and_bias((self.out_features, self.in_features), self.out_features, bool(bias))
+        w, b = default_weight_and_bias(
+            (self.out_features, self.in_features), self.out_features, check_bool("Linear", "bias", bias)
+        )
         self.weight = Parameter(w)
         if b is not None:
             self.bias = Parameter(b)

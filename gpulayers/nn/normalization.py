@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 
-from .._checks import check_channels, check_input, check_same_device
+from .._checks import check_bool, check_channels, check_input, check_same_device
 from ..ops import normalization as ops
 from ..ops.group_norm import group_norm_backward, group_norm_forward
 from ..ops.layer_norm import layer_norm_backward, layer_norm_forward
@@ -36,8 +37,8 @@ class _BatchNorm(Module):
             raise TypeError(f"{name}: expected num_features to be an int, got {type(num_features).__name__}")
         if num_features < 1:
             raise ValueError(f"{name}: expected num_features >= 1, got {num_features}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"{name}: expected eps > 0 (it keeps the division finite), got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+            raise ValueError(f"{name}: expected a finite eps > 0 (it keeps the division finite), got {eps!r}")
         if momentum is not None and (
             isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1
         ):
@@ -45,8 +46,8 @@ class _BatchNorm(Module):
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = check_bool(name, "affine", affine)
+        self.track_running_stats = check_bool(name, "track_running_stats", track_running_stats)
         c = self.num_features
         if self.affine:
             self.weight = Parameter(np.ones(c, dtype=np.float32))

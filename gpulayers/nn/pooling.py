@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._checks import no_forward
+from .._checks import check_bool, no_forward
 from ..ops import avg_pool2d as avg_ops
 from ..ops import max_pool2d as ops
 from .module import Module
@@ -110,7 +110,7 @@ class AvgPool2d(_Pool):
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
         self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = check_bool("AvgPool2d", "count_include_pad", count_include_pad)
 
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_input, grad_marker
+from .._checks import check_bool, check_input, grad_marker
 from .max_pool2d import (
     PoolArgs,
     PoolCache,
@@ -83,6 +83,7 @@ def avg_pool2d_forward(
     """
     check_input(name, x, 4, "(N, C, H, W)")
     a = pool_arguments(name, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = check_bool(name, "count_include_pad", count_include_pad)
     out = pooled_output_size(name, x, a)
     xp = backend.get_array_module(x)
     with _device_scope(x):

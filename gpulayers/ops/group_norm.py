@@ -72,7 +72,7 @@ def group_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`group_norm_forward` (None where it had none)."""
     xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
     n, c = cache["x_shape"][:2]
-    dy3 = dy.reshape(n, c, -1)
+    dy3 = dy.reshape(n, c, int(np.prod(cache["x_shape"][2:], dtype=np.int64)))  # explicit: N may be 0
     dweight = None if weight is None else (dy3 * xhat.reshape(dy3.shape)).sum(axis=(0, 2))
     dbias = dy3.sum(axis=(0, 2)) if cache["has_bias"] else None
     g = dy3 if weight is None else dy3 * weight.reshape(1, c, 1)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_grad, check_input, grad_marker, no_forward, pair, pooled_size
+from .._checks import check_bool, check_grad, check_input, grad_marker, no_forward, pair, pooled_size
 
 __all__ = [
     "PoolArgs",
@@ -52,7 +52,7 @@ def pool_arguments(name: str, kernel_size: Any, stride: Any, padding: Any, dilat
         raise ValueError(
             f"{name}: expected padding at most half of kernel_size {kernel} (as in PyTorch), got padding {padding}"
         )
-    return PoolArgs(kernel, stride, padding, dilation, bool(ceil_mode))
+    return PoolArgs(kernel, stride, padding, dilation, check_bool(name, "ceil_mode", ceil_mode))
 
 
 def pooled_output_size(name: str, x: Any, a: PoolArgs) -> tuple[int, int]:

@@ -7,6 +7,7 @@ arithmetic; elsewhere the element-wise code below.
 from __future__ import annotations
 
 from .. import backend
+from .._checks import check_bool
 from . import optim_cuda
 from .optimizer import Optimizer, _number
 
@@ -41,11 +42,18 @@ class Adam(Optimizer):
         weight_decay: float = 0,
         amsgrad: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad))
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+        )
         super().__init__(params, defaults)
 
     def _check_group(self, group):
         super()._check_group(group)
+        group["amsgrad"] = check_bool(self._name, "amsgrad", group["amsgrad"])
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{self._name}: invalid betas {betas!r} (expected a pair of numbers in [0, 1))")

@@ -39,6 +39,8 @@ def _number(name: str, arg: str, value: Any, low: float = 0.0, high: float | Non
     """``value`` as a float in [low, high] (or [low, high)), else a ValueError naming the optimiser."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise ValueError(f"{name}: invalid {arg} {value!r} (expected a number)")
+    if math.isinf(value):
+        raise ValueError(f"{name}: invalid {arg} {value!r} (expected a finite number)")
     ok = value >= low and (high is None or (value < high if open_high else value <= high))
     if not ok:
         span = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"

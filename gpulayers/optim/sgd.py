@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from .._checks import check_bool
 from . import optim_cuda
 from .optimizer import Optimizer, _number
 
@@ -43,7 +44,11 @@ class SGD(Optimizer):
         nesterov: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(nesterov)
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
         )
         super().__init__(params, defaults)
 
@@ -52,6 +57,7 @@ class SGD(Optimizer):
         for arg in ("momentum", "weight_decay"):
             group[arg] = _number(self._name, arg, group[arg])
         group["dampening"] = _number(self._name, "dampening", group["dampening"], low=-math.inf)
+        group["nesterov"] = check_bool(self._name, "nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"{self._name}: Nesterov momentum requires momentum > 0 and zero dampening, got "
