@@ -208,6 +208,23 @@ def test_random_bad_constructor_arguments_are_refused_by_name(name, arg, value):
         (lambda: gl.manual_seed(True), TypeError, "manual_seed: expected a non-negative integer, got bool"),
         (lambda: gl.manual_seed(1.5), TypeError, "manual_seed: expected a non-negative integer, got float"),
         (lambda: nn.Dropout()(np.zeros(3, np.float16)), TypeError, "Dropout: expected a floating-point input"),
+        (lambda: optim.RMSprop([nn.Parameter(np.zeros(2))], centered="no"), TypeError, "RMSprop: expected centered"),
+        (
+            lambda: nn.CrossEntropyLoss(weight=np.array([NAN, 1.0])),
+            ValueError,
+            "CrossEntropyLoss: expected finite weight",
+        ),
+        (lambda: nn.NLLLoss(weight=np.array([INF, 1.0])), ValueError, "NLLLoss: expected finite weight"),
+        (
+            lambda: nn.BCEWithLogitsLoss(pos_weight=np.array([INF])),
+            ValueError,
+            "BCEWithLogitsLoss: expected finite pos_weight",
+        ),
+        (
+            lambda: optim.lr_scheduler.StepLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), 2, last_epoch=True),
+            TypeError,
+            "StepLR: expected last_epoch to be an int, got bool",
+        ),
     ],
 )
 def test_known_silent_or_obscure_arguments_now_refused(make, exc, pattern):

@@ -64,6 +64,8 @@ def _weight_buffer(module: Module, name: str, what: str, value: Any, ndim: int |
             raise TypeError(f"{name}: expected {what} to be a floating-point array or None, got {got}")
         if ndim is not None and value.ndim != ndim:
             raise ValueError(f"{name}: expected a 1-D {what} (one value per class), got shape {tuple(value.shape)}")
+        if not bool(backend.get_array_module(value).isfinite(value).all()):
+            raise ValueError(f"{name}: expected finite {what} values, got {backend.to_numpy(value)!r}")
     module.register_buffer(what, value)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int
 from .optimizer import Optimizer, _number
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR"]
@@ -43,6 +44,7 @@ class LRScheduler:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
+        last_epoch = check_int(name, "last_epoch", last_epoch, -1)
         if last_epoch == -1:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
@@ -293,6 +295,7 @@ class OneCycleLR(LRScheduler):
         if self.cycle_momentum:
             max_moms = _per_group(name, "max_momentum", optimizer, max_momentum)
             base_moms = _per_group(name, "base_momentum", optimizer, base_momentum)
+        last_epoch = check_int(name, "last_epoch", last_epoch, -1)
         if last_epoch == -1:
             for i, group in enumerate(optimizer.param_groups):
                 group["initial_lr"] = max_lrs[i] / div_factor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
+from .._checks import check_bool
 from .optimizer import Optimizer, _number
 
 __all__ = ["RMSprop"]
@@ -39,9 +40,7 @@ class RMSprop(Optimizer):
         momentum: float = 0,
         centered: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=bool(centered)
-        )
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered)
         super().__init__(params, defaults)
 
     def _check_group(self, group):
@@ -50,7 +49,7 @@ class RMSprop(Optimizer):
         group["eps"] = _number(self._name, "epsilon value eps", group["eps"])
         group["weight_decay"] = _number(self._name, "weight_decay value", group["weight_decay"])
         group["momentum"] = _number(self._name, "momentum value", group["momentum"])
-        group["centered"] = bool(group["centered"])
+        group["centered"] = check_bool(self._name, "centered", group["centered"])
 
     def _update(self, p, grad, state, group):
         xp = backend.get_array_module(p.data)
