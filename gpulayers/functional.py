@@ -31,6 +31,7 @@ from .ops.avg_pool2d import (
 )
 from .ops.bce_loss import bce_with_logits_backward, bce_with_logits_forward
 from .ops.conv2d import conv2d_backward, conv2d_forward
+from .ops.conv_transpose2d import conv_transpose2d_backward, conv_transpose2d_forward
 from .ops.dropout import dropout2d_backward, dropout2d_forward, dropout_backward, dropout_forward
 from .ops.group_norm import group_norm_backward, group_norm_forward
 from .ops.layer_norm import layer_norm_backward, layer_norm_forward
@@ -52,6 +53,8 @@ __all__ = [
     "bce_with_logits_forward",
     "conv2d_backward",
     "conv2d_forward",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout2d_backward",

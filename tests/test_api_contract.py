@@ -71,6 +71,9 @@ API_SIGNATURES = {
     "NLLLoss": "weight=None ignore_index=-100 reduction=mean",
     "BCEWithLogitsLoss": "weight=None reduction=mean pos_weight=None",
     "MSELoss": "reduction=mean",
+    "ConvTranspose2d": (
+        "in_channels out_channels kernel_size stride=1 padding=0 output_padding=0 groups=1 bias=True dilation=1"
+    ),
     "GroupNorm": "num_groups num_channels eps=1e-05 affine=True",
     "LayerNorm": "normalized_shape eps=1e-05 elementwise_affine=True bias=True",
     "Dropout2d": "p=0.5",

@@ -40,6 +40,7 @@ XP_MODULES = [
     "ops/group_norm.py",
     "ops/nll_loss.py",
     "ops/bce_loss.py",
+    "ops/conv_transpose2d.py",
     "nn/module.py",
     "nn/summary.py",
     "optim/adam.py",

@@ -1,4 +1,4 @@
-"""Conv2d: a thin layer over :mod:`gpulayers.ops.conv2d`."""
+"""Conv2d and ConvTranspose2d: thin layers over :mod:`gpulayers.ops.conv2d` and :mod:`.ops.conv_transpose2d`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 
 from .._checks import check_bool, check_input, no_forward, pair
 from ..ops import conv2d as ops
+from ..ops import conv_transpose2d as transpose_ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "ConvTranspose2d"]
 
 
 def _positive_int(name: str, arg: str, value: Any) -> int:
@@ -111,6 +112,114 @@ class Conv2d(Module):
             s += f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class ConvTranspose2d(Module):
+    """2-D transposed convolution over an NCHW batch, PyTorch's ``nn.ConvTranspose2d``.
+
+    The adjoint of :class:`Conv2d` with the same weight: it runs the convolution's input
+    gradient forward (and the convolution itself in backward), so it upsamples by ``stride``.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        kernel_size: int or pair.
+        stride: int or pair. Defaults to 1.
+        padding: int or pair; removes ``padding`` rows/columns from each side of the full
+            output. Defaults to 0.
+        output_padding: int or pair added to the bottom/right of the output, smaller than the
+            stride or the dilation. Defaults to 0.
+        groups: blocked connections from input to output channels; both counts must divide by
+            it. Defaults to 1.
+        bias: learn an additive bias. Defaults to True.
+        dilation: int or pair. Defaults to 1.
+        padding_mode: only ``"zeros"`` is supported.
+
+    Attributes:
+        weight: ``(in_channels, out_channels // groups, kh, kw)``, kaiming-uniform(a=sqrt(5)) with
+            PyTorch's fan-in (``out_channels // groups * kh * kw``).
+        bias: ``(out_channels,)``, uniform in ±1/sqrt(fan_in), or None.
+
+    Shape:
+        - Input: ``(N, in_channels, H, W)``
+        - Output: ``(N, out_channels, OH, OW)`` with
+          ``OH = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kernel_size[0] - 1) + output_padding[0] + 1``,
+          likewise ``OW``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: Any = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        name = "ConvTranspose2d"
+        self.in_channels = _positive_int(name, "in_channels", in_channels)
+        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
+        self.stride, self.padding, self.output_padding, self.dilation, self.groups = (
+            transpose_ops.conv_transpose2d_options(name, stride, padding, output_padding, dilation, groups)
+        )
+        for what, count in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if count % self.groups:
+                raise ValueError(f"{name}: expected {what} divisible by groups={self.groups}, got {count}")
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        # PyTorch's fan-in is weight.shape[1] * kh * kw for a transposed convolution too.
+        w, b = default_weight_and_bias(shape, self.out_channels, bool(bias))
+        self.weight = Parameter(w)
+        if b is not None:
+            self.bias = Parameter(b)
+        else:
+            self.register_parameter("bias", None)
+        self._cache = None
+
+    def forward(self, x: Any) -> Any:
+        bias = None if self.bias is None else self.bias.data
+        y, self._cache = transpose_ops.conv_transpose2d_forward(
+            x,
+            self.weight.data,
+            bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+            name="ConvTranspose2d",
+        )
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._cache is None:
+            raise no_forward("ConvTranspose2d")
+        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._cache)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:

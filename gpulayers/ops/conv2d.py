@@ -22,7 +22,16 @@ import numpy as np
 from .. import backend
 from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
 
-__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_arguments", "normalize_conv_options", "ConvArgs", "ConvCache"]
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv2d_arguments",
+    "normalize_conv_options",
+    "ConvArgs",
+    "ConvCache",
+]
 
 # Sample-major columns while C/groups*kh*kw times this stays below OH*OW (see _use_sample_major).
 SAMPLE_MAJOR_MAX_RATIO = 2.0
@@ -221,27 +230,19 @@ def _offset_views(image: np.ndarray, kernel: tuple[int, int], a: ConvArgs):
 
 
 def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs):
-    n, c, h, w = x.shape
+    n = x.shape[0]
     out_c, cg, kh, kw = weight.shape
-    (ph, pw), (oh, ow), g = a.padding, a.out_size, a.groups
+    (oh, ow), g = a.out_size, a.groups
     rows, pixels = cg * kh * kw, oh * ow
     sample_major = _use_sample_major(rows, pixels)
-    # The padded image, with the batch and channel axes in the order of the columns.
-    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype)
-    image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
+    cols = _im2col_cpu(x, (kh, kw), a, sample_major)
     w_mat = weight.reshape(g, out_c // g, rows)
     if sample_major:
-        cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-        for i, j, view in _offset_views(image, (kh, kw), a):
-            cols[:, :, i, j] = view
         # (G, O/G, rows) @ (N, G, rows, OH*OW) -> (N, G, O/G, OH*OW): NCHW directly.
         y = np.matmul(w_mat, cols.reshape(n, g, rows, pixels)).reshape(n, out_c, oh, ow)
         if bias is not None:
             y += bias.reshape(1, out_c, 1, 1)
     else:
-        cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-        for i, j, view in _offset_views(image, (kh, kw), a):
-            cols[:, i, j] = view
         # (G, O/G, rows) @ (G, rows, N*OH*OW) -> (O, N, OH, OW), then to NCHW (adding the bias on the way).
         y_t = np.matmul(w_mat, cols.reshape(g, rows, n * pixels)).reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
         y = np.empty((n, out_c, oh, ow), dtype=x.dtype)
@@ -253,29 +254,114 @@ def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: 
 
 
 def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
-    cols, weight, a, sample_major = cache.cols, cache.weight, cache.a, cache.sample_major
-    n, c, h, w = cache.x_shape
-    out_c, cg, kh, kw = weight.shape
-    (ph, pw), (oh, ow), g = a.padding, a.out_size, a.groups
-    rows, pixels = cg * kh * kw, oh * ow
+    weight, a, sample_major = cache.weight, cache.a, cache.sample_major
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
+    dw = _weight_grad_cpu(cache.cols, dy, weight.shape, a, sample_major)
+    dx = _input_grad_cpu(dy, weight, cache.x_shape, a, sample_major)
+    return dx, dw, db
+
+
+def _weight_grad_cpu(cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, sample_major: bool):
+    """``dW`` from the columns of the input (:func:`_im2col_cpu`) and the output gradient."""
+    n = dy.shape[0]
+    out_c, cg, kh, kw = weight_shape
+    g, rows, pixels = a.groups, cg * kh * kw, a.out_size[0] * a.out_size[1]
     if sample_major:
         grad = dy.reshape(n, g, out_c // g, pixels)
-        cols = cols.reshape(n, g, rows, pixels)
-        dw = np.matmul(grad, cols.transpose(0, 1, 3, 2)).sum(axis=0)
-        dcols = np.matmul(w_t, grad).reshape(n, c, kh, kw, oh, ow)
+        dw = np.matmul(grad, cols.reshape(n, g, rows, pixels).transpose(0, 1, 3, 2)).sum(axis=0)
     else:
         grad = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, out_c // g, n * pixels)
-        cols = cols.reshape(g, rows, n * pixels)
-        dw = np.matmul(grad, cols.transpose(0, 2, 1))
+        dw = np.matmul(grad, cols.reshape(g, rows, n * pixels).transpose(0, 2, 1))
+    return dw.reshape(weight_shape)
+
+
+def _input_grad_cpu(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs, sample_major: bool):
+    """``dx``: the column gradient ``W^T dy`` by GEMM, then col2im."""
+    n, c = x_shape[:2]
+    out_c, cg, kh, kw = weight.shape
+    g, (oh, ow) = a.groups, a.out_size
+    rows, pixels = cg * kh * kw, oh * ow
+    w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
+    if sample_major:
+        dcols = np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels)).reshape(n, c, kh, kw, oh, ow)
+    else:
+        grad = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, out_c // g, n * pixels)
         dcols = np.matmul(w_t, grad).reshape(c, kh, kw, n, oh, ow)
-    del grad
-    # col2im: each offset's positions are distinct, so a strided += per offset is exact.
-    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dy.dtype)
-    for i, j, view in _offset_views(image, (kh, kw), a):
+    return _col2im_cpu(dcols, x_shape, (kh, kw), a, sample_major)
+
+
+def _im2col_cpu(x: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_major: bool) -> np.ndarray:
+    """The columns ``(N, C, kh, kw, OH, OW)`` (sample-major) or ``(C, kh, kw, N, OH, OW)`` of ``x``."""
+    n, c, h, w = x.shape
+    (ph, pw), (oh, ow) = a.padding, a.out_size
+    # The padded image, with the batch and channel axes in the order of the columns.
+    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype)
+    image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
+    cols = np.empty((n, c, *kernel, oh, ow) if sample_major else (c, *kernel, n, oh, ow), dtype=x.dtype)
+    for i, j, view in _offset_views(image, kernel, a):
+        if sample_major:
+            cols[:, :, i, j] = view
+        else:
+            cols[:, i, j] = view
+    return cols
+
+
+def _col2im_cpu(dcols: np.ndarray, x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, sample_major: bool):
+    """The image gradient ``(N, C, H, W)`` from column gradients laid out as :func:`_im2col_cpu`'s."""
+    n, c, h, w = x_shape
+    ph, pw = a.padding
+    # Each offset's positions are distinct, so a strided += per offset is exact.
+    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dcols.dtype)
+    for i, j, view in _offset_views(image, kernel, a):
         view += dcols[:, :, i, j] if sample_major else dcols[:, i, j]
-    del dcols
     inner = image[:, :, ph : ph + h, pw : pw + w]
-    dx = np.ascontiguousarray(inner if sample_major else inner.transpose(1, 0, 2, 3))
-    return dx, dw.reshape(weight.shape), db
+    return np.ascontiguousarray(inner if sample_major else inner.transpose(1, 0, 2, 3))
+
+
+# -- the two halves of backward on their own (the forward and backward of ConvTranspose2d) -----------
+
+
+def _plain_args(stride, padding, dilation, groups, out_size) -> ConvArgs:
+    return ConvArgs(
+        tuple(stride), tuple(padding), (0, 0), tuple(dilation), int(groups), tuple(int(v) for v in out_size)
+    )
+
+
+def conv2d_input_grad(
+    dy: Any, weight: Any, input_shape: tuple, stride: Any, padding: Any, dilation: Any, groups: int
+) -> Any:
+    """``dx`` of a convolution of an input of ``input_shape`` for the output gradient ``dy``, without a forward.
+
+    Takes validated arguments: int pairs, ``dy`` of the convolution's output size for
+    ``input_shape``, ``weight`` of ``dy``'s dtype and device. NumPy runs the GEMM and col2im of
+    the CPU backward, CuPy the conv2d kernels (:func:`gpulayers.ops.conv2d_cuda.conv2d_backward_data`).
+    """
+    input_shape = tuple(int(v) for v in input_shape)
+    if backend.is_cuda_array(dy):
+        from . import conv2d_cuda  # noqa: PLC0415
+
+        return conv2d_cuda.conv2d_backward_data(dy, weight, input_shape, stride, padding, dilation, groups)
+    a = _plain_args(stride, padding, dilation, groups, dy.shape[2:])
+    _, cg, kh, kw = weight.shape
+    sample_major = _use_sample_major(cg * kh * kw, a.out_size[0] * a.out_size[1])
+    return _input_grad_cpu(np.ascontiguousarray(dy), np.ascontiguousarray(weight), input_shape, a, sample_major)
+
+
+def conv2d_weight_grad(
+    x: Any, dy: Any, weight_shape: tuple, stride: Any, padding: Any, dilation: Any, groups: int
+) -> Any:
+    """``dW`` of a convolution of ``x`` for the output gradient ``dy``, without a forward.
+
+    Takes validated arguments as :func:`conv2d_input_grad`. NumPy runs the im2col and GEMM of the
+    CPU path, CuPy the conv2d kernels (:func:`gpulayers.ops.conv2d_cuda.conv2d_backward_weight`).
+    """
+    weight_shape = tuple(int(v) for v in weight_shape)
+    if backend.is_cuda_array(x):
+        from . import conv2d_cuda  # noqa: PLC0415
+
+        return conv2d_cuda.conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups)
+    a = _plain_args(stride, padding, dilation, groups, dy.shape[2:])
+    _, cg, kh, kw = weight_shape
+    sample_major = _use_sample_major(cg * kh * kw, a.out_size[0] * a.out_size[1])
+    cols = _im2col_cpu(np.ascontiguousarray(x), (kh, kw), a, sample_major)
+    return _weight_grad_cpu(cols, np.ascontiguousarray(dy, dtype=x.dtype), weight_shape, a, sample_major)

@@ -30,7 +30,14 @@ import numpy as np
 from .. import backend, cuda, kernels
 from . import conv2d_igemm_cuda
 
-__all__ = ["COL_BUDGET_BYTES", "choose_algorithm", "conv2d_backward", "conv2d_forward"]
+__all__ = [
+    "COL_BUDGET_BYTES",
+    "choose_algorithm",
+    "conv2d_backward",
+    "conv2d_backward_data",
+    "conv2d_backward_weight",
+    "conv2d_forward",
+]
 
 _FILE = "conv2d.cu"
 
@@ -321,11 +328,92 @@ def _gemm_backward(xp, dy, cache: _ConvCache):
         if col is None:  # not kept (the batch needed several chunks): rebuild this chunk's
             col = xp.empty((g.channels * g.kernel_h * g.kernel_w, cols), dtype=x.dtype)
             _launch_im2col(x[n0 : n0 + nb], col, nb, g)
-        # dy chunk as the channel-major GEMM operand (groups, oc/g, nb*P).
-        dy_t = xp.ascontiguousarray(dy[n0 : n0 + nb].reshape(nb, g.out_channels, g.plane_out).transpose(1, 0, 2))
-        dy_t = dy_t.reshape(g.groups, g.out_per_group, cols)
+        dy_t = _channel_major(xp, dy, n0, nb, g)
         dw_part = xp.matmul(dy_t, col.reshape(g.groups, k, cols).transpose(0, 2, 1))  # (groups, oc/g, K)
         dw = dw_part if dw is None else dw + dw_part
         dcol = xp.matmul(w_t, dy_t)  # (groups, K, nb*P)
         _launch_col2im(dcol, dx[n0 : n0 + nb], nb, g)
     return dx, dw.reshape(weight.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two halves of backward on their own (the forward and backward of ConvTranspose2d)
+# ----------------------------------------------------------------------------------------------
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups) -> _Geometry:
+    n, c, h, w = (int(v) for v in x_shape)
+    oc, _, kh, kw = (int(v) for v in w_shape)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def _channel_major(xp, dy, n0: int, nb: int, g: _Geometry):
+    """Samples ``n0:n0+nb`` of ``dy`` as the channel-major GEMM operand ``(groups, oc/g, nb*P)``."""
+    dy_t = xp.ascontiguousarray(dy[n0 : n0 + nb].reshape(nb, g.out_channels, g.plane_out).transpose(1, 0, 2))
+    return dy_t.reshape(g.groups, g.out_per_group, nb * g.plane_out)
+
+
+def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups, *, algorithm=None):
+    """``dx`` of a convolution of an input of ``x_shape`` for ``dy``, without the forward's cache.
+
+    ``dy`` must have the convolution's output size; the algorithm as :func:`choose_algorithm`.
+    """
+    xp = backend.get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
+    kernels.name_expression("conv2d", dy.dtype)  # float32 / float64 only
+    g = _geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
+        raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
+    with kernels.device_scope(dy):
+        if algorithm == "implicit_gemm":
+            return conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups)
+        dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
+        if g.batch == 0:
+            return dx
+        if algorithm == "direct":
+            _launch_direct_backward_data(dy, weight, dx, g)
+            return dx
+        k = g.in_per_group * g.kernel_h * g.kernel_w
+        w_t = weight.reshape(g.groups, g.out_per_group, k).transpose(0, 2, 1)  # (groups, K, oc/g)
+        chunk = _batch_chunk(g, dy.dtype.itemsize)
+        for n0 in range(0, g.batch, chunk):
+            nb = min(chunk, g.batch - n0)
+            dcol = xp.matmul(w_t, _channel_major(xp, dy, n0, nb, g))  # (groups, K, nb*P)
+            _launch_col2im(dcol, dx[n0 : n0 + nb], nb, g)
+    return dx
+
+
+def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups, *, algorithm=None):
+    """``dW`` of a convolution of ``x`` for ``dy``, without the forward's cache."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+    kernels.name_expression("conv2d", x.dtype)
+    g = _geometry(x.shape, weight_shape, stride, padding, dilation, groups)
+    if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
+        raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
+    weight_shape = tuple(int(v) for v in weight_shape)
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
+    with kernels.device_scope(x):
+        if algorithm == "implicit_gemm":
+            return conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups)
+        if g.batch == 0:
+            return xp.zeros(weight_shape, dtype=x.dtype)
+        if algorithm == "direct":
+            lanes = _direct_lanes(g, x.dtype.itemsize)
+            partial = xp.empty((int(np.prod(weight_shape)), lanes), dtype=x.dtype)
+            _launch_direct_backward_weight(x, dy, partial, lanes, g)
+            return partial.sum(axis=1).reshape(weight_shape)
+        k = g.in_per_group * g.kernel_h * g.kernel_w
+        dw = None
+        chunk = _batch_chunk(g, x.dtype.itemsize)
+        for n0 in range(0, g.batch, chunk):
+            nb = min(chunk, g.batch - n0)
+            col = xp.empty((g.channels * g.kernel_h * g.kernel_w, nb * g.plane_out), dtype=x.dtype)
+            _launch_im2col(x[n0 : n0 + nb], col, nb, g)
+            part = xp.matmul(_channel_major(xp, dy, n0, nb, g), col.reshape(g.groups, k, -1).transpose(0, 2, 1))
+            dw = part if dw is None else dw + part
+    return dw.reshape(weight_shape)
