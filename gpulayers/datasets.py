@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from ._checks import check_int
 
 __all__ = [
     "ArrayDataset",
@@ -130,6 +131,9 @@ def _as_class_indices(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # scikit-learn digits
 # ------------------------------------------------------------------------------------------------
+_DIGITS_COUNT = 1797
+
+
 def load_digits(test_size: int = 360, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """scikit-learn's 1,797 handwritten digits, 8x8, split 1,437 / 360 (stratified, fixed seed).
 
@@ -142,6 +146,10 @@ def load_digits(test_size: int = 360, seed: int = 0) -> tuple[ArrayDataset, Arra
         raise ImportError(
             'The digits data set comes with scikit-learn, which is not installed: pip install "gpulayers[train]"'
         ) from exc
+    test_size = check_int("load_digits", "test_size", test_size, 1)
+    if test_size >= _DIGITS_COUNT:
+        raise ValueError(f"load_digits: expected test_size < {_DIGITS_COUNT} (the number of images), got {test_size}")
+    seed = check_int("load_digits", "seed", seed, 0)
     bunch = _sk_load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]
     y = bunch.target.astype(np.int64)
@@ -372,6 +380,8 @@ def load_cifar10(data_dir: str | Path) -> tuple[ArrayDataset, ArrayDataset]:
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """``(train, test)`` for ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``."""
+    if not isinstance(name, str):
+        raise TypeError(f"load_dataset: expected the data set's name as a string, got {type(name).__name__}")
     key = name.lower().replace("_", "-")
     if key == "digits":
         return load_digits()

@@ -255,3 +255,26 @@ def test_seed_refused_before_the_first_iteration():
     with pytest.raises(ValueError, match="seed >= 0"):
         D.DataLoader((X, Y), shuffle=True, seed=-1)
     assert gl.to_numpy(next(iter(D.DataLoader((X, Y), shuffle=True, seed=0)))[0]).shape == (4, 1, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        ({"test_size": True}, TypeError, "load_digits: expected test_size to be an int, got bool"),
+        ({"test_size": 2.5}, TypeError, "load_digits: expected test_size to be an int"),
+        ({"test_size": -5}, ValueError, "load_digits: expected test_size >= 1"),
+        ({"test_size": 5000}, ValueError, "load_digits: expected test_size < 1797"),
+        ({"seed": -1}, ValueError, "load_digits: expected seed >= 0"),
+        ({"seed": True}, TypeError, "load_digits: expected seed to be an int"),
+    ],
+)
+def test_load_digits_arguments(kwargs, exc, pattern):
+    pytest.importorskip("sklearn")
+    with pytest.raises(exc, match=pattern):
+        D.load_digits(**kwargs)
+
+
+@pytest.mark.parametrize("name", [3, None, b"digits"])
+def test_load_dataset_name_must_be_a_string(name):
+    with pytest.raises(TypeError, match="load_dataset: expected the data set's name as a string"):
+        D.load_dataset(name)
