@@ -336,6 +336,22 @@ def test_max_pool2d_window_without_input(harness):
     np.testing.assert_array_equal(max_pool2d_cuda.max_pool2d_backward(np.ones_like(y), cache), np.zeros_like(x))
 
 
+def test_max_pool2d_ceil_mode_windows_without_input(harness):
+    """ceil_mode with dilation: some windows hold only padding or positions past the input. Their
+    output is -inf as in PyTorch; their gradient goes nowhere (PyTorch's CPU backward sends it to
+    an index past the plane), and the other windows match the NumPy path."""
+    x = np.random.default_rng(11).standard_normal((2, 3, 1, 6))
+    opts, ceil_mode = _pool_opts((x.shape, (2, 1), (2, 3), (1, 0), (2, 1), True))
+    y, cache = max_pool2d_cuda.max_pool2d_forward(x, **opts)
+    y_ref = torch.nn.functional.max_pool2d(torch.tensor(x), (2, 1), (2, 3), (1, 0), (2, 1), ceil_mode=True)
+    np.testing.assert_array_equal(y, y_ref.numpy())
+    assert np.isneginf(y).all()
+    dy = np.random.default_rng(12).standard_normal(y.shape)
+    np.testing.assert_array_equal(max_pool2d_cuda.max_pool2d_backward(dy, cache), np.zeros_like(x))
+    y_np, cache_np = F.max_pool2d_forward(x, (2, 1), (2, 3), (1, 0), (2, 1), ceil_mode)
+    np.testing.assert_array_equal(F.max_pool2d_backward(dy, cache_np), np.zeros_like(x))
+
+
 def test_max_pool2d_non_contiguous_input(harness):
     x = np.random.default_rng(7).standard_normal((2, 10, 9, 3)).transpose(0, 3, 2, 1)  # (2, 3, 9, 10)
     opts, ceil_mode = _pool_opts((x.shape, (3, 3), (2, 2), (1, 1), (1, 1), True))
