@@ -258,9 +258,11 @@ class DataLoader:
         try:
             self.dtype = np.dtype(dtype)
         except TypeError as exc:
-            raise TypeError(f"{name}: expected a floating dtype, got {dtype!r}") from exc
-        if self.dtype.kind != "f":
-            raise TypeError(f"{name}: expected a floating dtype, got {self.dtype}")
+            raise TypeError(f"{name}: expected a floating dtype (float32 or float64), got {dtype!r}") from exc
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(
+                f"{name}: expected a floating dtype (float32 or float64, as the layers take), got {self.dtype}"
+            )
         if seed is None:  # only a shuffling loader draws (so an unshuffled one leaves the library RNG alone)
             seed = int(backend.cpu_rng().integers(2**31)) if self.shuffle else 0
         self.seed = check_int(name, "seed", seed, 0)

@@ -177,6 +177,7 @@ Y = np.zeros(4, np.int64)
         ({"augment": 3}, TypeError, "expected augment to be callable"),
         ({"dtype": np.int32}, TypeError, "expected a floating dtype"),
         ({"dtype": "nonsense"}, TypeError, "expected a floating dtype"),
+        ({"dtype": np.float16}, TypeError, r"expected a floating dtype \(float32 or float64, as the layers take\)"),
     ],
 )
 def test_loader_arguments_refused_at_construction(kwargs, exc, pattern):
