@@ -19,6 +19,7 @@ CLEAR = (TypeError, ValueError, RuntimeError)
 LAYERS = {
     "Linear": (lambda: nn.Linear(3, 2), (4, 3)),
     "Conv2d": (lambda: nn.Conv2d(2, 3, 3), (2, 2, 5, 5)),
+    "ConvTranspose2d": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2), (2, 2, 3, 3)),
     "MaxPool2d": (lambda: nn.MaxPool2d(2), (2, 2, 4, 4)),
     "AvgPool2d": (lambda: nn.AvgPool2d(2), (2, 2, 4, 4)),
     "AdaptiveAvgPool2d": (lambda: nn.AdaptiveAvgPool2d(2), (2, 2, 4, 4)),
@@ -192,6 +193,11 @@ def test_random_bad_constructor_arguments_are_refused_by_name(name, arg, value):
     "make,exc,pattern",
     [
         (lambda: nn.Conv2d(1, 2, 3, bias="no"), TypeError, "Conv2d: expected bias to be a bool"),
+        (lambda: nn.ConvTranspose2d(1, 2, 3, bias="no"), TypeError, "ConvTranspose2d: expected bias to be a bool"),
+        (lambda: nn.GroupNorm(1, 2, affine="no"), TypeError, "GroupNorm: expected affine to be a bool"),
+        (lambda: nn.GroupNorm(1, 2, eps=INF), ValueError, "GroupNorm: expected a finite eps >= 0"),
+        (lambda: nn.LayerNorm(2, elementwise_affine="no"), TypeError, "LayerNorm: expected elementwise_affine"),
+        (lambda: nn.LayerNorm(2, bias="no"), TypeError, "LayerNorm: expected bias to be a bool"),
         (lambda: nn.Linear(3, 2, bias="no"), TypeError, "Linear: expected bias to be a bool"),
         (lambda: nn.BatchNorm2d(2, affine="no"), TypeError, "BatchNorm2d: expected affine to be a bool"),
         (lambda: nn.BatchNorm2d(2, eps=INF), ValueError, "BatchNorm2d: expected a finite eps > 0"),

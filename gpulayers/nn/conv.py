@@ -181,7 +181,7 @@ class ConvTranspose2d(Module):
         self.padding_mode = padding_mode
         shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         # PyTorch's fan-in is weight.shape[1] * kh * kw for a transposed convolution too.
-        w, b = default_weight_and_bias(shape, self.out_channels, bool(bias))
+        w, b = default_weight_and_bias(shape, self.out_channels, check_bool(name, "bias", bias))
         self.weight = Parameter(w)
         if b is not None:
             self.bias = Parameter(b)

@@ -158,8 +158,8 @@ class BatchNorm2d(_BatchNorm):
 
 
 def _check_eps(name: str, eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"{name}: expected eps >= 0, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
+        raise ValueError(f"{name}: expected a finite eps >= 0, got {eps!r}")
     return float(eps)
 
 
@@ -202,8 +202,8 @@ class GroupNorm(Module):
                 f"num_groups={num_groups}"
             )
         self.eps = _check_eps(name, eps)
-        self.affine = bool(affine)
-        self.use_bias = bool(bias)
+        self.affine = check_bool(name, "affine", affine)
+        self.use_bias = check_bool(name, "bias", bias)
         if self.affine:
             self.weight = Parameter(np.ones(self.num_channels, dtype=np.float32))
             if self.use_bias:
@@ -271,8 +271,8 @@ class LayerNorm(Module):
             raise ValueError(f"{name}: expected non-negative sizes in normalized_shape, got {tuple(dims)}")
         self.normalized_shape = tuple(int(v) for v in dims)
         self.eps = _check_eps(name, eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        self.use_bias = bool(bias)
+        self.elementwise_affine = check_bool(name, "elementwise_affine", elementwise_affine)
+        self.use_bias = check_bool(name, "bias", bias)
         if self.elementwise_affine:
             self.weight = Parameter(np.ones(self.normalized_shape, dtype=np.float32))
             if self.use_bias:
