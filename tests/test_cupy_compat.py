@@ -45,6 +45,8 @@ XP_MODULES = [
     "nn/summary.py",
     "optim/adam.py",
     "optim/sgd.py",
+    "optim/rmsprop.py",
+    "nn/utils.py",
     "optim/optimizer.py",
     "data.py",
     "gradcheck.py",
