@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gpulayers as gl
+from gpulayers import functional as F
 from gpulayers import nn, optim
 
 NAN, INF = math.nan, math.inf
@@ -236,3 +237,46 @@ def test_random_bad_constructor_arguments_are_refused_by_name(name, arg, value):
 def test_known_silent_or_obscure_arguments_now_refused(make, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make()
+
+
+# ------------------------------------------------------------------------------------------------ functional
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize(
+    "call,exc,pattern",
+    [
+        (lambda: F.group_norm_forward(_f32(2, 4, 3), 2, eps=NAN), ValueError, "group_norm: expected a finite eps"),
+        (lambda: F.layer_norm_forward(_f32(2, 3), (3,), eps=INF), ValueError, "layer_norm: expected a finite eps"),
+        (lambda: F.layer_norm_forward(_f32(2, 3), True), TypeError, "layer_norm: expected normalized_shape"),
+        (lambda: F.group_norm_backward(_f32(2, 4, 3), None), TypeError, "group_norm.backward: expected the cache"),
+        (lambda: F.layer_norm_backward(_f32(2, 3), {}), TypeError, "layer_norm.backward: expected the cache"),
+        (
+            lambda: F.layer_norm_backward(_f32(2, 4), F.layer_norm_forward(_f32(2, 3), (3,))[1]),
+            ValueError,
+            r"layer_norm.backward: expected grad_output of shape \(2, 3\), got \(2, 4\)",
+        ),
+        (
+            lambda: F.group_norm_backward(_f32(2, 4, 2), F.group_norm_forward(_f32(2, 4, 3), 2)[1]),
+            ValueError,
+            r"group_norm.backward: expected grad_output of shape \(2, 4, 3\)",
+        ),
+        (lambda: F.erf(np.zeros(3, np.int64)), TypeError, "erf: expected a floating-point input"),
+        (lambda: F.avg_pool2d_forward(_f32(1, 1, 4, 4), 2, count_include_pad="no"), TypeError, "avg_pool2d"),
+        (lambda: F.max_pool2d_forward(_f32(1, 1, 4, 4), 2, ceil_mode="no"), TypeError, "max_pool2d: expected ceil"),
+        (
+            lambda: F.batch_norm_forward(_f32(2, 3), None, None, None, None, True, 0.1, 0.0),
+            ValueError,
+            "batch_norm: expected eps > 0",
+        ),
+    ],
+)
+def test_functional_bad_arguments_name_the_op(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_layer_norm_functional_takes_an_int_shape_like_torch():
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(F.layer_norm_forward(x, 3)[0], F.layer_norm_forward(x, (3,))[0])

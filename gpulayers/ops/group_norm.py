@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_floating
-from .layer_norm import check_param, normalize_rows, normalize_rows_backward
+from .layer_norm import check_backward, check_eps, check_param, normalize_rows, normalize_rows_backward
 
 __all__ = ["group_norm_forward", "group_norm_backward"]
 
@@ -54,6 +54,7 @@ def group_norm_forward(
             f"{name}: expected the channel count to be divisible by num_groups={num_groups}, "
             f"got {c} channels (input shape {tuple(x.shape)})"
         )
+    eps = check_eps(name, eps)
     check_param(name, x, weight, "weight", (c,))
     check_param(name, x, bias, "bias", (c,))
     spatial = int(np.prod(x.shape[2:], dtype=np.int64))
@@ -64,12 +65,20 @@ def group_norm_forward(
         y = y * weight.reshape(bshape)
     if bias is not None:
         y = y + bias.reshape(bshape)
-    cache = {"xhat": xhat, "invstd": invstd, "weight": weight, "has_bias": bias is not None, "x_shape": tuple(x.shape)}
+    cache = {
+        "xhat": xhat,
+        "invstd": invstd,
+        "weight": weight,
+        "has_bias": bias is not None,
+        "x_shape": tuple(x.shape),
+        "name": name,
+    }
     return y.reshape(x.shape).astype(x.dtype, copy=False), cache
 
 
 def group_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`group_norm_forward` (None where it had none)."""
+    check_backward("group_norm", dy, cache)
     xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
     n, c = cache["x_shape"][:2]
     dy3 = dy.reshape(n, c, int(np.prod(cache["x_shape"][2:], dtype=np.int64)))  # explicit: N may be 0

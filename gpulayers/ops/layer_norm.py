@@ -8,12 +8,14 @@ and shift with the affine parameters. xp-generic: NumPy or CuPy, in the input's 
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 
 from .. import backend
-from .._checks import check_floating, check_same_device
+from .._checks import check_floating, check_grad, check_same_device
 
 __all__ = ["layer_norm_forward", "layer_norm_backward", "normalize_rows", "normalize_rows_backward", "check_param"]
 
@@ -40,6 +42,21 @@ def normalize_rows_backward(g2: Any, xhat: Any, invstd: Any) -> Any:
     mean_g = g2.sum(axis=1, keepdims=True) / k
     mean_gx = (g2 * xhat).sum(axis=1, keepdims=True) / k
     return invstd * (g2 - mean_g - xhat * mean_gx)
+
+
+def check_eps(name: str, eps: Any) -> float:
+    """``eps`` as a float: a finite real number >= 0."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
+        raise ValueError(f"{name}: expected a finite eps >= 0, got {eps!r}")
+    return float(eps)
+
+
+def check_backward(op: str, dy: Any, cache: Any) -> dict:
+    """The forward's cache (a dict from ``{op}_forward``), after checking ``dy`` against its input."""
+    if not isinstance(cache, dict) or "xhat" not in cache:
+        raise TypeError(f"{op}.backward: expected the cache returned by {op}_forward, got {type(cache).__name__}")
+    check_grad(cache.get("name", op), dy, cache["x_shape"], cache["xhat"])
+    return cache
 
 
 def check_param(name: str, x: Any, arr: Any, what: str, shape: tuple[int, ...]) -> None:
@@ -79,6 +96,13 @@ def layer_norm_forward(
         - y: same as x
     """
     check_floating(name, x)
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    if not isinstance(normalized_shape, (tuple, list)) or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in normalized_shape
+    ):
+        raise TypeError(f"{name}: expected normalized_shape to be an int or a tuple of ints, got {normalized_shape!r}")
+    eps = check_eps(name, eps)
     shape = tuple(int(v) for v in normalized_shape)
     d = len(shape)
     if x.ndim < d or tuple(x.shape[x.ndim - d :]) != shape:
@@ -103,12 +127,14 @@ def layer_norm_forward(
         "has_bias": bias is not None,
         "x_shape": tuple(x.shape),
         "normalized_shape": shape,
+        "name": name,
     }
     return y.reshape(x.shape).astype(x.dtype, copy=False), cache
 
 
 def layer_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`layer_norm_forward` (None where it had none)."""
+    check_backward("layer_norm", dy, cache)
     xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
     dy2 = dy.reshape(xhat.shape)
     shape = cache["normalized_shape"]

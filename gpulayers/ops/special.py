@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .._checks import check_floating
 
 __all__ = ["erf", "ERF_CUTOFF"]
 
@@ -82,6 +83,7 @@ def erf(x: Any) -> Any:
     Accurate to a few ulp in float64 (the tests compare with :func:`math.erf`); NaN stays NaN,
     ``erf(+-inf) = +-1`` and ``erf(-0.0) = -0.0``.
     """
+    check_floating("erf", x)
     xp = backend.get_array_module(x)
     table = _table_for(x)
     zero = x.dtype.type(0)
