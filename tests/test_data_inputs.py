@@ -279,3 +279,23 @@ def test_load_digits_arguments(kwargs, exc, pattern):
 def test_load_dataset_name_must_be_a_string(name):
     with pytest.raises(TypeError, match="load_dataset: expected the data set's name as a string"):
         D.load_dataset(name)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        ({"seed": -1}, ValueError, "DistributedSampler: expected seed >= 0"),
+        ({"shuffle": "no"}, TypeError, "DistributedSampler: expected shuffle to be a bool"),
+        ({"drop_last": 1}, TypeError, "DistributedSampler: expected drop_last to be a bool"),
+    ],
+)
+def test_distributed_sampler_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        D.DistributedSampler(range(4), num_replicas=2, rank=0, **kwargs)
+
+
+def test_distributed_sampler_dataset_and_epoch_checked():
+    with pytest.raises(TypeError, match="DistributedSampler: expected a dataset with a length, got int"):
+        D.DistributedSampler(5, num_replicas=1, rank=0)
+    with pytest.raises(ValueError, match="DistributedSampler.set_epoch: expected epoch >= 0"):
+        D.DistributedSampler(range(4), num_replicas=1, rank=0).set_epoch(-1)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_bool, check_int
 from . import process_group as pg
 
 __all__ = ["DistributedSampler"]
@@ -53,10 +54,13 @@ class DistributedSampler:
             raise ValueError(f"DistributedSampler: expected num_replicas >= 1, got {num_replicas}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"DistributedSampler: expected rank in [0, {num_replicas}), got {rank}")
+        if not hasattr(dataset, "__len__"):
+            raise TypeError(f"DistributedSampler: expected a dataset with a length, got {type(dataset).__name__}")
         self.dataset = dataset
         self.num_replicas, self.rank = num_replicas, rank
-        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        self.seed = _int_arg("seed", seed)
+        self.shuffle = check_bool("DistributedSampler", "shuffle", shuffle)
+        self.drop_last = check_bool("DistributedSampler", "drop_last", drop_last)
+        self.seed = check_int("DistributedSampler", "seed", seed, 0)
         self.epoch = 0
         n = len(dataset)
         if self.drop_last and n % num_replicas:
@@ -67,7 +71,7 @@ class DistributedSampler:
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle of ``epoch`` (the same number on every rank)."""
-        self.epoch = _int_arg("epoch", epoch)
+        self.epoch = check_int("DistributedSampler.set_epoch", "epoch", epoch, 0)
 
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, as an int64 array."""
