@@ -2,7 +2,8 @@
 
 CuPy's own compile helpers ask the driver for the current device, so they fail on a machine
 without one; NVRTC itself needs no device. The library comes from the ``nvidia-cuda-nvrtc``
-wheel (found through ``cuda.pathfinder``, which CuPy depends on) or a CUDA toolkit.
+wheel (found in its own files, so CuPy is not needed), ``cuda.pathfinder`` (which comes with CuPy)
+or a CUDA toolkit.
 ``python -m gpulayers.info`` and the compile tests use it through :func:`compile_all`.
 """
 
@@ -10,29 +11,66 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
+import importlib.util
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The NVRTC library's file name (not its ``-builtins`` helper): Linux sonames and Windows DLLs.
+_LIBRARY_NAME = re.compile(r"libnvrtc\.so(\.\d+)*|nvrtc64_\d+_0\.dll")
 
-def load_nvrtc() -> ctypes.CDLL | None:
-    """The NVRTC shared library, or None when none is installed."""
+
+def wheel_libraries() -> list[str]:
+    """Paths of the NVRTC library inside the installed ``nvidia-cuda-nvrtc`` wheel (empty without it).
+
+    The wheel's file list names it wherever the release puts it (``nvidia/cu13/lib/`` for CUDA 13,
+    ``nvidia/cuda_nvrtc/lib/`` for CUDA 12); an install without that list is searched in the
+    ``nvidia`` namespace directories instead.
+    """
+    try:
+        files = importlib.metadata.files("nvidia-cuda-nvrtc") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found = [str(f.locate()) for f in files if _LIBRARY_NAME.fullmatch(f.name)]
+    if not found:
+        spec = importlib.util.find_spec("nvidia")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for pattern in ("*/lib/*nvrtc*", "*/bin/*nvrtc*"):
+                found += [str(p) for p in Path(root).glob(pattern) if _LIBRARY_NAME.fullmatch(p.name)]
+    return sorted(p for p in found if os.path.isfile(p))
+
+
+def _candidates() -> Iterator[str]:
+    """Where NVRTC may be, best first; each source is asked only when the ones before it failed."""
+    yield from wheel_libraries()
     try:
         from cuda import pathfinder  # noqa: PLC0415
 
-        return ctypes.CDLL(pathfinder.load_nvidia_dynamic_lib("nvrtc").abs_path)
+        yield pathfinder.load_nvidia_dynamic_lib("nvrtc").abs_path
     except Exception:
         pass
-    candidates = [ctypes.util.find_library("nvrtc")]
+    found = ctypes.util.find_library("nvrtc")
+    if found:
+        yield found
     for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if root:
-            candidates += sorted(str(p) for p in Path(root, "lib64").glob("libnvrtc.so*"))
-    for candidate in candidates:
-        if candidate:
-            try:
-                return ctypes.CDLL(candidate)
-            except OSError:
-                continue
+            yield from sorted(str(p) for p in Path(root, "lib64").glob("libnvrtc.so*"))
+
+
+def load_nvrtc() -> ctypes.CDLL | None:
+    """The NVRTC shared library, or None when none is installed.
+
+    Looked for in this order: the ``nvidia-cuda-nvrtc`` wheel, ``cuda.pathfinder``, the system's
+    library path, then ``lib64/`` under ``$CUDA_PATH``, ``$CUDA_HOME`` and ``/usr/local/cuda``.
+    """
+    for candidate in _candidates():
+        try:
+            return ctypes.CDLL(candidate)
+        except OSError:
+            continue
     return None
 
 

@@ -10,15 +10,19 @@ Two independent compilers, no GPU needed:
   ``--ptx -Werror all-warnings``.
 
 Each check skips, with its reason, only when its compiler is missing; the test of the
-pair fails when neither is present in CI.
+pair fails when neither is present in CI, and the NVRTC checks must run (CuPy or not) wherever
+the ``nvidia-cuda-nvrtc`` wheel is installed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -26,7 +30,7 @@ import numpy as np
 import pytest
 from kernel_harness.harness import CTYPES, build, parse_kernels
 
-from gpulayers import kernels
+from gpulayers import kernels, nvrtc
 from gpulayers.nvrtc import CUPY_ADDED_OPTIONS, Nvrtc, compile_all, load_nvrtc
 
 KERNEL_FILES = sorted(p.name for p in kernels.kernel_dir().glob("*.cu"))
@@ -66,6 +70,80 @@ def test_some_compiler_is_available():
     if NVRTC is None and NVCC is None:
         pytest.skip("neither NVRTC (pip install nvidia-cuda-nvrtc) nor nvcc is installed: kernels not compiled")
     assert NVRTC is not None or NVCC is not None
+
+
+def _nvrtc_wheel_installed() -> bool:
+    try:
+        importlib.metadata.distribution("nvidia-cuda-nvrtc")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+requires_nvrtc_wheel = pytest.mark.skipif(not _nvrtc_wheel_installed(), reason="nvidia-cuda-nvrtc is not installed")
+
+
+@requires_nvrtc_wheel
+def test_nvrtc_checks_run_wherever_the_wheel_is_installed():
+    """With the wheel present the NVRTC compile checks below must run, not skip."""
+    assert nvrtc.wheel_libraries(), "nvidia-cuda-nvrtc is installed but its libnvrtc was not found in it"
+    assert NVRTC is not None, "nvidia-cuda-nvrtc is installed but libnvrtc does not load: the NVRTC checks skip"
+
+
+_WITHOUT_CUPY = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("cupy", "cupy_backends", "cuda"):
+                raise ImportError(f"{name} is hidden for this test")
+
+    sys.meta_path.insert(0, Blocked())
+    try:
+        import cupy  # the control: CuPy must really be out of reach
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("cupy was importable")
+    """
+)
+
+
+@requires_nvrtc_wheel
+def test_nvrtc_compiles_every_kernel_without_cupy():
+    """The wheel alone is enough: CuPy and cuda.pathfinder hidden, NVRTC still loads and compiles."""
+    code = _WITHOUT_CUPY + textwrap.dedent(
+        """
+        from gpulayers.nvrtc import compile_all
+        results = compile_all("80")
+        assert results and all(r.ok for _, r in results), [(f, r.log) for f, r in results if not r.ok]
+        assert not any(m.split(".")[0] in ("cupy", "cuda") for m in sys.modules), "CuPy got loaded"
+        print("compiled", len(results))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"compiled {len(KERNEL_FILES)}" in proc.stdout
+
+
+@pytest.mark.parametrize("layout", ["cu13/lib", "cuda_nvrtc/lib"])
+def test_nvrtc_wheel_layouts_without_a_file_list(tmp_path, monkeypatch, layout):
+    """Without the wheel's file list the ``nvidia`` namespace directories are searched (CUDA 13 and 12 layouts)."""
+    lib = tmp_path / "nvidia" / layout
+    lib.mkdir(parents=True)
+    for name in ("libnvrtc.so.13", "libnvrtc-builtins.so.13.0", "libnvrtc.alt.so.13"):
+        (lib / name).write_bytes(b"")
+
+    def no_files(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", no_files)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = nvrtc.wheel_libraries()
+    assert str(lib / "libnvrtc.so.13") in found
+    assert not any("builtins" in p or ".alt." in p for p in found)
 
 
 @requires_nvrtc
