@@ -1,4 +1,4 @@
-"""Acceptance checks of /work/shared/API.md, statement by statement, against PyTorch where it applies.
+"""Acceptance checks of docs/API.md (the public API contract), statement by statement, against PyTorch where it applies.
 
 Each section follows the contract: devices and arrays, the Module members, layer signatures and
 notes, zero-size batches, losses, optimisers, the one-training-step snippet, the functional
