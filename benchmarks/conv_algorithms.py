@@ -100,6 +100,16 @@ def measure(shape, args, conv2d_cuda, cupy, torch) -> dict:
         grads[algorithm] = [cupy.asnumpy(a) for a in (y, *out)]
         del y, cache, out
 
+    from gpulayers.ops import conv2d_igemm_cuda as igemm  # the three kernels one by one
+
+    phases = {
+        "fwd": lambda: igemm.conv2d_forward(xg, wg, bg, *opts),
+        "dgrad": lambda: igemm.conv2d_backward_data(dy, wg, xg.shape, *opts),
+        "wgrad": lambda: igemm.conv2d_backward_weight(xg, dy, wg.shape, *opts),
+    }
+    for phase, fn in phases.items():
+        row[f"igemm_{phase}"] = _median_ms(fn, args.repeat, args.warmup, "cupy")
+
     xt = torch.tensor(x, device="cuda", requires_grad=True)
     wt = torch.tensor(w, device="cuda", requires_grad=True)
     bt = torch.tensor(b, device="cuda", requires_grad=True)
@@ -154,6 +164,7 @@ def main(argv=None) -> int:
             f"{label:>28} {row['implicit_gemm']:9.3f} {row['im2col']:8.3f} {row['cudnn']:8.3f} "
             f"{row['implicit_gemm'] / row['cudnn']:10.2f}x {row['im2col'] / row['cudnn']:11.2f}x "
             f"{row['mem_implicit_gemm']:9.1f}/{row['mem_im2col']:7.1f}/{row['mem_torch']:7.1f}   {row['max_err']:9.2e}"
+            f"   igemm fwd/dgrad/wgrad {row['igemm_fwd']:.3f}/{row['igemm_dgrad']:.3f}/{row['igemm_wgrad']:.3f}"
         )
         cupy.get_default_memory_pool().free_all_blocks()
     gm = lambda key: float(np.exp(np.mean([np.log(r[key] / r["cudnn"]) for r in results])))  # noqa: E731

@@ -8,8 +8,12 @@
 //   forward      y  (out_c/g x N*OH*OW) = W (out_c/g x K)        * X_col (K x N*OH*OW),  K = in_c/g*KH*KW
 //   input grad   dx (in_c/g  x N*H*W)   = W^T (in_c/g x out_c/g*KH*KW) * dY_gather (.. x N*H*W)
 //   weight grad  dW (out_c/g x K)       = dY (out_c/g x N*OH*OW) * X_col^T (N*OH*OW x K)
-// A block of 256 threads computes a 64 x 64 output tile, each thread a 4 x 4 register block,
-// stepping through the reduction 16 at a time. Blocks walk the tiles with a grid-stride loop,
+// A block of 256 threads (16 x 16) computes a 64 x 64 output tile, each thread a 4 x 4
+// register block of rows ty + 16 i and columns tx + 16 j (so neighbouring threads touch
+// neighbouring shared-memory words and output addresses), stepping through the reduction 16
+// at a time. Each thread gathers the same tile column (or reduction position) at every step,
+// so its coordinates are decoded once per tile (or step), not once per element. Flat
+// positions (N*OH*OW, N*H*W) are 32-bit; the launcher checks that they fit. Blocks walk the tiles with a grid-stride loop,
 // so any grid gives the same result. The weight gradient splits its long reduction
 // (N*OH*OW) into a fixed number of chunks chosen from the shape alone; each chunk writes its
 // own partial tile and conv2d_igemm_reduce_kernel adds the chunks in order: no atomics, the
@@ -27,81 +31,89 @@ __device__ __forceinline__ void igemm_accumulate(T (*As)[IGEMM_BM], T (*Bs)[IGEM
                                                  T (*acc)[4]) {
   for (int kk = 0; kk < IGEMM_BK; ++kk) {
     T a[4], b[4];
-    for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
-    for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+    for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+    for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
   }
 }
 
+template <typename T>
+__device__ __forceinline__ void igemm_zero(T (*acc)[4]) {
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+}
+
 // y[n][o][p][q] = bias[o] + sum_{c,i,j} w[o][c][i][j] * x[n][g*in_per_group + c][p*s - pad + i*d][q*s - pad + j*d]
 template <typename T>
-__global__ void conv2d_igemm_forward_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                                T* __restrict__ y, int batch, int in_channels, int height, int width,
-                                int out_channels, int out_h, int out_w, int kernel_h, int kernel_w, int stride_h,
-                                int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups,
-                                int has_bias) {
+__global__ void conv2d_igemm_forward_kernel(const T* __restrict__ x, const T* __restrict__ weight,
+                                            const T* __restrict__ bias, T* __restrict__ y, int batch,
+                                            int in_channels, int height, int width, int out_channels, int out_h,
+                                            int out_w, int kernel_h, int kernel_w, int stride_h, int stride_w,
+                                            int pad_h, int pad_w, int dilation_h, int dilation_w, int groups,
+                                            int has_bias) {
   __shared__ T As[IGEMM_BK][IGEMM_BM];
   __shared__ T Bs[IGEMM_BK][IGEMM_BN];
   const int in_per_group = in_channels / groups, out_per_group = out_channels / groups;
   const int taps = kernel_h * kernel_w;
   const int depth = in_per_group * taps;  // K
-  const long long cols = (long long)batch * out_h * out_w;
+  const int plane_out = out_h * out_w;
+  const int cols = batch * plane_out;
+  const long long plane_in = (long long)height * width;
   const int row_tiles = (out_per_group + IGEMM_BM - 1) / IGEMM_BM;
-  const long long col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
+  const int col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
   const long long tiles = (long long)groups * row_tiles * col_tiles;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int a_k = tid % IGEMM_BK, a_row = tid / IGEMM_BK;    // weight loads: k fixed, rows a_row + 16 r
+  const int b_col = tid % IGEMM_BN, b_k = tid / IGEMM_BN;    // input loads: column fixed, k = b_k + 4 r
 
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const long long col0 = (tile % col_tiles) * IGEMM_BN;
+    const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
     const int row0 = (int)((tile / col_tiles) % row_tiles) * IGEMM_BM;
     const int g = (int)(tile / col_tiles / row_tiles);
+    // The one column this thread gathers: its sample and window origin.
+    const int col = col0 + b_col;
+    const bool col_ok = col < cols;
+    const int n = col_ok ? col / plane_out : 0;
+    const int pq = col - n * plane_out;
+    const int h0 = (pq / out_w) * stride_h - pad_h, w0 = (pq % out_w) * stride_w - pad_w;
+    const T* x_n = x + ((long long)n * in_channels + (long long)g * in_per_group) * plane_in;
+    const T* w_g = weight + (long long)g * out_per_group * depth;
     T acc[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+    igemm_zero<T>(acc);
 
     for (int k0 = 0; k0 < depth; k0 += IGEMM_BK) {
-      for (int e = tid; e < IGEMM_BK * IGEMM_BM; e += IGEMM_THREADS) {  // weights: k fastest
-        const int kk = e % IGEMM_BK, mm = e / IGEMM_BK;
-        const int o = row0 + mm, k = k0 + kk;
-        As[kk][mm] = (o < out_per_group && k < depth)
-                         ? weight[((long long)g * out_per_group + o) * depth + k]
-                         : T(0);
+      const int ka = k0 + a_k;
+      for (int r = 0; r < IGEMM_BM / 16; ++r) {
+        const int o = row0 + a_row + 16 * r;
+        As[a_k][a_row + 16 * r] = (o < out_per_group && ka < depth) ? w_g[(long long)o * depth + ka] : T(0);
       }
-      for (int e = tid; e < IGEMM_BK * IGEMM_BN; e += IGEMM_THREADS) {  // gathered input: column fastest
-        const int nn = e % IGEMM_BN, kk = e / IGEMM_BN;
-        const long long col = col0 + nn;
-        const int k = k0 + kk;
+      for (int r = 0; r < IGEMM_BK / 4; ++r) {
+        const int kk = b_k + 4 * r, k = k0 + kk;
         T value = T(0);
-        if (col < cols && k < depth) {
-          const int c = k / taps, i = (k % taps) / kernel_w, j = k % kernel_w;
-          const int q = (int)(col % out_w);
-          const long long rest = col / out_w;
-          const int p = (int)(rest % out_h), n = (int)(rest / out_h);
-          const int h_in = p * stride_h - pad_h + i * dilation_h;
-          const int w_in = q * stride_w - pad_w + j * dilation_w;
+        if (col_ok && k < depth) {
+          const int c = k / taps, tap = k - c * taps;
+          const int i = tap / kernel_w, j = tap - i * kernel_w;
+          const int h_in = h0 + i * dilation_h, w_in = w0 + j * dilation_w;
           if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width)
-            value = x[(((long long)n * in_channels + g * in_per_group + c) * height + h_in) * width + w_in];
+            value = x_n[c * plane_in + (long long)h_in * width + w_in];
         }
-        Bs[kk][nn] = value;
+        Bs[kk][b_col] = value;
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
       __syncthreads();
     }
 
-    for (int i = 0; i < 4; ++i) {  // epilogue: bias, NCHW store
-      const int o = row0 + ty * 4 + i;
-      if (o >= out_per_group) continue;
-      const int channel = g * out_per_group + o;
-      const T shift = has_bias ? bias[channel] : T(0);
-      for (int j = 0; j < 4; ++j) {
-        const long long col = col0 + tx * 4 + j;
-        if (col >= cols) continue;
-        const int q = (int)(col % out_w);
-        const long long rest = col / out_w;
-        const int p = (int)(rest % out_h), n = (int)(rest / out_h);
-        y[(((long long)n * out_channels + channel) * out_h + p) * out_w + q] = acc[i][j] + shift;
+    for (int j = 0; j < 4; ++j) {  // epilogue: bias, NCHW store
+      const int c = col0 + tx + 16 * j;
+      if (c >= cols) continue;
+      const int m = c / plane_out, spatial = c - m * plane_out;
+      for (int i = 0; i < 4; ++i) {
+        const int o = row0 + ty + 16 * i;
+        if (o >= out_per_group) continue;
+        const int channel = g * out_per_group + o;
+        y[((long long)m * out_channels + channel) * plane_out + spatial] = acc[i][j] + (has_bias ? bias[channel] : T(0));
       }
     }
   }
@@ -111,75 +123,74 @@ __global__ void conv2d_igemm_forward_kernel(const T* __restrict__ x, const T* __
 // output (p, q) of w[g*out_per_group + o][c][i][j] * dy[n][g*out_per_group + o][p][q]
 template <typename T>
 __global__ void conv2d_igemm_backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ weight,
-                                      T* __restrict__ x_grad, int batch, int in_channels, int height, int width,
-                                      int out_channels, int out_h, int out_w, int kernel_h, int kernel_w,
-                                      int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h,
-                                      int dilation_w, int groups) {
+                                                  T* __restrict__ x_grad, int batch, int in_channels, int height,
+                                                  int width, int out_channels, int out_h, int out_w, int kernel_h,
+                                                  int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+                                                  int dilation_h, int dilation_w, int groups) {
   __shared__ T As[IGEMM_BK][IGEMM_BM];
   __shared__ T Bs[IGEMM_BK][IGEMM_BN];
   const int in_per_group = in_channels / groups, out_per_group = out_channels / groups;
   const int taps = kernel_h * kernel_w;
   const int depth = out_per_group * taps;  // reduction over (o, i, j)
-  const long long cols = (long long)batch * height * width;
+  const int plane_in = height * width;
+  const int cols = batch * plane_in;
+  const long long plane_out = (long long)out_h * out_w;
   const int row_tiles = (in_per_group + IGEMM_BM - 1) / IGEMM_BM;
-  const long long col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
+  const int col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
   const long long tiles = (long long)groups * row_tiles * col_tiles;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int a_k = tid % IGEMM_BK, a_row = tid / IGEMM_BK;
+  const int b_col = tid % IGEMM_BN, b_k = tid / IGEMM_BN;
 
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const long long col0 = (tile % col_tiles) * IGEMM_BN;
+    const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
     const int row0 = (int)((tile / col_tiles) % row_tiles) * IGEMM_BM;
     const int g = (int)(tile / col_tiles / row_tiles);
+    const int col = col0 + b_col;  // the input position this thread gathers for
+    const bool col_ok = col < cols;
+    const int n = col_ok ? col / plane_in : 0;
+    const int hw = col - n * plane_in;
+    const int h_base = hw / width + pad_h, w_base = hw % width + pad_w;
+    const T* dy_n = dy + ((long long)n * out_channels + (long long)g * out_per_group) * plane_out;
     T acc[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+    igemm_zero<T>(acc);
 
     for (int k0 = 0; k0 < depth; k0 += IGEMM_BK) {
-      for (int e = tid; e < IGEMM_BK * IGEMM_BM; e += IGEMM_THREADS) {  // A[c][(o, i, j)] = w[o][c][i][j]
-        const int kk = e % IGEMM_BK, mm = e / IGEMM_BK;
-        const int c = row0 + mm, k = k0 + kk;
-        T value = T(0);
-        if (c < in_per_group && k < depth) {
-          const int o = k / taps, tap = k % taps;
-          value = weight[(((long long)g * out_per_group + o) * in_per_group + c) * taps + tap];
-        }
-        As[kk][mm] = value;
+      const int ka = k0 + a_k;  // A[c][(o, tap)] = w[o][c][tap]
+      const int oa = ka / taps, tapa = ka - oa * taps;
+      const T* w_o = weight + ((long long)g * out_per_group + oa) * in_per_group * taps + tapa;
+      for (int r = 0; r < IGEMM_BM / 16; ++r) {
+        const int c = row0 + a_row + 16 * r;
+        As[a_k][a_row + 16 * r] = (c < in_per_group && ka < depth) ? w_o[(long long)c * taps] : T(0);
       }
-      for (int e = tid; e < IGEMM_BK * IGEMM_BN; e += IGEMM_THREADS) {  // B[(o, i, j)][(n, h, w)] = dy or 0
-        const int nn = e % IGEMM_BN, kk = e / IGEMM_BN;
-        const long long col = col0 + nn;
-        const int k = k0 + kk;
+      for (int r = 0; r < IGEMM_BK / 4; ++r) {  // B[(o, i, j)][position] = dy, or 0 where no window lands
+        const int kk = b_k + 4 * r, k = k0 + kk;
         T value = T(0);
-        if (col < cols && k < depth) {
-          const int o = k / taps, i = (k % taps) / kernel_w, j = k % kernel_w;
-          const int w_in = (int)(col % width);
-          const long long rest = col / width;
-          const int h_in = (int)(rest % height), n = (int)(rest / height);
-          const int h_span = h_in + pad_h - i * dilation_h;  // = p * stride_h when tap i reaches h_in
-          const int w_span = w_in + pad_w - j * dilation_w;
+        if (col_ok && k < depth) {
+          const int o = k / taps, tap = k - o * taps;
+          const int i = tap / kernel_w, j = tap - i * kernel_w;
+          const int h_span = h_base - i * dilation_h;  // = p * stride_h when tap i reaches this row
+          const int w_span = w_base - j * dilation_w;
           if (h_span >= 0 && w_span >= 0 && h_span % stride_h == 0 && w_span % stride_w == 0) {
             const int p = h_span / stride_h, q = w_span / stride_w;
-            if (p < out_h && q < out_w)
-              value = dy[(((long long)n * out_channels + g * out_per_group + o) * out_h + p) * out_w + q];
+            if (p < out_h && q < out_w) value = dy_n[o * plane_out + (long long)p * out_w + q];
           }
         }
-        Bs[kk][nn] = value;
+        Bs[kk][b_col] = value;
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
       __syncthreads();
     }
 
-    for (int i = 0; i < 4; ++i) {
-      const int c = row0 + ty * 4 + i;
-      if (c >= in_per_group) continue;
-      for (int j = 0; j < 4; ++j) {
-        const long long col = col0 + tx * 4 + j;
-        if (col >= cols) continue;
-        const int w_in = (int)(col % width);
-        const long long rest = col / width;
-        const int h_in = (int)(rest % height), n = (int)(rest / height);
-        x_grad[(((long long)n * in_channels + g * in_per_group + c) * height + h_in) * width + w_in] = acc[i][j];
+    for (int j = 0; j < 4; ++j) {
+      const int c_pos = col0 + tx + 16 * j;
+      if (c_pos >= cols) continue;
+      const int m = c_pos / plane_in, spatial = c_pos - m * plane_in;
+      for (int i = 0; i < 4; ++i) {
+        const int c = row0 + ty + 16 * i;
+        if (c < in_per_group)
+          x_grad[((long long)m * in_channels + g * in_per_group + c) * plane_in + spatial] = acc[i][j];
       }
     }
   }
@@ -188,21 +199,25 @@ __global__ void conv2d_igemm_backward_data_kernel(const T* __restrict__ dy, cons
 // partial[s][g*out_per_group + o][k] = sum over the s-th chunk of (n, p, q) of
 // dy[n][g*out_per_group + o][p][q] * x_col[k][(n, p, q)], k = (c, i, j); chunk = `chunk` positions.
 template <typename T>
-__global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ partial,
-                                        int batch, int in_channels, int height, int width, int out_channels,
-                                        int out_h, int out_w, int kernel_h, int kernel_w, int stride_h,
-                                        int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
-                                        int groups, int splits, long long chunk) {
+__global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, const T* __restrict__ dy,
+                                                    T* __restrict__ partial, int batch, int in_channels, int height,
+                                                    int width, int out_channels, int out_h, int out_w, int kernel_h,
+                                                    int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+                                                    int dilation_h, int dilation_w, int groups, int splits,
+                                                    long long chunk) {
   __shared__ T As[IGEMM_BK][IGEMM_BM];
   __shared__ T Bs[IGEMM_BK][IGEMM_BN];
   const int in_per_group = in_channels / groups, out_per_group = out_channels / groups;
   const int taps = kernel_h * kernel_w;
   const int depth = in_per_group * taps;  // output columns: (c, i, j)
-  const long long positions = (long long)batch * out_h * out_w;
+  const int plane_out = out_h * out_w;
+  const int positions = batch * plane_out;
+  const long long plane_in = (long long)height * width;
   const int row_tiles = (out_per_group + IGEMM_BM - 1) / IGEMM_BM;
   const int col_tiles = (depth + IGEMM_BN - 1) / IGEMM_BN;
   const long long tiles = (long long)splits * groups * row_tiles * col_tiles;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int l_off = tid % IGEMM_BK, row = tid / IGEMM_BK;  // both loads: position fixed per step
 
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
@@ -212,41 +227,34 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
     const int g = (int)(rest % groups);
     const int split = (int)(rest / groups);
     const long long begin = split * chunk;
-    const long long end = begin + chunk < positions ? begin + chunk : positions;
+    const int end = (int)(begin + chunk < positions ? begin + chunk : positions);
     T acc[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+    igemm_zero<T>(acc);
 
-    for (long long l0 = begin; l0 < end; l0 += IGEMM_BK) {
-      for (int e = tid; e < IGEMM_BK * IGEMM_BM; e += IGEMM_THREADS) {  // A[o][l] = dy, l = (n, p, q) fastest
-        const int ll = e % IGEMM_BK, mm = e / IGEMM_BK;
-        const int o = row0 + mm;
-        const long long l = l0 + ll;
-        T value = T(0);
-        if (o < out_per_group && l < end) {
-          const int q = (int)(l % out_w);
-          const long long r = l / out_w;
-          const int p = (int)(r % out_h), n = (int)(r / out_h);
-          value = dy[(((long long)n * out_channels + g * out_per_group + o) * out_h + p) * out_w + q];
-        }
-        As[ll][mm] = value;
+    for (int l0 = (int)begin; l0 < end; l0 += IGEMM_BK) {
+      const int l = l0 + l_off;
+      const bool l_ok = l < end;
+      const int n = l_ok ? l / plane_out : 0;
+      const int pq = l - n * plane_out;
+      const int p = pq / out_w, q = pq - p * out_w;
+      const T* dy_l = dy + ((long long)n * out_channels + (long long)g * out_per_group) * plane_out + pq;
+      const T* x_n = x + ((long long)n * in_channels + (long long)g * in_per_group) * plane_in;
+      const int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
+      for (int r = 0; r < IGEMM_BM / 16; ++r) {  // A[o][l] = dy
+        const int o = row0 + row + 16 * r;
+        As[l_off][row + 16 * r] = (l_ok && o < out_per_group) ? dy_l[(long long)o * plane_out] : T(0);
       }
-      for (int e = tid; e < IGEMM_BK * IGEMM_BN; e += IGEMM_THREADS) {  // B[l][k] = x_col[k][l]
-        const int ll = e % IGEMM_BK, nn = e / IGEMM_BK;
-        const int k = col0 + nn;
-        const long long l = l0 + ll;
+      for (int r = 0; r < IGEMM_BN / 16; ++r) {  // B[l][k] = x_col[k][l]
+        const int k = col0 + row + 16 * r;
         T value = T(0);
-        if (k < depth && l < end) {
-          const int c = k / taps, i = (k % taps) / kernel_w, j = k % kernel_w;
-          const int q = (int)(l % out_w);
-          const long long r = l / out_w;
-          const int p = (int)(r % out_h), n = (int)(r / out_h);
-          const int h_in = p * stride_h - pad_h + i * dilation_h;
-          const int w_in = q * stride_w - pad_w + j * dilation_w;
+        if (l_ok && k < depth) {
+          const int c = k / taps, tap = k - c * taps;
+          const int i = tap / kernel_w, j = tap - i * kernel_w;
+          const int h_in = h0 + i * dilation_h, w_in = w0 + j * dilation_w;
           if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width)
-            value = x[(((long long)n * in_channels + g * in_per_group + c) * height + h_in) * width + w_in];
+            value = x_n[c * plane_in + (long long)h_in * width + w_in];
         }
-        Bs[ll][nn] = value;
+        Bs[l_off][row + 16 * r] = value;
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
@@ -255,10 +263,10 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
 
     T* out = partial + (long long)split * out_channels * depth;
     for (int i = 0; i < 4; ++i) {
-      const int o = row0 + ty * 4 + i;
+      const int o = row0 + ty + 16 * i;
       if (o >= out_per_group) continue;
       for (int j = 0; j < 4; ++j) {
-        const int k = col0 + tx * 4 + j;
+        const int k = col0 + tx + 16 * j;
         if (k < depth) out[((long long)g * out_per_group + o) * depth + k] = acc[i][j];
       }
     }

@@ -257,6 +257,8 @@ def conv2d_forward(
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     g = _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     algorithm = algorithm or choose_algorithm(c, g.groups)
+    if algorithm == "implicit_gemm" and not conv2d_igemm_cuda.fits(x.shape, (oh, ow)):
+        algorithm = "im2col"  # beyond the kernels' 32-bit flat positions
     if algorithm not in ("implicit_gemm", "im2col", "direct"):
         raise ValueError(f"conv2d: expected algorithm 'implicit_gemm', 'im2col' or 'direct', got {algorithm!r}")
 

@@ -23,6 +23,7 @@ __all__ = [
     "conv2d_backward_data",
     "conv2d_backward_weight",
     "conv2d_forward",
+    "fits",
     "linear_backward",
     "linear_forward",
     "weight_split",
@@ -73,6 +74,12 @@ class ConvShape:
         oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         return cls(n, c, h, w, oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, int(groups))
+
+
+def fits(x_shape, out_hw) -> bool:
+    """Whether the kernels' 32-bit flat positions (``N*H*W`` and ``N*OH*OW``) can index this input."""
+    n, _, h, w = (int(v) for v in x_shape)
+    return n * max(h * w, int(out_hw[0]) * int(out_hw[1])) < 2**31
 
 
 def _tiles(rows: int, cols: int, groups: int) -> int:
