@@ -1,4 +1,5 @@
-"""GPU-only settings and tools: which GEMM the convolutions and linear layers use.
+"""GPU-only settings and tools: which GEMM the convolutions and linear layers use, and a
+training step captured once and replayed as a CUDA graph (:func:`graphed`).
 
 ``set_conv_algorithm`` chooses, for CuPy arrays, between
 
@@ -14,7 +15,18 @@ The choice is read at each forward; backward follows what its forward used.
 
 from __future__ import annotations
 
-__all__ = ["CONV_ALGORITHMS", "DEFAULT_GEMM", "get_conv_algorithm", "set_conv_algorithm"]
+from typing import Any
+
+from . import backend
+
+__all__ = [
+    "CONV_ALGORITHMS",
+    "DEFAULT_GEMM",
+    "GraphedStep",
+    "get_conv_algorithm",
+    "graphed",
+    "set_conv_algorithm",
+]
 
 #: What :func:`set_conv_algorithm` accepts.
 CONV_ALGORITHMS = ("auto", "implicit_gemm", "im2col", "direct")
@@ -41,3 +53,178 @@ def set_conv_algorithm(algorithm: str) -> None:
 def get_conv_algorithm() -> str:
     """The algorithm set by :func:`set_conv_algorithm` (``"auto"`` unless changed)."""
     return _conv_algorithm
+
+
+# ----------------------------------------------------------------------------------------------
+# A training step as one CUDA graph
+# ----------------------------------------------------------------------------------------------
+def _signature(arrays) -> tuple:
+    return tuple((tuple(a.shape), str(a.dtype)) for a in arrays)
+
+
+def _scalars(value: Any) -> Any:
+    """The Python scalars of an optimiser's groups and state (arrays left out), as a hashable."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _scalars(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_scalars(v) for v in value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return "<array>" if hasattr(value, "shape") else type(value).__name__
+
+
+class GraphedStep:
+    """A step function (forward, loss, backward, optimiser step) replayed as one CUDA graph.
+
+    Build it with :func:`graphed`. Each call takes arrays shaped like the samples; the first
+    ``warmup`` calls run eagerly (they compile the kernels and create the optimiser's state),
+    the next one captures the step on a private stream and memory pool, and every call from
+    then on copies its inputs into the graph's static buffers and replays the graph: one
+    launch. The return value is the step's return value from the capture (its arrays are
+    overwritten by each replay, as PyTorch's graphed outputs are).
+
+    Capture records kernels with the arguments they had, so what the step reads from Python
+    is frozen in the graph. The optimiser's Python scalars (learning rates, momenta, step
+    counts, which state exists) are compared before every call, and a change captures the
+    step anew; when they change at every step (Adam's step count), the step runs eagerly.
+    Parameters must keep their arrays (optimisers and ``load_state_dict`` update in place).
+
+    Where capture cannot work the step runs eagerly and :attr:`reason` says why in one line
+    (printed once through ``log``): CPU arrays, an operation that CUDA graphs refuse (a
+    cuBLAS GEMM, cuRAND, a host synchronisation such as ``float(loss)``), or an input shape
+    other than the samples' (the last, smaller batch of an epoch runs eagerly; drop it with
+    ``drop_last=True`` to keep every step in the graph).
+    """
+
+    def __init__(self, step, *sample_inputs, optimizer=None, model=None, warmup: int = 1, log=print) -> None:
+        if not callable(step):
+            raise TypeError(f"graphed: step must be callable, got {type(step).__name__}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"graphed: warmup must be an int >= 0, got {warmup!r}")
+        self.step, self.optimizer, self.model, self.warmup, self.log = step, optimizer, model, warmup, log
+        self.signature = _signature(sample_inputs) if sample_inputs else None  # else the first call's
+        self.reason: str | None = None
+        self.captures = 0
+        self.replays = 0
+        self._calls = 0
+        self._graph_replays = 0
+        self._short_lived = 0  # graphs in a row replaced after a single replay
+        self._graph = None
+        self._key = None
+        self._static: list = []
+        self._outputs = None
+        self._stream = None
+        self._pool = None
+        self._noted: set[str] = set()
+        if sample_inputs:
+            self._check_device(sample_inputs)
+
+    def _check_device(self, inputs) -> None:
+        if not all(backend.is_cuda_array(x) for x in inputs):
+            self._eager_for_good("the inputs are not CuPy arrays: CUDA graphs need the GPU")
+
+    def _note(self, line: str) -> None:
+        if line not in self._noted:
+            self._noted.add(line)
+            if self.log is not None:
+                self.log(f"cuda graph: {line}")
+
+    def _eager_for_good(self, why: str) -> None:
+        self.reason = why
+        self._graph = None
+        self._note(f"{why}; the step runs eagerly")
+
+    def _optimizer_key(self):
+        if self.optimizer is None:
+            return None
+        return _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
+
+    @property
+    def captured(self) -> bool:
+        """Whether a graph is ready to replay."""
+        return self._graph is not None
+
+    def __call__(self, *inputs):
+        if self.signature is None:
+            self.signature = _signature(inputs)
+            self._check_device(inputs)
+        if self.reason is not None:
+            return self.step(*inputs)
+        if _signature(inputs) != self.signature:
+            self._note(f"inputs {_signature(inputs)} differ from the captured {self.signature}: that call runs eagerly")
+            return self.step(*inputs)
+        if self._calls < self.warmup:
+            self._calls += 1
+            return self.step(*inputs)
+        key = self._optimizer_key()
+        if self._graph is None or key != self._key:
+            if self._graph is not None:
+                self._short_lived = self._short_lived + 1 if self._graph_replays <= 1 else 0
+                if self._short_lived >= 2:
+                    self._eager_for_good("the optimiser's scalars change at every step (e.g. a step count)")
+                    return self.step(*inputs)
+            if not self._capture(inputs, key):
+                return self.step(*inputs)
+        return self._replay(inputs)
+
+    def _capture(self, inputs, key) -> bool:
+        cupy = backend.get_array_module(inputs[0])  # the inputs are CuPy arrays
+
+        self._stream = self._stream or cupy.cuda.Stream()
+        self._pool = cupy.cuda.MemoryPool()  # intermediates stay reserved for the graph's lifetime
+        saved = self.optimizer.state_dict() if self.optimizer is not None else None
+        with inputs[0].device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
+            self._static = [cupy.empty_like(x) for x in inputs]
+            self._stream.begin_capture()
+            try:
+                outputs = self.step(*self._static)
+            except Exception as exc:  # noqa: BLE001 - any refusal under capture means: run eagerly
+                try:
+                    self._stream.end_capture()
+                except Exception:  # noqa: BLE001 - an invalidated capture also fails to end
+                    pass
+                self._undo_failed_capture(saved)
+                first_line = (str(exc).splitlines() or [""])[0][:160]
+                self._eager_for_good(f"capture failed ({type(exc).__name__}: {first_line})")
+                return False
+            self._graph = self._stream.end_capture()
+        self._outputs, self._key = outputs, key
+        self._graph_replays = 0
+        self.captures += 1
+        return True
+
+    def _undo_failed_capture(self, saved) -> None:
+        """Nothing ran on the GPU, but the step's Python side ran part way: put it back."""
+        if saved is not None:
+            self.optimizer.load_state_dict(saved)
+        if self.model is not None:
+            for module in self.model.modules():
+                if hasattr(module, "discard_saved"):
+                    module.discard_saved()
+
+    def _replay(self, inputs):
+        with inputs[0].device, self._stream:
+            for static, x in zip(self._static, inputs, strict=True):
+                static[...] = x
+            self._graph.launch(stream=self._stream)
+        self.replays += 1
+        self._graph_replays += 1
+        return self._outputs
+
+
+def graphed(step, *sample_inputs, optimizer=None, model=None, warmup: int = 1, log=print) -> GraphedStep:
+    """Wrap ``step(*inputs)`` so that it runs as one CUDA graph (see :class:`GraphedStep`).
+
+    Args:
+        step: the whole training step, e.g. zero_grad, forward, loss, backward, optimiser step;
+            it returns what the caller needs (say the 0-d loss array).
+        sample_inputs: arrays with the shapes and dtypes of every later call's inputs (none: the
+            first call's inputs set them).
+        optimizer: the optimiser the step uses, so that a changed learning rate recaptures (and its
+            state is put back if a capture fails part way).
+        model: the model the step trains, whose saved forwards are dropped after a failed capture.
+        warmup: eager calls before the capture (at least 1 when the optimiser creates state on
+            its first step, as SGD with momentum does).
+        log: receives the one-line reason when the step cannot be graphed (None for silence).
+    """
+    return GraphedStep(step, *sample_inputs, optimizer=optimizer, model=model, warmup=warmup, log=log)

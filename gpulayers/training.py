@@ -65,21 +65,37 @@ def evaluate(model: Module, loader: Iterable, criterion: Any = None) -> dict[str
     return {"accuracy": accuracy, "loss": loss_sum / count if criterion is not None and count else None, "count": count}
 
 
-def _train_epoch(model, loader, criterion, optimizer, desc: str, progress: bool) -> tuple[float, float, int, float]:
+def train_step(model: Module, criterion: Any, optimizer: Any) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """One training step as a function of the batch: zero_grad, forward, loss, backward, step.
+
+    The returned ``step(x, y)`` gives ``(loss, hits)``: the loss and the number of correct
+    predictions, as arrays on the batch's device (no host synchronisation), so that it can be
+    wrapped by :func:`gpulayers.cuda.graphed`.
+    """
+
+    def step(xb, yb):
+        optimizer.zero_grad()
+        logits = model(xb)
+        loss = criterion(logits, yb)
+        model.backward(criterion.backward())
+        optimizer.step()
+        return loss, (logits.argmax(axis=1) == yb).sum()
+
+    return step
+
+
+def _train_epoch(model, loader, criterion, optimizer, desc: str, progress: bool, step_fn=None):
     model.train()
     bar = _progress(loader, len(loader), desc, progress)
     correct, loss_sum, seen = None, 0.0, 0
     start = time.perf_counter()
+    step_fn = step_fn or train_step(model, criterion, optimizer)
     for step, (xb, yb) in enumerate(bar):
-        optimizer.zero_grad()
-        logits = model(xb)
-        loss = float(criterion(logits, yb))
-        model.backward(criterion.backward())
-        optimizer.step()
+        loss, hits = step_fn(xb, yb)
+        loss = float(loss)
         n = len(yb)
         loss_sum += loss * n
         seen += n
-        hits = (logits.argmax(axis=1) == yb).sum()
         correct = hits if correct is None else correct + hits
         if step % 10 == 0 and hasattr(bar, "set_postfix"):
             rate = seen / max(time.perf_counter() - start, 1e-9)
@@ -104,6 +120,7 @@ def fit(
     log: Callable[[str], Any] | None = print,
     on_epoch_end: Callable[[dict, float], Any] | None = None,
     extra: dict | None = None,
+    cuda_graph: bool = False,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs, evaluating on ``test_loader`` after each one.
 
@@ -121,6 +138,9 @@ def fit(
         log: receives one line per epoch (None for silence).
         on_epoch_end: called with (record, seconds of training) after each epoch.
         extra: JSON-able data stored in the checkpoint.
+        cuda_graph: on the GPU, replay each training step as one CUDA graph
+            (:func:`gpulayers.cuda.graphed`); where a step cannot be captured it runs eagerly
+            and one line says why.
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``lr``, ``train_loss``,
@@ -140,12 +160,15 @@ def fit(
             say(f"resumed from {checkpoint} after epoch {start}")
         else:
             say(f"no checkpoint at {checkpoint} yet; starting from scratch")
+    step_fn = None
     for epoch in range(start, epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         lr = _current_lr(optimizer)
         desc = f"epoch {epoch + 1}/{epochs}"
-        loss, acc, seen, seconds = _train_epoch(model, train_loader, criterion, optimizer, desc, progress)
+        if cuda_graph and step_fn is None:
+            step_fn = _graphed_step(model, criterion, optimizer, say)
+        loss, acc, seen, seconds = _train_epoch(model, train_loader, criterion, optimizer, desc, progress, step_fn)
         result = evaluate(model, test_loader, criterion) if test_loader is not None else None
         if scheduler is not None:
             scheduler.step()
@@ -177,6 +200,13 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(record, seconds)
     return history
+
+
+def _graphed_step(model, criterion, optimizer, say):
+    """The training step as a :class:`gpulayers.cuda.GraphedStep`, shaped like the first batch."""
+    from .cuda import graphed  # noqa: PLC0415
+
+    return graphed(train_step(model, criterion, optimizer), optimizer=optimizer, model=model, log=say)
 
 
 def fit_sgd(

@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = ["COUNTER", "Event", "ndarray", "install", "module"]
 
-LAUNCHES = ("launch", "kernel", "cublas", "copy")  # what costs a launch on the GPU's stream
+LAUNCHES = ("launch", "kernel", "cublas", "copy", "graph")  # what costs a launch on the GPU's stream
 TRANSFERS = ("h2d", "d2h", "sync")
 
 
@@ -116,8 +116,79 @@ class Device:
 
 
 class Stream:
+    """A stream; ``begin_capture`` / ``end_capture`` emulate CUDA stream capture.
+
+    While a stream captures, the counter's phase is ``"capture"`` and what CuPy refuses under
+    capture raises as CuPy does: host synchronisations (a CUDA runtime error), cuBLAS
+    (``NotImplementedError``) and cuRAND draws. The returned :class:`Graph` counts one
+    ``graph`` launch per replay; it does not recompute the captured work.
+    """
+
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
+        self._saved: list = []
+        self._phase = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
     def synchronize(self) -> None:
+        _refuse_under_capture("cudaStreamSynchronize")
         COUNTER.add("sync", "Stream.synchronize")
+
+    def begin_capture(self, mode=None) -> None:
+        if _CAPTURING[0]:
+            raise RuntimeError("cudaErrorIllegalState: the stream is already capturing")
+        _CAPTURING[0] = True
+        self._phase = COUNTER.phase
+        COUNTER.phase = "capture"
+
+    def is_capturing(self) -> bool:
+        return _CAPTURING[0]
+
+    def end_capture(self) -> Graph:
+        if not _CAPTURING[0]:
+            raise RuntimeError("cudaErrorIllegalState: the stream is not capturing")
+        _CAPTURING[0] = False
+        COUNTER.phase = self._phase
+        return Graph()
+
+
+class Graph:
+    def launch(self, stream=None) -> None:
+        COUNTER.add("graph", "Graph.launch")
+
+
+_CAPTURING = [False]
+
+
+def _refuse_under_capture(what: str, error=RuntimeError) -> None:
+    if _CAPTURING[0]:
+        if error is RuntimeError:
+            raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: {what} during stream capture")
+        raise error(f"{what} is not supported during stream capture")
+
+
+class MemoryPool:
+    def __init__(self, allocator=None) -> None:
+        self.allocated = 0
+
+    def malloc(self, size: int):
+        self.allocated += size
+        return None
+
+    def used_bytes(self) -> int:
+        return self.allocated
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    yield
 
 
 class _Runtime:
@@ -185,6 +256,7 @@ def _root(arr: np.ndarray) -> np.ndarray:
 
 
 def _sync(name: str) -> None:
+    _refuse_under_capture(name)
     COUNTER.add("d2h", name)
     COUNTER.add("sync", name)
 
@@ -485,6 +557,7 @@ def matmul(a, b, out=None, **kwargs):
     for name, arr in (("a", a_arr), ("b", b_arr)):
         if isinstance(arr, np.ndarray) and arr.ndim >= 3 and not arr.flags.c_contiguous:
             COUNTER.add("copy", f"matmul makes {name} contiguous")
+    _refuse_under_capture("cuBLAS", NotImplementedError)
     COUNTER.add("cublas", "matmul")
     result = np.matmul(a_arr, b_arr)
     if out is not None:
@@ -494,6 +567,7 @@ def matmul(a, b, out=None, **kwargs):
 
 
 def dot(a, b, out=None):
+    _refuse_under_capture("cuBLAS", NotImplementedError)
     COUNTER.add("cublas", "dot")
     result = np.dot(_unwrap(a), _unwrap(b))
     if out is not None:
@@ -509,6 +583,7 @@ def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
             raise ValueError("cupy.cublas.gemm takes 2-D arrays")
     op_a = a._a.T if transa in ("T", "t", 1) else a._a
     op_b = b._a.T if transb in ("T", "t", 1) else b._a
+    _refuse_under_capture("cuBLAS", NotImplementedError)
     COUNTER.add("cublas", "cublas.gemm")
     result = alpha * (op_a @ op_b)
     if out is None:
@@ -544,14 +619,17 @@ class Generator:
         self._rng = np.random.Generator(np.random.PCG64(seed))
 
     def random(self, size=None, dtype=np.float64, out=None):
+        _refuse_under_capture("cuRAND", NotImplementedError)
         COUNTER.add("launch", "Generator.random")
         return ndarray._of(self._rng.random(size, dtype=dtype))
 
     def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        _refuse_under_capture("cuRAND", NotImplementedError)
         COUNTER.add("launch", "Generator.integers")
         return ndarray._of(np.asarray(self._rng.integers(low, high, size=size, dtype=dtype, endpoint=endpoint)))
 
     def standard_normal(self, size=None, dtype=np.float64, out=None):
+        _refuse_under_capture("cuRAND", NotImplementedError)
         COUNTER.add("launch", "Generator.standard_normal")
         return ndarray._of(self._rng.standard_normal(size, dtype=dtype))
 
@@ -574,6 +652,9 @@ def _build_module() -> types.ModuleType:
     mod.cuda = types.SimpleNamespace(
         Device=Device,
         Stream=Stream,
+        Graph=Graph,
+        MemoryPool=MemoryPool,
+        using_allocator=using_allocator,
         get_current_stream=lambda: Stream(),
         runtime=_Runtime(),
         is_available=lambda: True,
@@ -651,6 +732,7 @@ def install(harness=None, monkeypatch=None):
             saved.append((target, key, getattr(target, key)))
             setattr(target, key, value)
     COUNTER.reset()
+    _CAPTURING[0] = False
     try:
         yield module
     finally:

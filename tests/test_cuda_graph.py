@@ -1,0 +1,214 @@
+"""gl.cuda.graphed and fit(cuda_graph=True): the eager fallback on the CPU, and the captured
+region on the CuPy stand-in (no host synchronisation, no cuBLAS; one launch per replay).
+
+Bitwise equality of graphed and eager steps needs a GPU: ``test_gpu.py`` checks it there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cupy_standin import COUNTER, install
+from kernel_harness import HarnessLibrary
+
+import gpulayers as gl
+from gpulayers import cuda as gl_cuda
+from gpulayers import nn, optim
+from gpulayers.training import fit, train_step
+
+
+def _conv_net() -> nn.Module:
+    """Conv, ReLU, pooling (implicit-GEMM convolutions): its step needs no cuBLAS or cuRAND."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 3, 3, padding=1),
+    )
+
+
+def _plain_step(model, opt):
+    def step(x, dy):
+        opt.zero_grad()
+        y = model(x)
+        model.backward(dy)
+        opt.step()
+        return y
+
+    return step
+
+
+# -- CPU: the eager fallback -------------------------------------------------------------------------
+def test_graphed_on_the_cpu_runs_eagerly_and_says_why():
+    gl.manual_seed(0)
+    model, twin = _conv_net(), _conv_net()
+    twin.load_state_dict(model.state_dict())
+    opt, opt_twin = (optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, twin))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    lines = []
+    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, log=lines.append)
+    eager = _plain_step(twin, opt_twin)
+    for _ in range(3):
+        np.testing.assert_array_equal(step(x, dy), eager(x, dy))
+    assert not step.captured and step.captures == 0
+    assert step.reason == "the inputs are not CuPy arrays: CUDA graphs need the GPU"
+    assert lines == ["cuda graph: the inputs are not CuPy arrays: CUDA graphs need the GPU; the step runs eagerly"]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, twin.state_dict()[key])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"warmup": -1}, "warmup"), ({"warmup": True}, "warmup")])
+def test_graphed_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gl_cuda.graphed(lambda x: x, np.zeros(2), **kwargs)
+    with pytest.raises(TypeError, match="step must be callable"):
+        gl_cuda.graphed(3, np.zeros(2))
+
+
+def test_fit_with_cuda_graph_on_the_cpu_trains_as_without(tmp_path):
+    def run(cuda_graph: bool):
+        gl.manual_seed(0)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((24, 1, 6, 6)).astype(np.float32)
+        y = rng.integers(0, 3, 24)
+        loader = gl.data.DataLoader(gl.data.ArrayDataset(x, y), batch_size=8, shuffle=True, seed=0)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+        lines = []
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        history = fit(
+            model, loader, None, nn.CrossEntropyLoss(), opt, 2, progress=False, log=lines.append, cuda_graph=cuda_graph
+        )
+        return history, model.state_dict(), lines
+
+    h_graph, s_graph, lines = run(True)
+    h_eager, s_eager, _ = run(False)
+    assert h_graph == h_eager
+    for key, value in s_eager.items():
+        np.testing.assert_array_equal(s_graph[key], value)
+    assert sum("cuda graph: the inputs are not CuPy arrays" in line for line in lines) == 1
+
+
+def test_train_step_returns_loss_and_hits_without_syncing():
+    gl.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    opt = optim.SGD(model.parameters(), lr=0.0)
+    x = np.eye(4, dtype=np.float32)[:3].reshape(3, 1, 2, 2)
+    y = np.array([0, 1, 2])
+    loss, hits = train_step(model, nn.CrossEntropyLoss(), opt)(x, y)
+    logits = model(x)
+    assert int(hits) == int((logits.argmax(axis=1) == y).sum())
+    assert np.isfinite(float(loss))
+
+
+# -- the stand-in: what the capture records ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> HarnessLibrary:
+    return HarnessLibrary(tmp_path_factory.mktemp("graph_harness"))
+
+
+@pytest.fixture
+def cp(monkeypatch, harness):
+    with install(harness, monkeypatch) as module:
+        gl_cuda.set_conv_algorithm("implicit_gemm")
+        try:
+            yield module
+        finally:
+            gl_cuda.set_conv_algorithm("auto")
+
+
+def _device_batch(cp):
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((2, 1, 8, 8)).astype(np.float32))
+    dy = cp.asarray(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    return x, dy
+
+
+def test_captured_step_has_no_sync_no_cublas_and_replays_as_one_launch(cp):
+    gl.manual_seed(0)
+    model = _conv_net().to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, dy = _device_batch(cp)
+    lines = []
+    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    step(x, dy)  # warm-up, eager: creates the momentum buffers
+    assert not step.captured
+    COUNTER.reset()
+    step(x, dy)  # capture, then the first replay
+    assert step.captured and step.captures == 1 and step.reason is None, lines
+    assert COUNTER.count("sync", phase="capture") == 0
+    assert COUNTER.count("cublas", phase="capture") == 0
+    assert COUNTER.count("kernel", phase="capture") > 0  # the step's kernels were recorded
+    COUNTER.reset()
+    step(x, dy)
+    assert COUNTER.count("graph") == 1
+    assert COUNTER.count(("kernel", "cublas", "sync", "h2d", "d2h")) == 0
+    assert COUNTER.launches() == 1 + 2  # the graph, and the copies into its two input buffers
+    assert lines == []
+
+
+def test_a_new_learning_rate_recaptures(cp):
+    gl.manual_seed(0)
+    model = _conv_net().to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, dy = _device_batch(cp)
+    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=None)
+    for _ in range(4):
+        step(x, dy)
+    assert step.captures == 1 and step.replays == 3
+    opt.param_groups[0]["lr"] = 0.05
+    step(x, dy)
+    step(x, dy)
+    assert step.captures == 2 and step.replays == 5
+
+
+def test_scalars_changing_every_step_fall_back_to_eager(cp):
+    gl.manual_seed(0)
+    model = _conv_net().to("cuda")
+    opt = optim.Adam(model.parameters(), lr=1e-3)  # its step count is a kernel argument
+    x, dy = _device_batch(cp)
+    lines = []
+    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    for _ in range(6):
+        step(x, dy)
+    assert step.reason == "the optimiser's scalars change at every step (e.g. a step count)"
+    assert not step.captured and len(lines) == 1
+
+
+def test_a_refused_operation_falls_back_with_the_reason(cp):
+    gl.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = cp.asarray(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    dy = cp.asarray(np.ones((2, 3), np.float32))
+
+    def step(x, dy):
+        opt.zero_grad()
+        y = model(x)
+        model.backward(dy)
+        opt.step()
+        return float(y.sum())  # a host synchronisation: refused under capture
+
+    lines = []
+    graphed = gl_cuda.graphed(step, x, dy, optimizer=opt, model=model, log=lines.append)
+    values = [graphed(x, dy) for _ in range(3)]
+    assert graphed.reason.startswith("capture failed (")
+    assert len(lines) == 1 and lines[0].endswith("the step runs eagerly")
+    assert all(np.isfinite(v) for v in values) and not graphed.captured
+
+
+def test_another_batch_shape_runs_eagerly(cp):
+    gl.manual_seed(0)
+    model = _conv_net().to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    x, dy = _device_batch(cp)
+    lines = []
+    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    step(x, dy)
+    step(x, dy)
+    assert step.captured
+    COUNTER.reset()
+    step(x[:1], dy[:1])
+    assert COUNTER.count("graph") == 0 and COUNTER.count("kernel") > 0
+    assert len(lines) == 1 and "runs eagerly" in lines[0]
