@@ -222,3 +222,34 @@ def test_conv_transpose2d_gpu_path_matches_the_numpy_path(monkeypatch, harness, 
     for got, want in zip(results, expected, strict=True):
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("output_size", [(9, 9), (10, 10), (10, 9), [2, 4, 9, 10]])
+def test_conv_transpose2d_output_size_picks_the_output_padding_like_torch(output_size):
+    ref = torch.nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1).double()
+    ours = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1).double()
+    ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x = np.random.default_rng(3).standard_normal((2, 4, 5, 5))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = ref(xt, output_size=output_size)
+    y = ours(x, output_size=output_size)
+    g = np.random.default_rng(4).standard_normal(y.shape)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(ours.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("output_size", "match"),
+    [
+        (
+            (11, 9),
+            r"ConvTranspose2d: requested an output size of \(11, 9\), but valid sizes range from 9 to 10 on axis 2",
+        ),
+        ((9,), r"ConvTranspose2d: expected output_size to be \(OH, OW\) or \(N, C, OH, OW\)"),
+    ],
+)
+def test_conv_transpose2d_bad_output_size(output_size, match):
+    with pytest.raises(ValueError, match=match):
+        nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1)(np.zeros((1, 4, 5, 5), np.float32), output_size=output_size)

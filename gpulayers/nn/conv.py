@@ -189,20 +189,51 @@ class ConvTranspose2d(Module):
             self.register_parameter("bias", None)
         self._cache = None
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, output_size: Any = None) -> Any:
+        """The transposed convolution of ``x``.
+
+        Args:
+            x: ``(N, in_channels, H, W)``.
+            output_size: optional ``(OH, OW)`` (or ``(N, C, OH, OW)``) picking the output padding,
+                as PyTorch's; each size must lie within ``stride - 1`` of the smallest output.
+        """
         bias = None if self.bias is None else self.bias.data
+        output_padding = self.output_padding
+        if output_size is not None:
+            output_padding = self._output_padding(x, output_size)
         y, self._cache = transpose_ops.conv_transpose2d_forward(
             x,
             self.weight.data,
             bias,
             self.stride,
             self.padding,
-            self.output_padding,
+            output_padding,
             self.groups,
             self.dilation,
             name="ConvTranspose2d",
         )
         return y
+
+    def _output_padding(self, x: Any, output_size: Any) -> tuple[int, int]:
+        """The output padding that gives ``output_size`` (PyTorch's rule: within ``stride - 1`` of the minimum)."""
+        name = "ConvTranspose2d"
+        size = tuple(output_size)
+        if len(size) == 4:
+            size = size[2:]
+        if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
+            raise ValueError(f"{name}: expected output_size to be (OH, OW) or (N, C, OH, OW), got {output_size!r}")
+        check_input(name, x, 4, "(N, C, H, W)")
+        padding = []
+        for axis in range(2):
+            k, s, p, d = self.kernel_size[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
+            smallest = (int(x.shape[2 + axis]) - 1) * s - 2 * p + d * (k - 1) + 1
+            if not smallest <= size[axis] <= smallest + s - 1:
+                raise ValueError(
+                    f"{name}: requested an output size of {tuple(size)}, but valid sizes range from "
+                    f"{smallest} to {smallest + s - 1} on axis {2 + axis} (for an input of shape {tuple(x.shape)})"
+                )
+            padding.append(int(size[axis]) - smallest)
+        return padding[0], padding[1]
 
     def backward(self, grad_output: Any) -> Any:
         if self._cache is None:
