@@ -17,5 +17,9 @@ timeout 330 python3 -m pytest -m gpu -q --maxfail=20 -p no:cacheprovider tests >
 echo "gpu tests exit: $?" >>"$out/gpu_tests.log"
 timeout 150 python3 benchmarks/gpu_bench.py --json "$out/gpu_bench.json" >"$out/gpu_bench.log" 2>&1
 echo "gpu bench exit: $?" >>"$out/gpu_bench.log"
+# The --distributed command line as one rank on the GPU (NCCL when CuPy has it, else no transport needed).
+timeout 90 python3 -m gpulayers.train --distributed --device cuda --epochs 2 --no-progress >"$out/distributed_cli.log" 2>&1
+echo "distributed cli exit: $?" >>"$out/distributed_cli.log"
 tail -3 "$out/gpu_tests.log"
 cat "$out/gpu_bench.log"
+tail -4 "$out/distributed_cli.log"
