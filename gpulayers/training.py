@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import nn, optim
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import get_rank
+from .distributed import DistributedDataParallel, all_reduce, get_rank, get_world_size
 from .nn.module import Module
 
 __all__ = ["evaluate", "fit", "fit_sgd"]
@@ -103,7 +105,12 @@ def _train_epoch(model, loader, criterion, optimizer, desc: str, progress: bool,
     if hasattr(bar, "close"):
         bar.close()
     seconds = time.perf_counter() - start
-    return loss_sum / max(seen, 1), (int(correct) / seen if seen else 0.0), seen, seconds
+    hits = 0 if correct is None else int(correct)
+    if isinstance(model, DistributedDataParallel) and get_world_size() > 1:  # every rank's share: global figures
+        totals = np.array([loss_sum, hits, seen], dtype=np.float64)
+        all_reduce(totals, "sum")
+        loss_sum, hits, seen = float(totals[0]), int(totals[1]), int(totals[2])
+    return loss_sum / max(seen, 1), (hits / seen if seen else 0.0), seen, seconds
 
 
 def fit(
@@ -146,6 +153,8 @@ def fit(
         The history: one dict per epoch with ``epoch``, ``lr``, ``train_loss``,
         ``train_accuracy``, ``test_loss`` and ``test_accuracy`` (fractions). It holds no
         timings, so an interrupted and resumed run gives the same history as a straight one.
+        With a :class:`~gpulayers.distributed.DistributedDataParallel` model the training loss
+        and accuracy count every rank's examples (the same history on every rank).
     """
     say = log or (lambda _msg: None)
     history: list[dict[str, Any]] = []

@@ -16,6 +16,7 @@ import numpy as np
 import gpulayers as gl
 import gpulayers.distributed as dist
 from gpulayers import nn, optim
+from gpulayers.training import fit
 
 BATCH, STEPS = 16, 4
 
@@ -83,6 +84,14 @@ def scenario_equivalence(out: Path) -> None:
     loader = gl.data.DataLoader(data, 2, sampler=gl.data.DistributedSampler(data, seed=3))
     loader.set_epoch(1)
     results["seen"] = np.concatenate([yb for _, yb in loader])
+    # fit's training loss counts every rank's examples: the same history on every rank
+    model = dist.DistributedDataParallel(make_model())
+    images = gl.data.ArrayDataset(np.random.default_rng(rank).integers(0, 255, (12, 1, 8, 8), dtype=np.uint8),
+                                  np.arange(12) % 10)  # fmt: skip
+    loader = gl.data.DataLoader(images, 4, sampler=gl.data.DistributedSampler(images), dtype=np.float64)
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    history = fit(model, loader, None, nn.CrossEntropyLoss(), optimizer, 1, progress=False, log=None)
+    results["fit_loss"] = np.array(history[0]["train_loss"])
     dist.barrier()
     np.savez(out / f"rank{rank}.npz", **results)
 

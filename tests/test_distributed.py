@@ -107,6 +107,37 @@ def test_distributed_init_rejects_unknown_backend():
     assert not dist.is_initialized()
 
 
+def test_distributed_without_mpi4py(monkeypatch):
+    from gpulayers.distributed import process_group  # noqa: PLC0415
+
+    monkeypatch.setattr(process_group, "_import_mpi", lambda: None)
+    for var in process_group._SIZE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MPI_LOCALRANKID", "3")
+    dist.init_process_group("mpi")
+    try:
+        assert (dist.get_rank(), dist.get_world_size(), dist.get_local_rank()) == (0, 1, 3)
+        a = np.arange(3.0)
+        dist.all_reduce(a, "mean")
+        dist.broadcast(a)
+        assert dist.all_gather_object(7) == [7]
+        np.testing.assert_array_equal(a, np.arange(3.0))
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(RuntimeError, match="the launcher started 2 processes but mpi4py is not installed"):
+        dist.init_process_group()
+    assert not dist.is_initialized()
+
+
+def test_distributed_nccl_refused_without_gpu():
+    if gl.cuda_is_available():
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(RuntimeError, match="backend 'nccl' needs a CUDA device and CuPy's NCCL"):
+        dist.init_process_group("nccl")
+    assert not dist.is_initialized()
+
+
 def test_ddp_world_of_one_forwards_to_the_model(group):
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     ddp = dist.DistributedDataParallel(model)
@@ -217,6 +248,7 @@ def test_mpi_two_ranks_equal_one_process(tmp_path):
         if key != "seen":
             np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)
     assert int(ranks[0]["buckets_0"]) > 1  # the small cap split the gradients
+    assert ranks[0]["fit_loss"] > 0 and ranks[0]["fit_loss"] == ranks[1]["fit_loss"]  # over both ranks' examples
     np.testing.assert_array_equal(ranks[0]["sum"], 2 * np.arange(6.0).reshape(2, 3) + 1)
     np.testing.assert_array_equal(ranks[0]["mean"], np.arange(6.0, dtype=np.float32).reshape(3, 2).T + 0.5)
     np.testing.assert_array_equal(ranks[0]["max"], [1, 0])
@@ -256,6 +288,7 @@ def test_mpi_cli_trains_digits_then_resumes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["run.npz"]  # one checkpoint, no leftovers
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["test_accuracy"] >= 0.9  # 3 epochs of digits with a global batch of 64
+    assert metrics["history"][-1]["train_accuracy"] >= 0.85  # over both ranks' examples
     state = load_checkpoint(tmp_path / "ck" / "run.npz")
     assert state["epoch"] == 3
 
