@@ -212,3 +212,25 @@ def test_another_batch_shape_runs_eagerly(cp):
     step(x[:1], dy[:1])
     assert COUNTER.count("graph") == 0 and COUNTER.count("kernel") > 0
     assert len(lines) == 1 and "runs eagerly" in lines[0]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 7)])
+def test_linear_on_the_gpu_uses_the_implicit_gemm_kernels(cp, shape):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    layer = nn.Linear(7, 4)
+    w, b = layer.weight.data.copy(), layer.bias.data.copy()
+    dy = rng.standard_normal((*shape[:-1], 4)).astype(np.float32)
+    layer.to("cuda")
+    COUNTER.reset()
+    y = layer(cp.asarray(x))
+    dx = layer.backward(cp.asarray(dy))
+    assert COUNTER.count("cublas") == 0 and COUNTER.count("kernel") >= 3
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_allclose(y.get(), x64 @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx.get(), dy64 @ w, rtol=1e-5, atol=1e-5)
+    rows = int(np.prod(shape[:-1]))
+    np.testing.assert_allclose(
+        layer.weight.grad.get(), dy64.reshape(rows, 4).T @ x64.reshape(rows, 7), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(layer.bias.grad.get(), dy64.reshape(rows, 4).sum(0), rtol=1e-5, atol=1e-5)
