@@ -7,7 +7,7 @@ layouts and state_dict keys.
     from gpulayers import nn, optim, functional as F
 """
 
-from . import data, functional, models, nn, optim
+from . import cuda, data, functional, models, nn, optim
 from .backend import (
     cuda_is_available,
     default_device,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "cuda",
     "cuda_is_available",
     "data",
     "default_device",
