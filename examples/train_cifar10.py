@@ -14,7 +14,7 @@ import sys
 
 import gpulayers as gl
 from gpulayers import data, models
-from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options
 from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 TUNED = DEFAULTS["cifar10"]
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-augment", action="store_true", help="no random crop and flip")
     add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
+    if problem := check_run_arguments(args):
+        parser.error(problem)
 
     try:  # a clear message when the files are missing or damaged
         train_set, test_set = data.load_cifar10(args.data_dir)

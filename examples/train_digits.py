@@ -15,7 +15,7 @@ import time
 
 import gpulayers as gl
 from gpulayers import data, models, nn
-from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options
 from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 TUNED = DEFAULTS["digits"]
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=TUNED["width"])
     add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
+    if problem := check_run_arguments(args):
+        parser.error(problem)
 
     device, why = choose_device(args.device)
     print(f"device: {device} ({why})")

@@ -15,7 +15,7 @@ import sys
 
 import gpulayers as gl
 from gpulayers import data, models
-from gpulayers.cli import add_run_arguments, fit_options
+from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options
 from gpulayers.train import DEFAULTS, choose_device, fit_sgd
 
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float)
     add_run_arguments(parser)  # --limit, --device, --seed, --checkpoint, --resume, --no-progress
     args = parser.parse_args(argv)
+    if problem := check_run_arguments(args):
+        parser.error(problem)
     name = "fashion-mnist" if args.fashion else "mnist"
     tuned = DEFAULTS[name]
 

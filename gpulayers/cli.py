@@ -17,11 +17,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _cli_checks as ck
 from . import backend, data, distributed, models, nn, optim
+from ._cli_resume import resume_problem, stretch_schedule
+from .checkpoint import write_text_atomic
 from .distributed import launch
+from .plotting import require_matplotlib, save_plot
 from .training import fit
 
-__all__ = ["DEFAULTS", "add_run_arguments", "build_parser", "choose_device", "fit_options", "main", "save_plot"]
+__all__ = [
+    "DEFAULTS",
+    "add_run_arguments",
+    "augment_for",
+    "build_parser",
+    "check_run_arguments",
+    "choose_device",
+    "fit_options",
+    "main",
+    "save_plot",
+]
 
 #: Per data set defaults (tuned on a 2-core CPU for digits: >= 97 % test accuracy well within a minute).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -40,16 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", choices=list(DEFAULTS), help="data set (default: digits, no download)")
     p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST IDX files or cifar-10-batches-py")
     p.add_argument("--model", default="small-cnn", choices=["small-cnn"])
-    p.add_argument("--epochs", type=int, help="epochs (default: per data set, 20 for digits)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: per data set, 32 for digits)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: per data set, 0.05 for SGD)")
+    p.add_argument("--epochs", type=ck.positive_int, help="epochs (default: per data set, 20 for digits)")
+    p.add_argument("--batch-size", type=ck.positive_int, help="batch size (default: per data set, 32 for digits)")
+    p.add_argument("--lr", type=ck.positive_float, help="peak learning rate (default: per data set, 0.05 for SGD)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: per data set, 5e-4)")
+    p.add_argument("--momentum", type=ck.non_negative_float, help="SGD momentum (default 0.9; SGD only)")
+    p.add_argument("--weight-decay", type=ck.non_negative_float, help="weight decay (default: per data set, 5e-4)")
     p.add_argument("--scheduler", default="cosine", choices=["none", "step", "cosine"], help="per-epoch LR schedule")
-    p.add_argument("--width", type=int, help="channels of the first convolution (default: 16 digits, 32 others)")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="crop+flip (CIFAR default)")
+    p.add_argument(
+        "--width", type=ck.width_int, help="channels of the first convolution (default: 16 digits, 32 others)"
+    )
+    p.add_argument("--dropout", type=ck.drop_probability, default=0.5, help="dropout probability in [0, 1)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random shifts (and flips for CIFAR-10) chosen per data set (default: on for CIFAR-10 only)",
+    )
     add_run_arguments(p)
     p.add_argument("--metrics-json", help="write the history and final accuracy as JSON")
     p.add_argument("--plot", help="save loss and accuracy curves as a PNG (needs matplotlib)")
@@ -58,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one rank of an MPI job: mpiexec -n K python -m gpulayers.train --distributed (batch size per rank)",
     )
-    p.add_argument("--num-threads", type=int, help="BLAS threads on the CPU (needs threadpoolctl)")
+    p.add_argument("--num-threads", type=ck.positive_int, help="BLAS threads on the CPU (needs threadpoolctl)")
     return p
 
 
@@ -66,15 +87,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """Add the options every training script shares to ``parser`` and return it.
 
     ``--limit N``, ``--device`` (default auto), ``--seed`` (default 0), ``--checkpoint PATH``,
-    ``--resume`` and ``--no-progress``; :func:`fit_options` turns the last three into ``fit`` arguments.
+    ``--resume`` and ``--no-progress``; :func:`fit_options` turns the last three into ``fit`` arguments
+    and :func:`check_run_arguments` checks them before anything runs.
     """
-    parser.add_argument("--limit", type=int, help="use only the first N training and test examples (quick runs)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, dropout and shuffling (default 0)")
+    parser.add_argument(
+        "--limit", type=ck.positive_int, help="use only the first N training and test examples (quick runs)"
+    )
+    parser.add_argument(
+        "--device", type=ck.device_name, default="auto", help="auto, cpu, cuda or cuda:N (default auto)"
+    )
+    parser.add_argument(
+        "--seed", type=ck.seed_int, default=0, help="seeds initialisation, dropout and shuffling (default 0)"
+    )
     parser.add_argument("--checkpoint", help="write a checkpoint .npz after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def check_run_arguments(args: argparse.Namespace) -> str | None:
+    """The first problem with the options of :func:`add_run_arguments` (None when there is none).
+
+    ``--resume`` needs ``--checkpoint``, and the checkpoint must be a writable file path.
+    """
+    if args.resume and not args.checkpoint:
+        return "--resume needs --checkpoint PATH (the file to continue from)"
+    if args.checkpoint:
+        return ck.output_path_problem("--checkpoint", args.checkpoint)
+    return None
 
 
 def fit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,7 +124,11 @@ def fit_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def choose_device(requested: str) -> tuple[str, str]:
-    """The device to train on and why it was chosen (RuntimeError when CUDA is asked for but unusable)."""
+    """The device to train on and why it was chosen (RuntimeError when CUDA is asked for but unusable).
+
+    The reason is said plainly ("no NVIDIA driver or GPU found"); ``python -m gpulayers.info`` shows
+    CuPy's own words.
+    """
     requested = requested.strip().lower()
     if requested == "auto":
         forced = os.environ.get("GPULAYERS_DEVICE", "").strip()
@@ -92,13 +136,34 @@ def choose_device(requested: str) -> tuple[str, str]:
             return backend.default_device(), f"GPULAYERS_DEVICE={forced}"
         if backend.cuda_is_available():
             return "cuda", _gpu_name()
-        return "cpu", f"CUDA not usable: {backend.cuda_unavailable_reason()}"
+        return "cpu", f"CUDA not usable: {plain_cuda_reason()}"
     kind, _ = backend.parse_device(requested)
     if kind == "cuda":
         if not backend.cuda_is_available():
-            raise RuntimeError(f"--device {requested}: CUDA is not usable: {backend.cuda_unavailable_reason()}")
+            raise RuntimeError(f"--device {requested}: CUDA is not usable: {plain_cuda_reason()}")
         return requested, f"asked for; {_gpu_name()}"
     return "cpu", "asked for"
+
+
+_NO_DRIVER_MARKS = (
+    "InsufficientDriver",
+    "NoDevice",
+    "no CUDA device",
+    "device count is 0",
+    "libcuda",
+    "InitializationError",
+    "StubLibrary",
+)
+
+
+def plain_cuda_reason() -> str:
+    """Why CUDA is not usable, in a user's words (the details stay in ``python -m gpulayers.info``)."""
+    reason = backend.cuda_unavailable_reason()
+    if reason.startswith("CuPy is not installed"):
+        return 'CuPy is not installed (pip install "gpulayers[cuda13]" on a machine with an NVIDIA GPU)'
+    if any(mark in reason for mark in _NO_DRIVER_MARKS):
+        return "no NVIDIA driver or GPU found (python -m gpulayers.info shows the details)"
+    return reason
 
 
 def _gpu_name() -> str:
@@ -112,38 +177,14 @@ def _gpu_name() -> str:
         return f"GPU name unavailable ({type(exc).__name__})"
 
 
-def _require_matplotlib():
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError as exc:
-        raise ImportError(f'--plot needs matplotlib ({exc}): pip install "gpulayers[train]"') from exc
-    return plt
-
-
-def save_plot(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss and accuracy curves per epoch, as a PNG."""
-    plt = _require_matplotlib()
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
-    if any(r["test_accuracy"] is not None for r in history):
-        ax_loss.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
-        ax_acc.plot(epochs, [r["test_accuracy"] for r in history], "s-", label="test")
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def augment_for(dataset: str, size: int):
+    """The ``--augment`` recipe of a data set: random shifts of about an eighth of the image (1 pixel
+    on digits' 8x8, 3 on MNIST's 28x28, 4 on CIFAR-10's 32x32), plus horizontal flips on CIFAR-10 only
+    (a flipped digit is another glyph or none)."""
+    padding = max(1, size // 8)
+    if dataset == "cifar10":
+        return data.Compose([data.RandomCrop(size, padding), data.RandomHorizontalFlip()])
+    return data.RandomCrop(size, padding)
 
 
 def _make_optimizer(args, params):
@@ -172,29 +213,78 @@ def _limit_threads(n: int | None):
     return threadpool_limits(limits=n)
 
 
+def _error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Print ``message`` as argparse does (usage, then ``prog: error: ...``); return exit status 2."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """The first problem among options that are each valid alone (None when they fit together)."""
+    if args.data_dir is not None and args.data == "digits":
+        return "--data-dir is for mnist, fashion-mnist and cifar10; the digits come with scikit-learn"
+    if args.momentum is not None and args.optimizer != "sgd":
+        return f"--momentum is for --optimizer sgd, not {args.optimizer}"
+    problem = check_run_arguments(args)
+    if problem:
+        return problem
+    outputs = {"--checkpoint": args.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
+    seen: dict[Path, str] = {}
+    for option, value in outputs.items():
+        if not value:
+            continue
+        problem = ck.output_path_problem(option, value)
+        if problem:
+            return problem
+        key = Path(value).expanduser().resolve()
+        if key in seen:
+            return f"{seen[key]} and {option} name the same file {value}"
+        seen[key] = option
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad arguments or data, 1 other errors)."""
+    """Run the command line; returns the exit code (0 ok, 2 bad arguments or data, 1 other errors,
+    130 interrupted with Ctrl-C)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the help or the error line
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        kept = ""
+        if args.checkpoint and Path(args.checkpoint).is_file():
+            kept = f"; the last checkpoint is kept in {args.checkpoint} (add --resume to continue)"
+        print(f"\ninterrupted{kept}", file=sys.stderr)
+        return 130
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     wall_start = time.perf_counter()
-    args = build_parser().parse_args(argv)
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    problem = _argument_problem(args)
+    if problem:
+        return _error(parser, problem)
+    if args.momentum is None:
+        args.momentum = 0.9
     if args.distributed:
-        return launch.run(lambda a: _train(a, wall_start), args)
-    return _train(args, wall_start)
+        return launch.run(lambda a: _train(parser, a, wall_start), args)
+    return _train(parser, args, wall_start)
 
 
-def _train(args: argparse.Namespace, wall_start: float) -> int:
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start: float) -> int:
     try:
-        if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-            raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
         if args.plot:
-            _require_matplotlib()  # fail before training, not after
+            require_matplotlib()  # fail before training, not after
         device, why = choose_device(args.device)
         train_set, test_set = data.load_dataset(args.data, args.data_dir)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(parser, str(exc))
     limiter = _limit_threads(args.num_threads)
     backend.manual_seed(args.seed)
     train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
@@ -203,7 +293,7 @@ def _train(args: argparse.Namespace, wall_start: float) -> int:
     if args.distributed:  # rank 0's initial weights on every rank, gradients averaged after backward
         model = distributed.DistributedDataParallel(model)
     stats = (train_set.mean, train_set.std)
-    augment = data.cifar10_augment(size, 4) if args.augment else None
+    augment = augment_for(args.data, size) if args.augment else None
     train_loader = data.DataLoader(
         train_set,
         args.batch_size,
@@ -218,6 +308,10 @@ def _train(args: argparse.Namespace, wall_start: float) -> int:
     criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(args, model.parameters())
     scheduler = _make_scheduler(args, optimizer)
+    if args.resume and Path(args.checkpoint).exists():
+        problem = resume_problem(args, model, optimizer, scheduler)
+        if problem:
+            return _error(parser, problem)
     n_params = sum(p.size for p in model.parameters())
     print(f"device: {device} ({why})")
     print(f"data: {args.data}: {len(train_set)} train / {len(test_set)} test images of {channels}x{size}x{size}")
@@ -238,6 +332,7 @@ def _train(args: argparse.Namespace, wall_start: float) -> int:
             **fit_options(args),
             on_epoch_end=lambda _record, seconds: epoch_seconds.append(seconds),
             extra={"args": vars(args)},
+            on_resume=lambda state: stretch_schedule(scheduler, optimizer, args.epochs, state),
         )
     except (RuntimeError, ValueError) as exc:  # e.g. a checkpoint from another model
         print(f"error: {exc}", file=sys.stderr)
@@ -264,8 +359,7 @@ def _train(args: argparse.Namespace, wall_start: float) -> int:
             "wall_time_s": wall,
             "args": vars(args),
         }
-        Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_json).write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(args.metrics_json, json.dumps(metrics, indent=2))
     if args.plot:
         save_plot(history, args.plot, f"{args.model} on {args.data} ({device})")
         print(f"curves saved to {args.plot}")

@@ -112,10 +112,10 @@ def collect(compile_kernels: bool = True) -> dict[str, Any]:
     info["cuda available"] = "yes" if available else f"no: {reason}"
     info["gpu"] = _gpu_name() or "none"
     info["nvcc"] = _nvcc()
-    if available and compile_kernels:
-        info["kernels compile"] = _compile_kernels()
-    elif available:
+    if not compile_kernels:
         info["kernels compile"] = "not checked (--no-compile)"
+    elif available:
+        info["kernels compile"] = _compile_kernels()
     else:
         info["kernels compile"] = _compile_kernels_offline()
     return info
@@ -124,7 +124,9 @@ def collect(compile_kernels: bool = True) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Print the report; exit code 1 when the kernels fail to compile on a GPU, else 0."""
     parser = argparse.ArgumentParser(prog="python -m gpulayers.info", description=__doc__.splitlines()[0])
-    parser.add_argument("--no-compile", action="store_true", help="skip compiling the CUDA kernels on a GPU")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip compiling the CUDA kernels (on a GPU, or offline with NVRTC)"
+    )
     args = parser.parse_args(argv)
     info = collect(compile_kernels=not args.no_compile)
     width = max(len(k) for k in info)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import nn, optim
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistributedDataParallel, all_reduce, get_rank, get_world_size
 from .nn.module import Module
 
@@ -128,6 +128,7 @@ def fit(
     on_epoch_end: Callable[[dict, float], Any] | None = None,
     extra: dict | None = None,
     cuda_graph: bool = False,
+    on_resume: Callable[[dict], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs, evaluating on ``test_loader`` after each one.
 
@@ -139,8 +140,8 @@ def fit(
         epochs: the total number of epochs, counting those of a resumed checkpoint.
         scheduler: stepped once per epoch, after the optimiser steps.
         checkpoint: a ``.npz`` path written after every epoch (by rank 0 alone in a process group).
-        resume: continue from ``checkpoint`` when the file exists (RuntimeError when it was written
-            for another model, optimiser or scheduler).
+        resume: continue from ``checkpoint`` when the file exists (RuntimeError when it is damaged,
+            not a checkpoint, or was written for another model, optimiser or scheduler).
         progress: a tqdm bar with the loss and images/s (silently off without tqdm).
         log: receives one line per epoch (None for silence).
         on_epoch_end: called with (record, seconds of training) after each epoch.
@@ -148,6 +149,8 @@ def fit(
         cuda_graph: on the GPU, replay each training step as one CUDA graph
             (:func:`gpulayers.cuda.graphed`); where a step cannot be captured it runs eagerly
             and one line says why.
+        on_resume: called with :func:`load_checkpoint`'s result after resuming, before training
+            (e.g. to stretch a learning-rate schedule to a new number of epochs).
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``lr``, ``train_loss``,
@@ -160,13 +163,17 @@ def fit(
     history: list[dict[str, Any]] = []
     start = 0
     if resume and checkpoint is not None:
-        if Path(checkpoint).is_file():
+        if Path(checkpoint).exists():
             try:
                 state = load_checkpoint(checkpoint, model, optimizer, scheduler, train_loader)
-            except (RuntimeError, ValueError, KeyError) as exc:  # another model, optimiser or scheduler
+            except CheckpointError as exc:  # damaged, or not a checkpoint
+                raise RuntimeError(f"cannot resume from {checkpoint}: {exc.problem}") from exc
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # another model, optimiser or scheduler
                 raise RuntimeError(f"cannot resume from {checkpoint}: {exc}") from exc
             history, start = list(state["history"]), int(state["epoch"])
             say(f"resumed from {checkpoint} after epoch {start}")
+            if on_resume is not None:
+                on_resume(state)
         else:
             say(f"no checkpoint at {checkpoint} yet; starting from scratch")
     step_fn = None
