@@ -16,6 +16,7 @@ to put it.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -182,34 +183,63 @@ def load_digits(test_size: int = 360, seed: int = 0) -> tuple[ArrayDataset, Arra
 _IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(f"{path}: corrupt or truncated gzip file ({exc}); download it again") from exc
-    return raw
+_GZIP_MAX_RATIO = 1100  # deflate cannot expand data by more than about 1032 times
+
+
+def _idx_stream(path: Path):
+    """An open binary stream of the IDX data in ``path`` (decompressed when gzipped), and the
+    largest number of bytes it can hold (the file's size, or the most its gzip stream can expand to)."""
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), size * _GZIP_MAX_RATIO, f
+    f.seek(0)
+    return f, size, f
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into a NumPy array, checking its header and length."""
+    """Read one IDX file (gzipped or not) into a NumPy array, checking its header and length.
+
+    The size the header declares is checked against what the file can hold before anything of that
+    size is allocated.
+    """
     path = Path(path)
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({ndim} dimensions, {len(raw)} bytes)")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    want = int(np.prod(dims)) * dtype.itemsize
-    got = len(raw) - header
-    if got != want:
-        what = "truncated" if got < want else "has trailing bytes"
-        raise DatasetError(f"{path}: IDX data {what}: dimensions {dims} need {want} bytes, found {got}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    stream, limit, raw_file = _idx_stream(path)
+    try:
+        with raw_file, stream:
+            return _read_idx_stream(path, stream, limit)
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"{path}: corrupt or truncated gzip file ({exc}); download it again") from exc
+
+
+def _read_idx_stream(path: Path, stream, limit: int) -> np.ndarray:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES:
+        raise DatasetError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+    ndim = magic[3]
+    raw_dims = stream.read(4 * ndim)
+    if ndim == 0 or len(raw_dims) < 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header ({ndim} dimensions, {4 + len(raw_dims)} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    dtype = np.dtype(_IDX_TYPES[magic[2]])
+    want = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
+    if want > limit:
+        raise DatasetError(
+            f"{path}: IDX header declares dimensions {dims} ({want:,} bytes), more than the file can hold "
+            f"({limit:,} bytes at most); the file is damaged or not an IDX file"
+        )
+    body = stream.read(want)
+    if len(body) < want:
+        raise DatasetError(f"{path}: IDX data truncated: dimensions {dims} need {want} bytes, found {len(body)}")
+    if stream.read(1):
+        raise DatasetError(f"{path}: IDX data has trailing bytes after the {want} that dimensions {dims} need")
+    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 _MNIST_FILES = {
@@ -249,6 +279,8 @@ def _load_idx_pair(root: Path, split: str, title: str, shape: tuple[int, int]) -
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DatasetError(f"{lbl_path}: expected a 1-D uint8 label file, got {labels.dtype} {labels.shape}")
+    if len(images) == 0:
+        raise DatasetError(f"{img_path}: holds no images (the header says 0); {_idx_help(title, root)}")
     if len(labels) != len(images):
         raise DatasetError(f"{title} {split}: {len(images)} images in {img_path.name} but {len(labels)} labels")
     if len(labels) and labels.max() > 9:
@@ -285,6 +317,7 @@ def load_fashion_mnist(data_dir: str | Path) -> tuple[ArrayDataset, ArrayDataset
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_NDARRAY_TOKEN = object()  # stands for np.ndarray: a pickle may pass the class, never call it
 _ndarray_reduce = np.zeros(1, np.uint8).__reduce__()[0]  # numpy's _reconstruct, whatever its module
 _ndarray_frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]  # protocol-5 pickles of arrays
 # The exact globals a pickled NumPy array needs; every other global (os.system, builtins.eval...)
@@ -294,7 +327,7 @@ _PICKLE_ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"): _ndarray_reduce,
     ("numpy.core.numeric", "_frombuffer"): _ndarray_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _ndarray_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY_TOKEN,
     ("numpy", "dtype"): np.dtype,
 }
 
@@ -303,12 +336,21 @@ class _RefusedGlobal(pickle.UnpicklingError):
     pass
 
 
+def _empty_reconstruct(subtype, shape, dtype):
+    """NumPy's ``_reconstruct`` for the empty placeholder a pickled array starts from, and nothing
+    else (a pickle cannot use it to allocate an array of any size)."""
+    if subtype is not _NDARRAY_TOKEN or not isinstance(shape, tuple) or shape != (0,):
+        raise pickle.UnpicklingError("an array reconstructor was called with other arguments than a pickled array's")
+    return _ndarray_reduce(np.ndarray, shape, dtype)
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         try:
-            return _PICKLE_ALLOWED[(module, name)]
+            found = _PICKLE_ALLOWED[(module, name)]
         except KeyError:
             raise _RefusedGlobal(f"refusing to load global {module}.{name} (not a NumPy array part)") from None
+        return _empty_reconstruct if found is _ndarray_reduce else found
 
 
 def _cifar_help(root: Path) -> str:
@@ -327,6 +369,7 @@ def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: not a CIFAR-10 batch ({exc}); {_cifar_help(root)}") from exc
     except (
         pickle.UnpicklingError,
+        RecursionError,
         EOFError,
         ValueError,
         TypeError,
@@ -344,10 +387,18 @@ def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetError(f"{path}: expected 'data' as a uint8 array (N, 3072), got {got}")
+    file_size = path.stat().st_size
+    if data.nbytes > file_size or 0 in data.strides or not data.flags.c_contiguous:
+        raise DatasetError(
+            f"{path}: 'data' claims {data.shape[0]:,} images ({data.nbytes:,} bytes) but the file holds "
+            f"{file_size:,} bytes; the file is damaged or forged"
+        )
+    if data.shape[0] == 0:
+        raise DatasetError(f"{path}: holds no images; {_cifar_help(root)}")
     try:
         labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{path}: 'labels' is not a list of integers") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DatasetError(f"{path}: 'labels' is not a list of integers in the int64 range ({exc})") from exc
     if labels.shape != (data.shape[0],):
         raise DatasetError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
