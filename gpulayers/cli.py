@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _cli_checks as ck
 from . import backend, data, distributed, models, nn, optim
+from ._cli_log import EpochLog, best_epoch
 from ._cli_resume import resume_problem, stretch_schedule
 from .checkpoint import write_text_atomic
 from .distributed import launch
@@ -73,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(p)
     p.add_argument("--metrics-json", help="write the history and final accuracy as JSON")
-    p.add_argument("--plot", help="save loss and accuracy curves as a PNG (needs matplotlib)")
+    p.add_argument("--plot", help="save loss, accuracy and learning-rate curves as a PNG (needs matplotlib)")
+    p.add_argument("--log-csv", help="write one CSV row per epoch (rewritten after every epoch)")
+    p.add_argument(
+        "--early-stop",
+        type=ck.positive_int,
+        metavar="PATIENCE",
+        help="stop when the test loss has not improved for PATIENCE epochs",
+    )
     p.add_argument(
         "--distributed",
         action="store_true",
@@ -187,6 +195,16 @@ def augment_for(dataset: str, size: int):
     return data.RandomCrop(size, padding)
 
 
+def _check_plot_format(path: str) -> None:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise ValueError(f"--plot {path}: matplotlib cannot write .{suffix} files (use one of {', '.join(formats)})")
+
+
 def _make_optimizer(args, params):
     if args.optimizer == "sgd":
         return optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -229,7 +247,12 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
     problem = check_run_arguments(args)
     if problem:
         return problem
-    outputs = {"--checkpoint": args.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
+    outputs = {
+        "--checkpoint": args.checkpoint,
+        "--metrics-json": args.metrics_json,
+        "--plot": args.plot,
+        "--log-csv": args.log_csv,
+    }
     seen: dict[Path, str] = {}
     for option, value in outputs.items():
         if not value:
@@ -280,7 +303,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start: float) -> int:
     try:
         if args.plot:
-            require_matplotlib()  # fail before training, not after
+            _check_plot_format(args.plot)  # fail before training, not after
         device, why = choose_device(args.device)
         train_set, test_set = data.load_dataset(args.data, args.data_dir)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:
@@ -319,7 +342,12 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
         f"model: {args.model} width {args.width}, {n_params:,} parameters; {args.optimizer} lr {args.lr} "
         f"wd {args.weight_decay}, {args.scheduler} schedule, batch {args.batch_size}, {args.epochs} epochs"
     )
-    epoch_seconds: list[float] = []
+    epoch_log = EpochLog(args.log_csv, args.early_stop)
+
+    def resumed(state: dict) -> None:
+        stretch_schedule(scheduler, optimizer, args.epochs, state)
+        epoch_log.resumed(state)
+
     try:
         history = fit(
             model,
@@ -330,9 +358,9 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
             args.epochs,
             scheduler=scheduler,
             **fit_options(args),
-            on_epoch_end=lambda _record, seconds: epoch_seconds.append(seconds),
+            on_epoch_end=epoch_log,
             extra={"args": vars(args)},
-            on_resume=lambda state: stretch_schedule(scheduler, optimizer, args.epochs, state),
+            on_resume=resumed,
         )
     except (RuntimeError, ValueError) as exc:  # e.g. a checkpoint from another model
         print(f"error: {exc}", file=sys.stderr)
@@ -344,11 +372,14 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
     wall = time.perf_counter() - wall_start
     acc_text = "n/a" if final is None else f"{final:.2%}"
     print(f"final test accuracy: {acc_text} ({len(test_set)} images); wall time {wall:.1f} s")
+    epoch_seconds = epoch_log.epoch_seconds
     if args.metrics_json:
         metrics = {
             "history": history,
             "test_accuracy": final,
             "best_test_accuracy": max((r["test_accuracy"] or 0.0 for r in history), default=None),
+            "best_epoch": best_epoch(history),
+            "stopped_early": epoch_log.stopped_early,
             "data": args.data,
             "model": args.model,
             "parameters": int(n_params),

@@ -14,9 +14,10 @@ from .checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import DEFAULTS as DEFAULTS
 from .cli import add_run_arguments, build_parser, choose_device, fit_options, main, save_plot
-from .training import evaluate, fit, fit_sgd
+from .training import StopTraining, evaluate, fit, fit_sgd
 
 __all__ = [
+    "StopTraining",
     "fit",
     "fit_sgd",
     "evaluate",

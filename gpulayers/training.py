@@ -20,7 +20,12 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistributedDataParallel, all_reduce, get_rank, get_world_size
 from .nn.module import Module
 
-__all__ = ["evaluate", "fit", "fit_sgd"]
+__all__ = ["StopTraining", "evaluate", "fit", "fit_sgd"]
+
+
+class StopTraining(Exception):  # noqa: N818 - named after what it asks for, like StopIteration
+    """Raise from ``fit``'s ``on_epoch_end`` to end training after that epoch (the history so far,
+    that epoch included, is returned, and its checkpoint is kept). Returning ``False`` does the same."""
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
@@ -144,7 +149,9 @@ def fit(
             not a checkpoint, or was written for another model, optimiser or scheduler).
         progress: a tqdm bar with the loss and images/s (silently off without tqdm).
         log: receives one line per epoch (None for silence).
-        on_epoch_end: called with (record, seconds of training) after each epoch.
+        on_epoch_end: called with (record, seconds of training) after each epoch, once the epoch's
+            checkpoint is written; returning ``False`` or raising :class:`StopTraining` ends
+            training there, keeping the history.
         extra: JSON-able data stored in the checkpoint.
         cuda_graph: on the GPU, replay each training step as one CUDA graph
             (:func:`gpulayers.cuda.graphed`); where a step cannot be captured it runs eagerly
@@ -214,7 +221,14 @@ def fit(
             f"({seconds:.1f} s, {seen / max(seconds, 1e-9):,.0f} img/s)"
         )
         if on_epoch_end is not None:
-            on_epoch_end(record, seconds)
+            try:
+                verdict = on_epoch_end(record, seconds)
+            except StopTraining as stop:
+                say(f"training stopped after epoch {epoch + 1}" + (f": {stop}" if str(stop) else ""))
+                break
+            if verdict is False:
+                say(f"training stopped after epoch {epoch + 1}")
+                break
     return history
 
 
