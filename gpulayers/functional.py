@@ -40,7 +40,7 @@ from .ops.loss import cross_entropy_backward, cross_entropy_forward, mse_loss_ba
 from .ops.max_pool2d import max_pool2d_backward, max_pool2d_forward
 from .ops.nll_loss import nll_loss_backward, nll_loss_forward
 from .ops.normalization import batch_norm_backward, batch_norm_forward
-from .ops.special import erf
+from .ops.special import erf, normal_cdf
 
 __all__ = [
     "adaptive_avg_pool2d_backward",
@@ -80,6 +80,7 @@ __all__ = [
     "mse_loss_forward",
     "nll_loss_backward",
     "nll_loss_forward",
+    "normal_cdf",
     "relu_backward",
     "relu_forward",
     "sigmoid_backward",

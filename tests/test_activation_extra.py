@@ -49,6 +49,37 @@ def test_erf_special_values():
     np.testing.assert_array_equal(y[5:], [1.0, -1.0])
 
 
+def _normal_cdf_reference(v: float) -> float:
+    """Phi(v) for v <= 0 from math.erfc, correcting for the rounding of v / sqrt(2) (which the tail
+    amplifies by 2 t^2) in extended precision."""
+    t = -np.longdouble(v) / np.sqrt(np.longdouble(2))
+    rounded = float(t)
+    return float(np.longdouble(0.5) * np.longdouble(math.erfc(rounded)) * (1 - 2 * rounded * (t - rounded)))
+
+
+@pytest.mark.parametrize(("dtype", "ulps"), [(np.float64, 10), (np.float32, 8)])
+def test_normal_cdf_is_accurate_relative_to_itself_in_the_lower_tail(dtype, ulps):
+    x = np.linspace(-14, 0, 20001).astype(dtype)
+    ref = np.array([_normal_cdf_reference(float(v)) for v in x]).astype(dtype)
+    cdf, gauss = F.normal_cdf(x)
+    assert cdf.dtype == gauss.dtype == dtype
+    normal = ref > np.finfo(dtype).tiny
+    assert (np.abs(cdf - ref)[normal] / np.spacing(ref[normal])).max() <= ulps
+    exact = np.exp(-0.5 * x.astype(np.longdouble) ** 2).astype(np.float64)  # x^2 rounded would cost x^2 ulp
+    big = exact > np.finfo(dtype).tiny  # subnormal results have fewer digits
+    np.testing.assert_allclose(gauss[big], exact[big], rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_normal_cdf_upper_half_and_special_values():
+    x = np.linspace(0, 9, 1001)
+    ref = np.array([1 - 0.5 * math.erfc(v / math.sqrt(2)) for v in x])
+    np.testing.assert_allclose(F.normal_cdf(x)[0], ref, rtol=1e-15, atol=0)
+    cdf, gauss = F.normal_cdf(np.array([np.inf, -np.inf, np.nan, 40.0, -40.0]))
+    np.testing.assert_array_equal(cdf[[0, 1, 3, 4]], [1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(gauss[[0, 1, 3, 4]], [0.0, 0.0, 0.0, 0.0])
+    assert np.isnan(cdf[2]) and np.isnan(gauss[2])
+
+
 # -- element-wise activations -----------------------------------------------------------------------
 
 ACTIVATIONS = {
@@ -71,7 +102,7 @@ def test_activation_matches_torch(device, name, dtype):
         y = layer(gl.to_device(x, device))
         dx = layer.backward(gl.to_device(g, device))
     # The oracle runs in float64: in float32, 1 + erf and 1 + tanh cancel for negative x, and
-    # PyTorch's float32 results there are off by up to eps32 * |x| (ours take erf in float64).
+    # PyTorch's float32 results there are off by up to eps32 * |x| (ours take the normal tail).
     y_ref, dx_ref = _torch_pair(make_ref(), x.astype(np.float64), g.astype(np.float64))
     assert y.dtype == dtype and dx.dtype == dtype
     tol = TOL[dtype]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .special import erf
+from .special import normal_cdf
 
 __all__ = [
     "relu_forward",
@@ -113,7 +113,6 @@ def silu_backward(dy: Any, cache: dict) -> Any:
     return dy * (s * (1 + x * (1 - s)))
 
 
-_SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_SCALE = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715
@@ -122,7 +121,8 @@ _TANH_CUBIC = 0.044715
 def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, dict]:
     """``x * Phi(x)`` with ``Phi`` the standard normal CDF (PyTorch's ``F.gelu``).
 
-    ``approximate="none"``: ``0.5 * x * (1 + erf(x / sqrt(2)))``; ``"tanh"``:
+    ``approximate="none"``: ``0.5 * x * (1 + erf(x / sqrt(2)))``, computed by
+    :func:`gpulayers.ops.special.normal_cdf` (accurate in the lower tail too); ``"tanh"``:
     ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
     """
     if approximate not in GELU_APPROXIMATIONS:
@@ -132,22 +132,18 @@ def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, dict]:
         inner = _TANH_SCALE * (x + _TANH_CUBIC * (x * x * x))
         th = xp.tanh(inner)
         return 0.5 * x * (1 + th), {"x": x, "approximate": approximate, "tanh": th}
-    # 1 + erf cancels for negative x: float32 input takes erf in float64 so that the cancellation
-    # only costs float64 digits.
-    wide = x.astype(xp.float64) if x.dtype == xp.float32 else x
-    cdf = (0.5 * (1 + erf(wide * _SQRT_HALF))).astype(x.dtype, copy=False)
-    return x * cdf, {"x": x, "approximate": approximate, "cdf": cdf}
+    cdf, gauss = normal_cdf(x)
+    return x * cdf, {"x": x, "approximate": approximate, "cdf": cdf, "gauss": gauss}
 
 
 def gelu_backward(dy: Any, cache: dict) -> Any:
     """``dy * (Phi(x) + x * phi(x))`` (or the derivative of the tanh form), as PyTorch computes it."""
-    xp = backend.get_array_module(dy)
     x = cache["x"]
     if cache["approximate"] == "tanh":
         th = cache["tanh"]
         slope = _TANH_SCALE * (1 + 3 * _TANH_CUBIC * (x * x))
         return dy * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * slope)
-    pdf = xp.exp(-0.5 * (x * x)) * x.dtype.type(_INV_SQRT_2PI)
+    pdf = cache["gauss"] * x.dtype.type(_INV_SQRT_2PI)
     return dy * (cache["cdf"] + x * pdf)
 
 
