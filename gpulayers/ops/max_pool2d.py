@@ -193,11 +193,14 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     with np.errstate(over="ignore", invalid="ignore"):
         finite = bool(np.isfinite(dy.sum()))
     hit = np.empty(dy.shape, dtype=bool)
+    # A float 0/1 mask: multiplying by a bool array would cast it chunk by chunk inside the loop.
+    weight = np.empty(dy.shape, dtype=dy.dtype) if finite and disjoint else None
     for t, view in _windows(dx, a, cache.out_shape[2:]):
-        np.equal(argmax, t, out=hit)
-        if finite and disjoint:  # each input position is in one window at most: straight into dx
-            np.multiply(dy, hit, out=view)
+        if weight is not None:  # each input position is in one window at most: straight into dx
+            np.equal(argmax, t, out=weight, casting="unsafe")
+            np.multiply(dy, weight, out=view)
             continue
+        np.equal(argmax, t, out=hit)
         share = dy * hit if finite else np.where(hit, dy, 0)
         if disjoint:
             view[...] = share
@@ -222,11 +225,20 @@ def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list
 
 def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     buf = _padded(x, a, out, -np.inf)
+    # NaN and -inf need PyTorch's exact rules; plain data takes the lean path. Both give the same
+    # answer unless a NaN or a -inf reaches the output (np.maximum propagates NaN; a -inf maximum
+    # is where the padding rule matters), so the lean pass runs first and the careful one only
+    # when its (smaller) output shows either.
+    y, argmax = _max_pass(x, buf, a, out, careful=False)
+    low = y.min() if y.size else 0.0
+    if np.isnan(low) or low == -np.inf:
+        y, argmax = _max_pass(x, buf, a, out, careful=True)
+    return y, argmax
+
+
+def _max_pass(x: np.ndarray, buf: np.ndarray, a: PoolArgs, out: tuple[int, int], careful: bool):
     kk = a.kernel[0] * a.kernel[1]
     index_dtype = np.int8 if kk <= 127 else np.int32
-    # NaN and -inf need PyTorch's exact rules; plain data takes the lean path.
-    low = x.min() if x.size else 0.0
-    careful = bool(np.isnan(low) or low == -np.inf)
     first_real = _first_real_offsets(x.shape, a, out) if careful and buf is not x else None
     # Masked assignments (np.copyto(..., where=)) are branchy and ~20x slower than arithmetic, so
     # the running maximum is np.maximum (which also lets a NaN take over for good) and the argmax
