@@ -1,20 +1,19 @@
 """The reference small CNN that the benchmarks time, built the same way in both libraries.
 
 MNIST-sized input 1x28x28: Conv2d(1,32,3,p=1)-BN2d-ReLU-MaxPool2, Conv2d(32,64,3,p=1)-BN2d-ReLU-MaxPool2,
-Flatten, Linear(3136,128)-ReLU-Dropout(0.5), Linear(128,10). Imported by the scripts beside it
-(``python benchmarks/<name>.py`` puts this folder on ``sys.path``).
+Flatten, Linear(3136,128)-ReLU-Dropout(0.5), Linear(128,10): the library's ``gl.models.small_cnn`` with
+biased convolutions. Imported by the scripts beside it (``python benchmarks/<name>.py`` puts this folder
+on ``sys.path``).
 """
 
 from __future__ import annotations
 
+from gpulayers.models import small_cnn
+
 
 def reference_cnn(nn):
     """The reference CNN from ``nn``: ``gpulayers.nn`` or ``torch.nn`` (same names and arguments)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10),
-    )  # fmt: skip
+    return small_cnn(1, 10, 28, width=32, dropout=0.5, hidden=128, conv_bias=True, layers=nn)
 
 
 def build_models(seed: int = 0):

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import requires_gpu, torch
 
 import gpulayers as gl
 
-try:  # the PyTorch oracle is a test-time dependency only
-    import torch
-
+if torch is not None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-except Exception:  # pragma: no cover - torch missing
-    torch = None
-
-requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the parity oracle) is not installed")
-requires_gpu = pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_gpu])]
 

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import one_block_cnn
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -118,18 +119,6 @@ def test_contract_optimiser_signature(name, want):
 # ---------------------------------------------------------------------------------------------
 
 
-def _model(ns):
-    return ns.Sequential(
-        ns.Conv2d(1, 8, 3, padding=1),
-        ns.BatchNorm2d(8),
-        ns.ReLU(),
-        ns.MaxPool2d(2),
-        ns.Flatten(),
-        ns.Dropout(0.5),
-        ns.Linear(8 * 14 * 14, 10),
-    )
-
-
 @pytest.mark.parametrize("method", ["to_float64", "double", "to_positional", "float"])
 def test_contract_to_float_double_return_self_and_cast_floating_buffers(method):
     m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
@@ -159,7 +148,7 @@ def test_contract_to_float_double_return_self_and_cast_floating_buffers(method):
         lambda ns: ns.BatchNorm1d(3, affine=False, track_running_stats=False),
         lambda ns: ns.Conv2d(2, 3, 3, bias=False),
         lambda ns: ns.Linear(2, 3, bias=False),
-        _model,
+        one_block_cnn,
     ],
     ids=["bn", "bn-noaffine", "bn-notrack", "bn1d-bare", "conv-nobias", "linear-nobias", "model"],
 )
@@ -176,7 +165,7 @@ def test_contract_state_dict_keys_dtypes_shapes_match_pytorch(factory):
 @pytest.mark.parametrize("form", ["numpy", "tensor", "float64-numpy"])
 def test_contract_load_state_dict_from_pytorch_keeps_dtype(form):
     torch.manual_seed(0)
-    ref = _model(tnn)
+    ref = one_block_cnn(tnn)
     ref.train()
     ref(torch.randn(3, 1, 28, 28))  # running stats and num_batches_tracked move
     sd = ref.state_dict()
@@ -184,7 +173,7 @@ def test_contract_load_state_dict_from_pytorch_keeps_dtype(form):
         sd = {k: v.numpy() for k, v in sd.items()}
     elif form == "float64-numpy":
         sd = {k: v.numpy().astype(np.float64) if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-    m = _model(nn)
+    m = one_block_cnn(nn)
     result = m.load_state_dict(sd)
     assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
     got = m.state_dict()
@@ -224,7 +213,7 @@ def test_contract_load_state_dict_non_strict_reports_keys_like_pytorch():
     ids=["missing", "unexpected", "shape"],
 )
 def test_contract_load_state_dict_strict_errors_name_the_key(change, match):
-    m = _model(nn)
+    m = one_block_cnn(nn)
     sd = m.state_dict()
     change(sd)
     with pytest.raises(RuntimeError, match=match):
@@ -392,7 +381,7 @@ EMPTY_CASES = {
     "sigmoid": (lambda ns: ns.Sigmoid(), (0, 3)),
     "tanh": (lambda ns: ns.Tanh(), (0, 3)),
     "flatten": (lambda ns: ns.Flatten(), (0, 2, 3, 3)),
-    "model": (_model, (0, 1, 28, 28)),
+    "model": (one_block_cnn, (0, 1, 28, 28)),
 }
 
 
@@ -510,7 +499,7 @@ def test_contract_one_training_step_snippet():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 4)
-    model = _model(nn).to(gl.default_device())
+    model = one_block_cnn(nn).to(gl.default_device())
     x, y = gl.to_device(x, gl.default_device()), gl.to_device(y, gl.default_device())
     criterion = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

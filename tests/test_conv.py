@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import requires_gpu
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -271,7 +272,7 @@ def test_conv2d_op_rejects_bad_input():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+@requires_gpu
 def test_conv2d_rejects_input_on_another_device():
     layer = nn.Conv2d(3, 4, 3)
     with pytest.raises(RuntimeError, match=r"Conv2d: input is on cuda:0 but the weight is on cpu"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_gpu, requires_torch, torch
+from helpers import requires_gpu, requires_torch, torch
 
 import gpulayers as gl
 import gpulayers.distributed as dist

@@ -19,30 +19,25 @@ import os
 
 import numpy as np
 import pytest
+from helpers import requires_gpu, requires_torch, small_cnn, torch
 
 import gpulayers as gl
 from gpulayers import kernels, nn, optim
 from gpulayers._checks import pooled_size
 from gpulayers.ops import conv2d_cuda, max_pool2d_cuda
 
-try:
-    import torch
-except Exception:  # pragma: no cover
-    torch = None
-
 DEVICE = os.environ.get("GPULAYERS_GPU_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(ON_GPU and not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)"),
+    *([requires_gpu] if ON_GPU else []),
 ]
 
 # PyTorch on the same device as the layers under test (its CPU build in the dry run).
 TORCH_DEVICE = "cuda" if ON_GPU else "cpu"
 TORCH_TWIN = torch is not None and (torch.cuda.is_available() if ON_GPU else True)
 requires_real_gpu = pytest.mark.skipif(not ON_GPU, reason="needs the real GPU path")
-requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the parity oracle) is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -439,21 +434,8 @@ def test_gradcheck_on_gpu(name):
 # Training: determinism, CPU parity, devices, seeding
 # ----------------------------------------------------------------------------------------------
 def _small_cnn(dropout: float = 0.0) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 32),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(32, 4),
-    )
+    """The reference CNN for 16x16 images of four classes."""
+    return small_cnn(image_size=16, num_classes=4, width=8, hidden=32, dropout=dropout, conv_bias=True)
 
 
 def _synthetic_data(n: int = 256, seed: int = 9):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import requires_gpu
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -196,7 +197,7 @@ def test_linear_in_sequential_with_flatten_matches_torch():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+@requires_gpu
 def test_linear_rejects_mixed_devices():
     layer = nn.Linear(3, 2).to("cuda")
     with pytest.raises(RuntimeError, match="Linear: input is on cpu but the weight is on cuda:0"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import requires_gpu
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -249,7 +250,7 @@ def test_cross_entropy_label_range_checked_on_every_device(device, reduction):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+@requires_gpu
 def test_losses_reject_mixed_devices():
     logits = gl.to_device(np.zeros((3, 4), np.float32), "cuda")
     with pytest.raises(RuntimeError, match="CrossEntropyLoss: input is on cuda:0 but the target is on cpu"):

@@ -5,28 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, copy_weights, small_cnn, small_cnn_pair
 
 import gpulayers as gl
 from gpulayers import nn, optim
 
 
-def _cnn(lib, width: int = 4):
-    """The test CNN from ``lib``: ``gpulayers.nn`` or ``torch.nn`` (same names and arguments)."""
-    return lib.Sequential(
-        lib.Conv2d(1, width, 3, padding=1),
-        lib.BatchNorm2d(width),
-        lib.ReLU(),
-        lib.MaxPool2d(2),
-        lib.Conv2d(width, 2 * width, 3, padding=1),
-        lib.BatchNorm2d(2 * width),
-        lib.ReLU(),
-        lib.MaxPool2d(2),
-        lib.Flatten(),
-        lib.Linear(2 * width * 3 * 3, 16),
-        lib.ReLU(),
-        lib.Dropout(0.0),
-        lib.Linear(16, 10),
-    )
+def _cnn(lib):
+    """The tests' small CNN (12x12 images, biased convolutions) from ``gpulayers.nn`` or ``torch.nn``."""
+    return small_cnn(lib, conv_bias=True)
 
 
 def _optimisers(kind: str, ours, theirs):
@@ -53,11 +40,8 @@ def _optimisers(kind: str, ours, theirs):
     ],
 )
 def test_small_cnn_training_matches_pytorch(dtype, opt_kind, rtol, atol):
-    tdtype = torch.float64 if dtype == np.float64 else torch.float32
-    ours = _cnn(nn).to(dtype=dtype)
-    theirs = _cnn(torch.nn).to(tdtype)
     # Start from identical weights (ours -> torch), then train both for a few steps.
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours, theirs = small_cnn_pair(dtype, conv_bias=True)
     opt, topt = _optimisers(opt_kind, ours, theirs)
     crit, tcrit = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
@@ -98,12 +82,11 @@ def test_small_cnn_training_matches_pytorch(dtype, opt_kind, rtol, atol):
 
 def test_small_cnn_weights_move_from_pytorch():
     theirs = _cnn(torch.nn).double()
-    ours = _cnn(nn).double()
-    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    ours = copy_weights(theirs, _cnn(nn).double())
     x = np.random.default_rng(1).standard_normal((2, 1, 12, 12))
     with torch.no_grad():
         expected = theirs(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(ours(x), expected, rtol=1e-10, atol=1e-12)
+    assert_close(ours(x), expected)
 
 
 def test_small_cnn_float32_step_keeps_dtype():

@@ -5,27 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import one_block_cnn
 
 import gpulayers as gl
 from gpulayers import nn
 
 
-def _api_model(lib=nn):
-    """A small CNN from ``lib``: ``gpulayers.nn`` (default) or ``torch.nn``."""
-    return lib.Sequential(
-        lib.Conv2d(1, 8, 3, padding=1),
-        lib.BatchNorm2d(8),
-        lib.ReLU(),
-        lib.MaxPool2d(2),
-        lib.Flatten(),
-        lib.Dropout(0.5),
-        lib.Linear(8 * 14 * 14, 10),
-    )
-
-
 def test_module_state_dict_keys_match_pytorch():
-    ours = _api_model().state_dict()
-    theirs = _api_model(torch.nn).state_dict()
+    ours = one_block_cnn().state_dict()
+    theirs = one_block_cnn(torch.nn).state_dict()
     assert list(ours) == list(theirs)
     for key, value in theirs.items():
         assert ours[key].shape == tuple(value.shape), key
@@ -33,17 +21,17 @@ def test_module_state_dict_keys_match_pytorch():
 
 
 def test_module_named_parameters_order_and_names():
-    names = [n for n, _ in _api_model().named_parameters()]
-    assert names == [n for n, _ in _api_model(torch.nn).named_parameters()]
+    names = [n for n, _ in one_block_cnn().named_parameters()]
+    assert names == [n for n, _ in one_block_cnn(torch.nn).named_parameters()]
     assert names[0] == "0.weight"
 
 
 def test_module_state_dict_roundtrip_with_pytorch():
-    model, tmodel = _api_model(), _api_model(torch.nn)
+    model, tmodel = one_block_cnn(), one_block_cnn(torch.nn)
     tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     for k, v in tmodel.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), model.state_dict()[k])
-    tmodel2 = _api_model(torch.nn)
+    tmodel2 = one_block_cnn(torch.nn)
     model.load_state_dict({k: v.numpy() for k, v in tmodel2.state_dict().items()})
     for k, v in tmodel2.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[k], v.numpy())
@@ -90,7 +78,7 @@ def test_module_load_state_dict_shape_mismatch_names_key():
 
 
 def test_module_to_double_casts_params_and_float_buffers_only():
-    model = _api_model().double()
+    model = one_block_cnn().double()
     for _, p in model.named_parameters():
         assert p.data.dtype == np.float64
     sd = model.state_dict()
@@ -106,12 +94,12 @@ def test_module_to_rejects_integer_dtype():
 
 
 def test_module_new_modules_start_on_cpu_float32():
-    for _, p in _api_model().named_parameters():
+    for _, p in one_block_cnn().named_parameters():
         assert isinstance(p.data, np.ndarray) and p.data.dtype == np.float32
 
 
 def test_module_train_eval_recursive():
-    model = _api_model()
+    model = one_block_cnn()
     model.eval()
     assert all(not m.training for m in model.modules())
     model.train()
@@ -141,7 +129,7 @@ def test_module_backward_accumulates():
 
 
 def test_module_repr_shows_structure_and_non_defaults():
-    text = repr(_api_model())
+    text = repr(one_block_cnn())
     assert text.startswith("Sequential(")
     assert "(0): Conv2d(1, 8, kernel_size=(3, 3)" in text
     assert "padding=(1, 1)" in text
@@ -154,7 +142,7 @@ def test_module_sequential_rejects_non_modules():
 
 
 def test_module_sequential_indexing():
-    model = _api_model()
+    model = one_block_cnn()
     assert isinstance(model[0], nn.Conv2d)
     assert len(model[1:3]) == 2
     assert len(model) == 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_close, requires_gpu
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -43,10 +44,6 @@ def _run_torch(ref, x, g):
     return yt.detach().numpy(), xt.grad.numpy()
 
 
-def _assert_close(ours, ref, dtype):
-    np.testing.assert_allclose(gl.to_numpy(ours), ref, **TOL[dtype])
-
-
 @pytest.mark.parametrize("cls,tcls,shape", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("affine", [True, False])
@@ -64,13 +61,13 @@ def test_batchnorm_train_then_eval_matches_torch(device, cls, tcls, shape, dtype
         dx = ours.backward(gl.to_device(g, device))
         y_ref, dx_ref = _run_torch(ref, x, g)
         assert y.dtype == dtype and dx.dtype == dtype
-        _assert_close(y, y_ref, dtype)
-        _assert_close(dx, dx_ref, dtype)
+        assert_close(y, y_ref, **TOL[dtype])
+        assert_close(dx, dx_ref, **TOL[dtype])
         if affine:
-            _assert_close(ours.weight.grad, ref.weight.grad.numpy(), dtype)
-            _assert_close(ours.bias.grad, ref.bias.grad.numpy(), dtype)
-        _assert_close(ours.running_mean, ref.running_mean.numpy(), dtype)
-        _assert_close(ours.running_var, ref.running_var.numpy(), dtype)
+            assert_close(ours.weight.grad, ref.weight.grad.numpy(), **TOL[dtype])
+            assert_close(ours.bias.grad, ref.bias.grad.numpy(), **TOL[dtype])
+        assert_close(ours.running_mean, ref.running_mean.numpy(), **TOL[dtype])
+        assert_close(ours.running_var, ref.running_var.numpy(), **TOL[dtype])
         assert int(gl.to_numpy(ours.num_batches_tracked)) == int(ref.num_batches_tracked) == step + 1
     ours.eval()
     ref.eval()
@@ -79,8 +76,8 @@ def test_batchnorm_train_then_eval_matches_torch(device, cls, tcls, shape, dtype
     y = ours(gl.to_device(x, device))
     dx = ours.backward(gl.to_device(g, device))
     y_ref, dx_ref = _run_torch(ref, x, g)
-    _assert_close(y, y_ref, dtype)
-    _assert_close(dx, dx_ref, dtype)
+    assert_close(y, y_ref, **TOL[dtype])
+    assert_close(dx, dx_ref, **TOL[dtype])
     assert set(ours.state_dict()) == set(ref.state_dict())
 
 
@@ -97,8 +94,8 @@ def test_batchnorm_without_running_stats_matches_torch(device, cls, tcls, shape,
     y = ours(gl.to_device(x, device))
     dx = ours.backward(gl.to_device(g, device))
     y_ref, dx_ref = _run_torch(ref, x, g)
-    _assert_close(y, y_ref, np.float64)
-    _assert_close(dx, dx_ref, np.float64)
+    assert_close(y, y_ref, **TOL[np.float64])
+    assert_close(dx, dx_ref, **TOL[np.float64])
     # batch statistics in eval too: each channel of the output has mean bias and std ~ weight
     axes = (0,) + tuple(range(2, len(shape)))
     np.testing.assert_allclose(gl.to_numpy(y).mean(axis=axes), gl.to_numpy(ours.bias.data), atol=1e-10)
@@ -111,9 +108,9 @@ def test_batchnorm_batch_of_one_is_legal_with_several_values(shape):
     x = np.random.standard_normal(shape)
     g = np.random.standard_normal(shape)
     y_ref, dx_ref = _run_torch(ref, x, g)
-    _assert_close(ours(x), y_ref, np.float64)
-    _assert_close(ours.backward(g), dx_ref, np.float64)
-    _assert_close(ours.running_var, ref.running_var.numpy(), np.float64)
+    assert_close(ours(x), y_ref, **TOL[np.float64])
+    assert_close(ours.backward(g), dx_ref, **TOL[np.float64])
+    assert_close(ours.running_var, ref.running_var.numpy(), **TOL[np.float64])
 
 
 def test_batchnorm_eval_accepts_a_single_sample():
@@ -121,7 +118,7 @@ def test_batchnorm_eval_accepts_a_single_sample():
     ours.eval()
     ref.eval()
     x = np.random.standard_normal((1, 4)).astype(np.float32)
-    _assert_close(ours(x), ref(torch.from_numpy(x)).detach().numpy(), np.float32)
+    assert_close(ours(x), ref(torch.from_numpy(x)).detach().numpy(), **TOL[np.float32])
 
 
 @pytest.mark.parametrize(
@@ -237,7 +234,7 @@ def test_batchnorm_state_dict_round_trips_with_torch():
     ours.eval()
     ref.eval()
     x = np.random.standard_normal((2, 4, 3, 3)).astype(np.float32)
-    _assert_close(ours(x), ref(torch.from_numpy(x)).detach().numpy(), np.float32)
+    assert_close(ours(x), ref(torch.from_numpy(x)).detach().numpy(), **TOL[np.float32])
     ours.double()
     assert ours.running_mean.dtype == np.float64 and ours.num_batches_tracked.dtype == np.int64
 
@@ -316,7 +313,7 @@ def test_batchnorm_accumulates_parameter_grads():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+@requires_gpu
 def test_batchnorm_device_mismatch_raises():
     bn = nn.BatchNorm1d(3).to("cuda")
     with pytest.raises(RuntimeError, match="BatchNorm1d: input is on cpu but the weight is on cuda"):

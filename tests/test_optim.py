@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 import gpulayers as gl
 from gpulayers import nn, optim
@@ -59,7 +60,7 @@ def _step_both(opt, topt, ours, ref, grads):
 def _assert_params_match(ours, ref, dtype):
     for p, tp in zip(ours, ref, strict=True):
         assert p.data.dtype == dtype
-        np.testing.assert_allclose(gl.to_numpy(p.data), tp.detach().numpy(), **TOL[dtype])
+        assert_close(p.data, tp, **TOL[dtype])
 
 
 def _run_parity(make, tmake, dtype, device):

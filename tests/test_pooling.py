@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import requires_gpu
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -287,7 +288,7 @@ def test_pooling_ops_name_themselves_in_errors():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+@requires_gpu
 @pytest.mark.parametrize("layer", [nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(3)], ids=repr)
 def test_pooling_rejects_gradient_on_another_device(layer):
     layer(gl.to_device(np.zeros((1, 2, 6, 6), np.float32), "cuda"))

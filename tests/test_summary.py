@@ -6,36 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from helpers import requires_torch, torch
 
 import gpulayers as gl
 from gpulayers import models, nn
-
-try:  # the PyTorch oracle (installed in CI)
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
-
-requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-
-
-def torch_small_cnn(in_channels, num_classes, image_size, width, hidden=128):
-    t = torch.nn
-    side = image_size // 4
-    return t.Sequential(
-        t.Conv2d(in_channels, width, 3, padding=1, bias=False),
-        t.BatchNorm2d(width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-        t.BatchNorm2d(2 * width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Flatten(),
-        t.Linear(2 * width * side * side, hidden),
-        t.ReLU(),
-        t.Dropout(0.5),
-        t.Linear(hidden, num_classes),
-    )
 
 
 def rows(text):
@@ -57,7 +31,7 @@ def total(text, label):
 def test_summary_counts_match_torch(channels, size, width):
     model = models.small_cnn(channels, 10, size, width=width)
     text = nn.summary(model, (channels, size, size))
-    ref = torch_small_cnn(channels, 10, size, width)
+    ref = models.small_cnn(channels, 10, size, width=width, layers=torch.nn)
     assert total(text, "Total params") == sum(p.numel() for p in ref.parameters())
     assert total(text, "Trainable params") == sum(p.numel() for p in ref.parameters() if p.requires_grad)
     assert total(text, "Buffers \\(running statistics\\)") == sum(b.numel() for b in ref.buffers())

@@ -1,0 +1,118 @@
+"""Shared test helpers: skip markers, one tolerance rule, and the reference small CNN from either library.
+
+    from helpers import assert_close, requires_gpu, requires_torch, small_cnn, small_cnn_pair, torch
+
+``torch`` is the PyTorch module, or None where it is not installed (it is the parity oracle, a
+test-time dependency only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gpulayers as gl
+from gpulayers import models
+
+try:  # the PyTorch oracle is a test-time dependency only
+    import torch
+except ImportError:  # pragma: no cover - torch missing
+    torch = None
+
+requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the parity oracle) is not installed")
+requires_gpu = pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+
+#: Default tolerances per dtype: a few ulps of float32 accumulated over a layer, and float64 near exact.
+TOL: dict[type, dict[str, float]] = {
+    np.float32: {"rtol": 1e-5, "atol": 1e-6},
+    np.float64: {"rtol": 1e-10, "atol": 1e-12},
+}
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A NumPy array from a NumPy/CuPy array, a PyTorch tensor (any device) or a number."""
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return gl.to_numpy(x) if hasattr(x, "shape") else np.asarray(x)
+
+
+def assert_close(
+    got: Any,
+    want: Any,
+    dtype: Any = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    scale: bool = False,
+    err_msg: str = "",
+) -> None:
+    """``got`` equals ``want`` (same shape) within the tolerance of ``dtype`` (default: ``got``'s dtype).
+
+    Args:
+        got, want: NumPy/CuPy arrays, PyTorch tensors or numbers.
+        dtype: picks the row of :data:`TOL`; float16/integers use float32's.
+        rtol, atol: override the row's values.
+        scale: multiply ``atol`` by the largest magnitude in ``want`` (at least 1), for values that
+            are sums of many terms.
+        err_msg: printed on failure.
+    """
+    got, want = as_numpy(got), as_numpy(want)
+    assert got.shape == want.shape, f"shape {got.shape} != {want.shape} {err_msg}"
+    kind = np.dtype(dtype if dtype is not None else got.dtype).type
+    tol = dict(TOL.get(kind, TOL[np.float32]))
+    if rtol is not None:
+        tol["rtol"] = rtol
+    if atol is not None:
+        tol["atol"] = atol
+    if scale:
+        tol["atol"] *= max(1.0, float(np.abs(want).max(initial=0)))
+    np.testing.assert_allclose(got, want, err_msg=err_msg, **tol)
+
+
+#: The small CNN of the tests: ``gl.models.small_cnn`` sized for 12x12 single-channel images.
+SMALL_CNN = {"in_channels": 1, "num_classes": 10, "image_size": 12, "width": 4, "hidden": 16, "dropout": 0.0}
+
+
+def small_cnn(layers: Any = None, **overrides: Any):
+    """The reference small CNN (``gl.models.small_cnn``) with the tests' sizes (:data:`SMALL_CNN`).
+
+    Args:
+        layers: ``gpulayers.nn`` (default) or ``torch.nn`` for the PyTorch twin (same state_dict keys).
+        **overrides: any ``small_cnn`` argument (``image_size``, ``width``, ``conv_bias``, ...).
+    """
+    return models.small_cnn(**{**SMALL_CNN, **overrides}, layers=layers)
+
+
+def copy_weights(src: Any, dst: Any) -> Any:
+    """Load ``src``'s state_dict into ``dst`` across the two libraries (either direction); returns dst."""
+    if torch is not None and isinstance(dst, torch.nn.Module):
+        dst.load_state_dict({k: torch.from_numpy(np.array(as_numpy(v))) for k, v in src.state_dict().items()})
+    else:
+        dst.load_state_dict({k: as_numpy(v) for k, v in src.state_dict().items()})
+    return dst
+
+
+def small_cnn_pair(dtype: Any = np.float64, **overrides: Any):
+    """``(ours, theirs)``: the small CNN in gpulayers and in PyTorch, in ``dtype``, with the same weights
+    (gpulayers' initialisation copied into the PyTorch twin)."""
+    ours = small_cnn(**overrides).to(dtype=np.dtype(dtype))
+    theirs = small_cnn(torch.nn, **overrides).to(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+    return ours, copy_weights(ours, theirs)
+
+
+def one_block_cnn(layers: Any = None):
+    """A one-block CNN for 1x28x28 images (conv, batch norm, pool, dropout, linear: seven children,
+    the classifier ``"6"``), from ``gpulayers.nn`` (default) or ``torch.nn``: the module-system tests'
+    model."""
+    L = gl.nn if layers is None else layers  # noqa: N806 - reads like the namespace it stands for
+    return L.Sequential(
+        L.Conv2d(1, 8, 3, padding=1),
+        L.BatchNorm2d(8),
+        L.ReLU(),
+        L.MaxPool2d(2),
+        L.Flatten(),
+        L.Dropout(0.5),
+        L.Linear(8 * 14 * 14, 10),
+    )
