@@ -114,3 +114,17 @@ def test_small_cnn_gradcheck_float64():
     ).double()
     x = np.random.default_rng(4).standard_normal((3, 1, 4, 4))
     assert gl.gradcheck(model, x)
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_small_cnn_torch_twin_has_the_same_state_dict(conv_bias):
+    ours, theirs = small_cnn(conv_bias=conv_bias).state_dict(), small_cnn(torch.nn, conv_bias=conv_bias).state_dict()
+    assert list(ours) == list(theirs)
+    assert ("0.bias" in ours) is conv_bias
+    for key, value in theirs.items():
+        assert ours[key].shape == tuple(value.shape), key
+
+
+def test_small_cnn_conv_bias_must_be_a_bool():
+    with pytest.raises(TypeError, match="small_cnn: expected conv_bias to be a bool, got int"):
+        gl.models.small_cnn(conv_bias=1)
