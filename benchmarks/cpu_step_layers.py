@@ -52,7 +52,7 @@ def main() -> int:
           f"median thread-CPU ms of {args.repeats} calls")  # fmt: skip
     print(f"{'layer':34s} {'pass':9s} {'gpulayers':>10s} {'torch':>10s} {'ratio':>7s}")
     totals = {"gpulayers": 0.0, "torch": 0.0}
-    for index, (mine, twin) in enumerate(zip(list(ours), list(theirs))):
+    for index, (mine, twin) in enumerate(zip(list(ours), list(theirs), strict=True)):
         tx = torch.from_numpy(x.copy()).requires_grad_(True)
         y = mine(x)
         dy = rng.standard_normal(y.shape).astype(np.float32)
