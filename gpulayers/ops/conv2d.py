@@ -256,13 +256,24 @@ def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: 
 def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
     weight, a, sample_major = cache.weight, cache.a, cache.sample_major
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    dw = _weight_grad_cpu(cache.cols, dy, weight.shape, a, sample_major)
-    dx = _input_grad_cpu(dy, weight, cache.x_shape, a, sample_major)
+    grad = None if sample_major else _channel_major(dy, a.groups)  # shared by both products
+    dw = _weight_grad_cpu(cache.cols, dy, weight.shape, a, sample_major, grad)
+    dx = _input_grad_cpu(dy, weight, cache.x_shape, a, sample_major, grad)
     return dx, dw, db
 
 
-def _weight_grad_cpu(cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, sample_major: bool):
-    """``dW`` from the columns of the input (:func:`_im2col_cpu`) and the output gradient."""
+def _channel_major(dy: np.ndarray, groups: int) -> np.ndarray:
+    """``dy`` as ``(G, O/G, N*OH*OW)``: the output gradient in the channel-major column order."""
+    return np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(groups, dy.shape[1] // groups, -1)
+
+
+def _weight_grad_cpu(
+    cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, sample_major: bool, grad: Any = None
+):
+    """``dW`` from the columns of the input (:func:`_im2col_cpu`) and the output gradient.
+
+    ``grad``: ``dy`` already in channel-major order (:func:`_channel_major`), when the caller has it.
+    """
     n = dy.shape[0]
     out_c, cg, kh, kw = weight_shape
     g, rows, pixels = a.groups, cg * kh * kw, a.out_size[0] * a.out_size[1]
@@ -270,13 +281,15 @@ def _weight_grad_cpu(cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: C
         grad = dy.reshape(n, g, out_c // g, pixels)
         dw = np.matmul(grad, cols.reshape(n, g, rows, pixels).transpose(0, 1, 3, 2)).sum(axis=0)
     else:
-        grad = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, out_c // g, n * pixels)
+        grad = _channel_major(dy, g) if grad is None else grad
         dw = np.matmul(grad, cols.reshape(g, rows, n * pixels).transpose(0, 2, 1))
     return dw.reshape(weight_shape)
 
 
-def _input_grad_cpu(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs, sample_major: bool):
-    """``dx``: the column gradient ``W^T dy`` by GEMM, then col2im."""
+def _input_grad_cpu(
+    dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs, sample_major: bool, grad: Any = None
+):
+    """``dx``: the column gradient ``W^T dy`` by GEMM, then col2im (``grad`` as in :func:`_weight_grad_cpu`)."""
     n, c = x_shape[:2]
     out_c, cg, kh, kw = weight.shape
     g, (oh, ow) = a.groups, a.out_size
@@ -285,7 +298,7 @@ def _input_grad_cpu(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvA
     if sample_major:
         dcols = np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels)).reshape(n, c, kh, kw, oh, ow)
     else:
-        grad = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, out_c // g, n * pixels)
+        grad = _channel_major(dy, g) if grad is None else grad
         dcols = np.matmul(w_t, grad).reshape(c, kh, kw, n, oh, ow)
     return _col2im_cpu(dcols, x_shape, (kh, kw), a, sample_major)
 
