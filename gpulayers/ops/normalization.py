@@ -37,8 +37,15 @@ def _per_channel(x: Any) -> Any:
 
 
 def _channel_sum(x: Any) -> Any:
-    """Per-channel sum, (C,): pairwise along the contiguous L axis, then over N."""
-    return _per_channel(x).sum(axis=2).sum(axis=0)
+    """Per-channel sum, (C,): along the contiguous L axis, then over N.
+
+    On NumPy the L axis is summed as a matrix-vector product with ones (BLAS), about twice as
+    fast as ``sum(axis=2)`` at a convolution's sizes; CuPy keeps its reduction kernel.
+    """
+    x3 = _per_channel(x)
+    if isinstance(x3, np.ndarray) and x3.dtype.kind == "f" and x3.shape[2] > 1:
+        return np.matmul(x3, np.ones(x3.shape[2], dtype=x3.dtype)).sum(axis=0)
+    return x3.sum(axis=2).sum(axis=0)
 
 
 def _channel_dot(a: Any, b: Any) -> Any:
