@@ -158,16 +158,17 @@ _LEGAL = {
     ("AvgPool2d", "padding"): [0],
     ("AdaptiveAvgPool2d", "output_size"): [None],
     ("BatchNorm2d", "momentum"): [None, 0],
+    ("BatchNorm2d", "eps"): [2.5],
     ("LeakyReLU", "negative_slope"): [-1, 0, 2.5, -(2**40)],
     ("Dropout", "p"): [0],
     ("Flatten", "start_dim"): [-1, 0],
     ("Flatten", "end_dim"): [-1, 0, -(2**40)],
-    ("SGD", "lr"): [0],
-    ("SGD", "momentum"): [0],
-    ("SGD", "weight_decay"): [0],
-    ("Adam", "lr"): [0],
-    ("Adam", "eps"): [0],
-    ("Adam", "weight_decay"): [0],
+    ("SGD", "lr"): [0, 2.5],
+    ("SGD", "momentum"): [0, 2.5],
+    ("SGD", "weight_decay"): [0, 2.5],
+    ("Adam", "lr"): [0, 2.5],
+    ("Adam", "eps"): [0, 2.5],
+    ("Adam", "weight_decay"): [0, 2.5],
 }
 
 
