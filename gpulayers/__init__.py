@@ -16,6 +16,7 @@ from .backend import (
     to_device,
     to_numpy,
 )
+from .debug import debug_mode, is_debug, set_debug
 from .gradcheck import gradcheck
 
 __version__ = "0.1.0"
@@ -25,14 +26,17 @@ __all__ = [
     "cuda",
     "cuda_is_available",
     "data",
+    "debug_mode",
     "default_device",
     "functional",
     "get_array_module",
     "gradcheck",
+    "is_debug",
     "manual_seed",
     "models",
     "nn",
     "optim",
+    "set_debug",
     "to_device",
     "to_numpy",
 ]

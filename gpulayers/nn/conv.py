@@ -101,6 +101,7 @@ class Conv2d(Module):
     def backward(self, grad_output: Any) -> Any:
         if self._cache is None:
             raise no_forward("Conv2d")
+        self._check_saved()
         dx, dw, db = ops.conv2d_backward(grad_output, self._cache)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
@@ -238,6 +239,7 @@ class ConvTranspose2d(Module):
     def backward(self, grad_output: Any) -> Any:
         if self._cache is None:
             raise no_forward("ConvTranspose2d")
+        self._check_saved()
         dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._cache)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)

@@ -33,6 +33,7 @@ class _Loss(Module):
         name = type(self).__name__
         if self._cache is None:
             raise RuntimeError(f"{name}.backward: called before forward (no saved loss); run criterion(input, target)")
+        self._check_saved()
         try:
             return fn(self._cache, grad_output)
         except ValueError as exc:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import backend
+from .. import backend, debug
 from .._checks import check_grad, no_forward
 
 __all__ = ["Parameter", "Module", "Sequential"]
@@ -60,6 +60,13 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+def _kept(cache: Any) -> Any:
+    """What a forward's ``_cache`` keeps for backward: ``(saved, output)`` pairs keep ``saved``."""
+    if isinstance(cache, tuple) and len(cache) == 2 and hasattr(cache[1], "shape"):
+        return cache[0]
+    return cache
+
+
 def _is_float(arr: Any) -> bool:
     return np.dtype(arr.dtype).kind == "f"
 
@@ -93,6 +100,8 @@ class Module:
             self._buffers[name] = value
         else:
             object.__setattr__(self, name, value)
+            if name == "_cache":  # what forward keeps for backward: fingerprinted in debug mode
+                object.__setattr__(self, "_debug_prints", debug.snapshot(_kept(value)))
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: look in the registries.
@@ -326,7 +335,12 @@ class Module:
             raise no_forward(name)
         saved, y = self._cache
         check_grad(name, grad_output, y.shape, y)
+        self._check_saved()
         return saved
+
+    def _check_saved(self) -> None:
+        """In debug mode (``gl.set_debug``), raise when an array that forward kept changed since."""
+        debug.check_unchanged(type(self).__name__, self.__dict__.get("_debug_prints"))
 
 
 class Sequential(Module):

@@ -33,6 +33,7 @@ class _Pool(Module):
     def backward(self, grad_output: Any) -> Any:
         if self._cache is None:
             raise no_forward(type(self).__name__)
+        self._check_saved()
         return type(self)._backward_op(grad_output, self._cache)
 
 
