@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from ._checks import check_real
 from .nn.module import Module
 
 __all__ = ["gradcheck", "GradcheckError"]
@@ -81,6 +82,11 @@ def gradcheck(
     Returns:
         True when every gradient agrees.
     """
+    if not isinstance(module, Module):
+        raise TypeError(f"gradcheck: expected a Module, got {type(module).__name__}")
+    check_real("gradcheck", "eps", eps, above=0.0)
+    check_real("gradcheck", "atol", atol, minimum=0.0)
+    check_real("gradcheck", "rtol", rtol, minimum=0.0)
     name = type(module).__name__
     if np.dtype(x.dtype) != np.float64:
         raise TypeError(f"gradcheck: expected a float64 input, got {x.dtype} (finite differences need float64)")

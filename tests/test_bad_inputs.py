@@ -281,3 +281,36 @@ def test_functional_bad_arguments_name_the_op(call, exc, pattern):
 def test_layer_norm_functional_takes_an_int_shape_like_torch():
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_array_equal(F.layer_norm_forward(x, 3)[0], F.layer_norm_forward(x, (3,))[0])
+
+
+@pytest.mark.parametrize(
+    "call,exc,pattern",
+    [
+        (lambda: nn.Parameter([1.0, 2.0]), TypeError, "Parameter: expected a NumPy or CuPy array, got list"),
+        (lambda: nn.Parameter(np.zeros(3, np.int64)), TypeError, "Parameter: expected a floating-point array"),
+        (lambda: nn.Linear(2, 2).to(dtype=np.float16), TypeError, r"Linear.to: expected a floating dtype \(float32"),
+        (lambda: nn.Linear(2, 2).train("no"), TypeError, "Linear.train: expected mode to be a bool"),
+        (lambda: nn.Linear(2, 2).load_state_dict([1]), TypeError, "Linear.load_state_dict: expected a dict"),
+        (
+            lambda: nn.Linear(2, 2).load_state_dict(nn.Linear(2, 2).state_dict(), strict="no"),
+            TypeError,
+            "Linear.load_state_dict: expected strict to be a bool",
+        ),
+        (lambda: gl.gradcheck(3, np.zeros((2, 3))), TypeError, "gradcheck: expected a Module, got int"),
+        (
+            lambda: gl.gradcheck(nn.Linear(3, 2).double(), np.zeros((2, 3)), eps=NAN),
+            ValueError,
+            "gradcheck: expected a finite eps",
+        ),
+        (
+            lambda: nn.summary(nn.Linear(3, 2), "abc"),
+            TypeError,
+            "summary: expected input_shape to be an int or a tuple",
+        ),
+        (lambda: nn.summary(nn.Linear(3, 2), (3,), batch_size=True), TypeError, "summary: expected batch_size"),
+        (lambda: nn.summary(3, (3,)), TypeError, "summary: expected a Module"),
+    ],
+)
+def test_module_and_tool_arguments_name_the_function(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()

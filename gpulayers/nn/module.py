@@ -8,13 +8,13 @@ parameter gradients into ``param.grad`` (PyTorch's accumulation semantics).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import backend, debug
-from .._checks import check_grad, no_forward
+from .._checks import check_bool, check_grad, no_forward
 
 __all__ = ["Parameter", "Module", "Sequential"]
 
@@ -30,6 +30,10 @@ class Parameter:
     __slots__ = ("data", "grad")
 
     def __init__(self, data: Any):
+        if not hasattr(data, "dtype") or not hasattr(data, "shape"):
+            raise TypeError(f"Parameter: expected a NumPy or CuPy array, got {type(data).__name__}")
+        if np.dtype(data.dtype).kind != "f":  # as PyTorch: only floating arrays take gradients
+            raise TypeError(f"Parameter: expected a floating-point array, got dtype {data.dtype}")
         self.data = data
         self.grad = None
 
@@ -184,8 +188,9 @@ class Module:
                 p.grad = xp.zeros_like(p.data)
 
     def train(self, mode: bool = True) -> Module:
+        mode = check_bool(f"{type(self).__name__}.train", "mode", mode)
         for mod in self.modules():
-            object.__setattr__(mod, "training", bool(mode))
+            object.__setattr__(mod, "training", mode)
         return self
 
     def eval(self) -> Module:
@@ -202,8 +207,10 @@ class Module:
             device, dtype = None, device
         if dtype is not None:
             dtype = np.dtype(dtype)
-            if dtype.kind != "f":
-                raise TypeError(f"{type(self).__name__}.to: expected a floating dtype, got {dtype}")
+            if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise TypeError(
+                    f"{type(self).__name__}.to: expected a floating dtype (float32 or float64), got {dtype}"
+                )
 
         def convert(arr, floating_only_cast: bool):
             if arr is None:
@@ -268,6 +275,10 @@ class Module:
 
         Returns ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty when ``strict``).
         """
+        name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name}: expected a dict of arrays (from state_dict()), got {type(state_dict).__name__}")
+        strict = check_bool(name, "strict", strict)
         own = {key: (item, is_param) for key, item, is_param in self._state_items()}
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]

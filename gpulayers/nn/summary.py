@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .._checks import check_int
 from .module import Module
 
 __all__ = ["summary"]
@@ -41,9 +42,16 @@ def summary(
         The table as text: one row per leaf layer call (name, type, output shape, parameters),
         then the total and trainable parameter counts, the buffer count and the sizes in MB.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"summary: expected a Module, got {type(model).__name__}")
     if isinstance(input_shape, (int, np.integer)):
-        input_shape = (int(input_shape),)
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, (tuple, list)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in input_shape
+    ):
+        raise TypeError(f"summary: expected input_shape to be an int or a tuple of ints, got {input_shape!r}")
     shape = tuple(int(s) for s in input_shape)
+    batch_size = check_int("summary", "batch_size", batch_size)
     if any(s < 1 for s in shape) or batch_size < 1:
         raise ValueError(f"summary: expected positive sizes, got input_shape {shape} and batch_size {batch_size}")
     params = list(model.parameters())
