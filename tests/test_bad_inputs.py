@@ -314,3 +314,21 @@ def test_layer_norm_functional_takes_an_int_shape_like_torch():
 def test_module_and_tool_arguments_name_the_function(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+_F_LINEAR = [
+    (lambda: F.linear_forward(np.zeros((2, 3)), np.zeros(3)), "weight"),
+    (lambda: F.linear_forward(np.zeros((2, 3)), np.zeros((4, 3)), np.zeros(5)), "bias"),
+    (lambda: F.linear_forward(np.zeros((2, 3), np.int64), np.zeros((4, 3))), "floating"),
+    (lambda: F.linear_forward([[0.0, 0.0, 0.0]], np.zeros((4, 3))), "array"),
+    (lambda: F.linear_forward(np.zeros((2, 3)), np.zeros((4, 3), np.float32)), "dtype"),
+    (lambda: F.linear_backward(np.zeros((2, 5)), F.linear_forward(np.zeros((2, 3)), np.zeros((4, 3)))[1]), "shape"),
+    (lambda: F.linear_backward(np.zeros((2, 4)), None), "cache"),
+]
+
+
+@pytest.mark.parametrize("call,what", _F_LINEAR, ids=[w for _, w in _F_LINEAR])
+def test_functional_linear_validates_like_the_module(call, what):
+    """Once an IndexError or a NumPy broadcast error; now a message naming the op."""
+    with pytest.raises((ValueError, TypeError), match=r"^linear"):
+        call()

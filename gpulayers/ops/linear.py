@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .._checks import check_floating, check_grad, check_same_device
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -25,6 +26,22 @@ def _implicit_gemm(x: Any) -> bool:
 
     chosen = cuda.get_conv_algorithm()
     return chosen in ("implicit_gemm", "direct") or (chosen == "auto" and cuda.DEFAULT_GEMM == "implicit_gemm")
+
+
+def _check_arrays(x: Any, weight: Any, bias: Any) -> None:
+    """Floating arrays on one device and dtype: x (*, in), weight (out, in), bias (out,) or None."""
+    check_floating("linear", x)
+    if x.ndim < 1:
+        raise ValueError("linear: expected an input of shape (*, in_features), got a 0-D array")
+    check_floating("linear weight", weight)
+    if weight.ndim != 2:
+        raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {tuple(weight.shape)}")
+    check_same_device("linear", x, weight)
+    if bias is not None:
+        check_floating("linear bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"linear: expected a bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        check_same_device("linear", x, bias, "bias")
 
 
 def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, dict]:
@@ -42,6 +59,7 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, dict]:
         - x: (*, in_features)
         - y: (*, out_features)
     """
+    _check_arrays(x, weight, bias)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"linear: expected input with {weight.shape[1]} features on the last axis, got shape {tuple(x.shape)}"
@@ -69,8 +87,11 @@ def linear_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dbias`` is None when the forward had no bias.
     """
+    if not isinstance(cache, dict) or "x" not in cache or "weight" not in cache:
+        raise TypeError(f"linear.backward: expected the cache returned by linear_forward, got {type(cache).__name__}")
     x, weight = cache["x"], cache["weight"]
     out_features, in_features = weight.shape
+    check_grad("linear", dy, tuple(x.shape[:-1]) + (out_features,), x)
     rows = int(np.prod(x.shape[:-1]))  # explicit, so that empty inputs reshape too
     dy2 = dy.reshape(rows, out_features)
     x2 = x.reshape(rows, in_features)
