@@ -22,6 +22,7 @@ __all__ = [
     "non_negative_float",
     "drop_probability",
     "width_int",
+    "epochs_int",
     "device_name",
     "output_path_problem",
 ]
@@ -77,6 +78,17 @@ def width_int(text: str) -> int:
     what = f"an integer in 1..{MAX_WIDTH}"
     value = _int(text, what)
     if not 1 <= value <= MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def epochs_int(text: str) -> int:
+    """An epoch count: an integer in 1..1,000,000 (what a checkpoint may record)."""
+    from .checkpoint import MAX_EPOCH  # noqa: PLC0415
+
+    what = f"an integer in 1..{MAX_EPOCH}"
+    value = _int(text, what)
+    if not 1 <= value <= MAX_EPOCH:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 

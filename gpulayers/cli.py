@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", choices=list(DEFAULTS), help="data set (default: digits, no download)")
     p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST IDX files or cifar-10-batches-py")
     p.add_argument("--model", default="small-cnn", choices=["small-cnn"])
-    p.add_argument("--epochs", type=ck.positive_int, help="epochs (default: per data set, 20 for digits)")
+    p.add_argument("--epochs", type=ck.epochs_int, help="epochs (default: per data set, 20 for digits)")
     p.add_argument("--batch-size", type=ck.positive_int, help="batch size (default: per data set, 32 for digits)")
     p.add_argument("--lr", type=ck.positive_float, help="peak learning rate (default: per data set, 0.05 for SGD)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
@@ -337,6 +337,8 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
             return _error(parser, problem)
     n_params = sum(p.size for p in model.parameters())
     print(f"device: {device} ({why})")
+    if args.checkpoint and not args.resume and Path(args.checkpoint).expanduser().is_file():
+        print(f"note: {args.checkpoint} exists and will be replaced after epoch 1 (--resume continues from it)")
     print(f"data: {args.data}: {len(train_set)} train / {len(test_set)} test images of {channels}x{size}x{size}")
     print(
         f"model: {args.model} width {args.width}, {n_params:,} parameters; {args.optimizer} lr {args.lr} "

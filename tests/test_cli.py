@@ -62,8 +62,9 @@ def assert_refused(rc, out, err, message):
         (["--limit", "0"], "argument --limit: expected an integer >= 1"),
         (["--limit", "-5"], "argument --limit"),
         (["--num-threads", "0"], "argument --num-threads: expected an integer >= 1"),
-        (["--epochs", "0"], "argument --epochs: expected an integer >= 1"),
+        (["--epochs", "0"], "argument --epochs: expected an integer in 1..1000000"),
         (["--epochs", "2.5"], "argument --epochs"),
+        (["--epochs", "1000001"], "argument --epochs: expected an integer in 1..1000000"),
         (["--batch-size", "0"], "argument --batch-size"),
         (["--device", "gpu"], "argument --device: expected auto, cpu, cuda or cuda:N"),
         (["--device", "cuda:-1"], "argument --device"),
@@ -153,6 +154,13 @@ def test_resume_with_other_options_is_refused_before_training(tmp_path, capsys):
     assert_refused(rc, out, err, f"cannot resume from {ck}: it was written with other options")
     rc, out, err = run_main([*TINY[:4], "--width", "3", *TINY[6:], "--checkpoint", ck, "--resume"], capsys)
     assert_refused(rc, out, err, "shape mismatch")
+
+
+def test_existing_checkpoint_without_resume_is_announced(tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    assert run_main([*TINY, "--checkpoint", ck], capsys)[0] == 0
+    rc, out, _ = run_main([*TINY, "--checkpoint", ck], capsys)
+    assert rc == 0 and f"note: {ck} exists and will be replaced after epoch 1" in out
 
 
 def test_resume_from_a_folder_is_refused(tmp_path, capsys):

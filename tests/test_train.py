@@ -243,7 +243,7 @@ def test_cli_auto_device_says_why_cpu(capsys):
     [
         (["--data", "mnist"], "train-images-idx3-ubyte"),
         (["--data", "cifar10", "--data-dir", "/nonexistent"], "cifar-10-python.tar.gz"),
-        (["--epochs", "0"], "argument --epochs: expected an integer >= 1"),
+        (["--epochs", "0"], "argument --epochs: expected an integer in 1..1000000"),
     ],
 )
 def test_cli_bad_input_exit_code_2(argv, message, capsys):
