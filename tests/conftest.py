@@ -11,6 +11,8 @@ import gpulayers as gl
 if torch is not None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
+pytest_plugins = ["kernel_harness.fixtures"]
+
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_gpu])]
 
 

@@ -8,6 +8,7 @@ test-time dependency only).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -116,3 +117,24 @@ def one_block_cnn(layers: Any = None):
         L.Dropout(0.5),
         L.Linear(8 * 14 * 14, 10),
     )
+
+
+def torch_forward_backward(module: Any, x: np.ndarray, grad_output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's ``(output, input gradient)`` of ``module`` at ``x`` for the upstream gradient ``grad_output``."""
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = module(xt)
+    yt.backward(torch.from_numpy(grad_output))
+    return yt.detach().numpy(), xt.grad.numpy()
+
+
+#: Every valid combination of SGD's options (nesterov needs momentum and no dampening).
+SGD_OPTIONS = [
+    dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n)
+    for m, d, wd, n in itertools.product([0.0, 0.9], [0.0, 0.3], [0.0, 0.05], [False, True])
+    if not (n and (m == 0 or d != 0))
+]
+
+
+def option_ids(options: list[dict]) -> list[str]:
+    """Readable pytest ids for a list of keyword-argument dicts."""
+    return ["-".join(f"{k}={v}" for k, v in o.items()) for o in options]

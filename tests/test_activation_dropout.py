@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import torch_forward_backward
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -31,13 +32,6 @@ ACT_IDS = ["relu", "leaky", "leaky0.2", "sigmoid", "tanh"]
 SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 30.0, -30.0, 100.0, -100.0, 1e4, -1e4, np.inf, -np.inf]
 
 
-def _torch_forward_backward(ref, x, g):
-    xt = torch.from_numpy(x).requires_grad_(True)
-    yt = ref(xt)
-    yt.backward(torch.from_numpy(g))
-    return yt.detach().numpy(), xt.grad.numpy()
-
-
 @pytest.mark.parametrize("make,make_ref", ACTIVATIONS, ids=ACT_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activation_matches_torch(device, make, make_ref, dtype):
@@ -48,7 +42,7 @@ def test_activation_matches_torch(device, make, make_ref, dtype):
         warnings.simplefilter("error")  # no overflow / invalid-value warnings for large |x|
         y = layer(gl.to_device(x, device))
         dx = layer.backward(gl.to_device(g, device))
-    y_ref, dx_ref = _torch_forward_backward(make_ref(), x, g)
+    y_ref, dx_ref = torch_forward_backward(make_ref(), x, g)
     assert y.dtype == dtype and dx.dtype == dtype
     np.testing.assert_allclose(gl.to_numpy(y), y_ref, equal_nan=True, **TOL[dtype])
     np.testing.assert_allclose(gl.to_numpy(dx), dx_ref, equal_nan=True, **GRAD_TOL[dtype])

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import torch_forward_backward
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -16,13 +17,6 @@ torch = pytest.importorskip("torch")
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-6, atol=2e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
-
-
-def _torch_pair(ref, x, g):
-    xt = torch.from_numpy(x).requires_grad_(True)
-    yt = ref(xt)
-    yt.backward(torch.from_numpy(g))
-    return yt.detach().numpy(), xt.grad.numpy()
 
 
 # -- erf ------------------------------------------------------------------------------------------
@@ -103,7 +97,7 @@ def test_activation_matches_torch(device, name, dtype):
         dx = layer.backward(gl.to_device(g, device))
     # The oracle runs in float64: in float32, 1 + erf and 1 + tanh cancel for negative x, and
     # PyTorch's float32 results there are off by up to eps32 * |x| (ours take the normal tail).
-    y_ref, dx_ref = _torch_pair(make_ref(), x.astype(np.float64), g.astype(np.float64))
+    y_ref, dx_ref = torch_forward_backward(make_ref(), x.astype(np.float64), g.astype(np.float64))
     assert y.dtype == dtype and dx.dtype == dtype
     tol = TOL[dtype]
     if dtype == np.float32 and name == "gelu_tanh":  # our tanh form runs in float32 too
@@ -159,7 +153,7 @@ def test_softmax_matches_torch(device, kind, dim, dtype):
         warnings.simplefilter("error")
         y = layer(gl.to_device(x, device))
         dx = layer.backward(gl.to_device(g, device))
-    y_ref, dx_ref = _torch_pair(make_ref(dim=dim), x, g)
+    y_ref, dx_ref = torch_forward_backward(make_ref(dim=dim), x, g)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(gl.to_numpy(y), y_ref, **tol)
     np.testing.assert_allclose(gl.to_numpy(dx), dx_ref, **tol)

@@ -85,48 +85,26 @@ def test_train_digits_short(tmp_path):
     assert "test accuracy" in proc.stdout and ck.is_file()
 
 
-def test_train_mnist_short(tmp_path):
-    write_mnist(tmp_path / "mnist")
-    proc = run_example(
-        "train_mnist.py",
-        "--data-dir",
-        str(tmp_path / "mnist"),
-        "--epochs",
-        "1",
-        "--limit",
-        "64",
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
+@pytest.mark.parametrize(
+    "script, write, extra, expected",
+    [
+        ("train_mnist.py", write_mnist, ["--limit", "64"], "mnist test accuracy:"),
+        ("train_cifar10.py", write_cifar, ["--limit", "48", "--width", "4"], "CIFAR-10 test accuracy:"),
+    ],
+    ids=["mnist", "cifar10"],
+)
+def test_train_example_short_run(tmp_path, script, write, extra, expected):
+    write(tmp_path / "data")
+    args = ["--data-dir", str(tmp_path / "data"), "--epochs", "1", *extra, "--device", "cpu", "--no-progress"]
+    proc = run_example(script, *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mnist test accuracy:" in proc.stdout
+    assert expected in proc.stdout
 
 
 def test_train_mnist_missing_files(tmp_path):
     proc = run_example("train_mnist.py", "--data-dir", str(tmp_path), "--fashion")
     assert proc.returncode == 2
     assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path) in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_train_cifar10_short(tmp_path):
-    write_cifar(tmp_path)
-    proc = run_example(
-        "train_cifar10.py",
-        "--data-dir",
-        str(tmp_path),
-        "--epochs",
-        "1",
-        "--limit",
-        "48",
-        "--width",
-        "4",
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "CIFAR-10 test accuracy:" in proc.stdout
 
 
 def test_train_cifar10_missing_files(tmp_path):

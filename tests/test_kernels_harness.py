@@ -10,13 +10,10 @@ the launchers in a subprocess, with negative controls proving that it catches ov
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from kernel_harness.harness import HarnessLibrary, LaunchError, build, sanitizer_env
+from kernel_harness.fixtures import run_asan
+from kernel_harness.harness import LaunchError
 
 import gpulayers.functional as F
 from gpulayers import cuda as gl_cuda
@@ -26,28 +23,7 @@ from gpulayers.ops import conv2d_cuda, max_pool2d_cuda
 
 torch = pytest.importorskip("torch")
 
-HARNESS_DIR = Path(__file__).resolve().parent / "kernel_harness"
-GRIDS = ["launcher", "grid3x4"]
 DTYPES = [np.float32, np.float64]
-
-
-@pytest.fixture(scope="session")
-def build_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("kernel_harness_build")
-
-
-@pytest.fixture(scope="session")
-def libraries(build_dir) -> dict[str, HarnessLibrary]:
-    return {"launcher": HarnessLibrary(build_dir), "grid3x4": HarnessLibrary(build_dir, grid_override=(3, 4))}
-
-
-@pytest.fixture(params=GRIDS)
-def harness(request, libraries, monkeypatch) -> HarnessLibrary:
-    """The harness in place of the GPU loader, with the launchers' grids or a 3 x 4 grid."""
-    library = libraries[request.param]
-    library.launches.clear()
-    monkeypatch.setattr(kernels, "get_function", library.get_function)
-    return library
 
 
 def _tol(dtype) -> dict:
@@ -208,11 +184,11 @@ def test_conv2d_direct_weight_gradient_any_lane_count(harness, monkeypatch, lane
     np.testing.assert_allclose(dw, _torch_conv(x, w, b, dy, opts)[2], rtol=1e-10, atol=1e-10)
 
 
-def test_conv2d_direct_lanes_do_not_depend_on_the_grid(libraries, monkeypatch):
+def test_conv2d_direct_lanes_do_not_depend_on_the_grid(harness_libraries, monkeypatch):
     """The direct weight gradient is summed in a fixed order: identical bits for any grid."""
     x, w, b, opts = _conv_inputs(CONV_CASES["depthwise"], np.float32, seed=6)
     results = []
-    for library in libraries.values():
+    for library in harness_libraries.values():
         monkeypatch.setattr(kernels, "get_function", library.get_function)
         y, cache = conv2d_cuda.conv2d_forward(x, w, b, **opts, algorithm="direct")
         results.append(conv2d_cuda.conv2d_backward(np.ones_like(y), cache))
@@ -371,9 +347,9 @@ def test_launch_config_caps_the_grid():
     assert kernels.launch_config(10**12) == (kernels.MAX_GRID, kernels.BLOCK_SIZE)
 
 
-def test_launchers_use_the_capped_grid(libraries, monkeypatch):
+def test_launchers_use_the_capped_grid(harness_libraries, monkeypatch):
     """More work than MAX_GRID blocks cover relies on the grid-stride loop: still exact."""
-    library = libraries["launcher"]
+    library = harness_libraries["launcher"]
     library.launches.clear()
     monkeypatch.setattr(kernels, "get_function", library.get_function)
     monkeypatch.setattr(kernels, "MAX_GRID", 2)
@@ -402,9 +378,9 @@ def test_unsupported_dtype_is_a_type_error():
         (2, np.zeros((1, 1, 2, 2), np.int64), r"needs dtype int32"),
     ],
 )
-def test_harness_rejects_what_would_break_on_the_gpu(libraries, position, bad, match):
+def test_harness_rejects_what_would_break_on_the_gpu(harness_libraries, position, bad, match):
     """The argument checks behind every harness launch can fail (negative controls)."""
-    kernel = libraries["launcher"].kernel("max_pool2d.cu", "max_pool2d_forward_kernel", np.float64)
+    kernel = harness_libraries["launcher"].kernel("max_pool2d.cu", "max_pool2d_forward_kernel", np.float64)
     x, y, argmax = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int32)
     args = [x, y, argmax, np.int64(4)] + [np.int32(v) for v in (4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 1, 1)]
     kernel((1,), (32,), tuple(args))  # the correct call runs
@@ -416,26 +392,8 @@ def test_harness_rejects_what_would_break_on_the_gpu(libraries, position, bad, m
 # ----------------------------------------------------------------------------------------------
 # AddressSanitizer / UBSan
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def asan_build(build_dir) -> tuple[Path, dict[str, str]]:
-    env = sanitizer_env()
-    if env is None:
-        pytest.skip("g++ has no AddressSanitizer/UBSan runtime here")
-    for cu in sorted(kernels.kernel_dir().glob("*.cu")):
-        build(cu, build_dir, sanitize=True)  # compiled here, loaded by the sanitized child
-    return build_dir, env
-
-
-def _run_asan(asan_build, mode: str) -> subprocess.CompletedProcess:
-    directory, env = asan_build
-    script = HARNESS_DIR / "asan_run.py"
-    return subprocess.run(
-        [sys.executable, str(script), str(directory), mode], capture_output=True, text=True, env=env, timeout=300
-    )
-
-
 def test_kernels_are_clean_under_address_sanitizer(asan_build):
-    result = _run_asan(asan_build, "clean")
+    result = run_asan(asan_build, "clean")
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "ASAN_CLEAN_RUN_OK" in result.stdout
     assert "runtime error" not in result.stderr  # UBSan
@@ -445,14 +403,14 @@ def test_kernels_are_clean_under_address_sanitizer(asan_build):
 @pytest.mark.parametrize("mode", ["overflow-write", "overflow-read"])
 def test_address_sanitizer_catches_a_wrong_launch_size(asan_build, mode):
     """Negative control: the same build aborts on a deliberately out-of-bounds launch."""
-    result = _run_asan(asan_build, mode)
+    result = run_asan(asan_build, mode)
     assert result.returncode != 0
     assert "OVERFLOW_NOT_DETECTED" not in result.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr
 
 
 def test_address_sanitizer_guards_cooperative_shared_memory(asan_build):
-    result = _run_asan(asan_build, "shared-overflow")
+    result = run_asan(asan_build, "shared-overflow")
     assert result.returncode != 0, result.stdout
     assert "OVERFLOW_NOT_DETECTED" not in result.stdout
     # UBSan's object-size check or ASan's redzone around the static array reports the write first.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_harness.asan_run import run_control
-from kernel_harness.harness import BarrierError, HarnessLibrary
+from kernel_harness.harness import BarrierError
 
 import gpulayers.functional as F
 from gpulayers import kernels
@@ -23,20 +23,6 @@ from gpulayers.ops import conv2d_igemm_cuda as igemm
 torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def igemm_libraries(tmp_path_factory) -> dict[str, HarnessLibrary]:
-    out = tmp_path_factory.mktemp("igemm_build")
-    return {"launcher": HarnessLibrary(out), "grid3": HarnessLibrary(out, grid_override=(3, 4))}
-
-
-@pytest.fixture(params=["launcher", "grid3"])
-def harness(request, igemm_libraries, monkeypatch) -> HarnessLibrary:
-    library = igemm_libraries[request.param]
-    library.launches.clear()
-    monkeypatch.setattr(kernels, "get_function", library.get_function)
-    return library
 
 
 def _tol(dtype) -> dict:
@@ -98,11 +84,11 @@ def test_conv2d_igemm_matches_torch_and_numpy_path(harness, name, dtype):
         }
 
 
-def test_conv2d_igemm_is_bitwise_independent_of_the_grid(igemm_libraries, monkeypatch):
+def test_conv2d_igemm_is_bitwise_independent_of_the_grid(harness_libraries, monkeypatch):
     x, w, b, stride, padding, dilation, groups = _inputs(CASES["many_positions"], np.float32)
     dy = np.random.default_rng(2).standard_normal((3, 4, 30, 31)).astype(np.float32)
     results = []
-    for library in igemm_libraries.values():
+    for library in harness_libraries.values():
         monkeypatch.setattr(kernels, "get_function", library.get_function)
         y = igemm.conv2d_forward(x, w, b, stride, padding, dilation, groups)
         dx = igemm.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import itertools
 import platform
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_harness.harness import HarnessLibrary, build, sanitizer_env
+from helpers import SGD_OPTIONS, option_ids
+from kernel_harness.fixtures import run_asan
+from kernel_harness.harness import HarnessLibrary
 
 import gpulayers as gl
 from gpulayers import kernels, optim
@@ -33,17 +31,11 @@ from gpulayers.optim import optim_cuda
 
 torch = pytest.importorskip("torch")
 
-GRIDS = ["launcher", "grid3x4"]
 DTYPES = [np.float32, np.float64]
 SHAPES = [(5, 7), (13,), (2, 3, 4), (1,)]
 STEPS = 5
 EXACT = platform.machine().lower() in ("x86_64", "amd64")
 
-SGD_OPTIONS = [
-    dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n)
-    for m, d, wd, n in itertools.product([0.0, 0.9], [0.0, 0.3], [0.0, 0.05], [False, True])
-    if not (n and (m == 0 or d != 0))
-]
 ADAM_OPTIONS = [
     dict(betas=b, eps=e, weight_decay=wd, amsgrad=a)
     for b, e, wd, a in itertools.product(
@@ -52,24 +44,11 @@ ADAM_OPTIONS = [
 ]
 
 
-def _ids(options):
-    return ["-".join(f"{k}={v}" for k, v in o.items()) for o in options]
-
-
-@pytest.fixture(scope="module")
-def libraries(tmp_path_factory) -> dict[str, HarnessLibrary]:
-    build_dir = tmp_path_factory.mktemp("optim_harness_build")
-    return {"launcher": HarnessLibrary(build_dir), "grid3x4": HarnessLibrary(build_dir, grid_override=(3, 4))}
-
-
-@pytest.fixture(params=GRIDS)
-def harness(request, libraries, monkeypatch) -> HarnessLibrary:
-    """The harness in place of the GPU loader, and NumPy parameters routed to the fused path."""
-    library = libraries[request.param]
-    library.launches.clear()
-    monkeypatch.setattr(kernels, "get_function", library.get_function)
+@pytest.fixture
+def harness(harness, monkeypatch) -> HarnessLibrary:
+    """The shared harness fixture, with NumPy parameters routed to the fused path."""
     monkeypatch.setattr(optim_cuda, "can_fuse", optim_cuda.fusable)
-    return library
+    return harness
 
 
 def _agree(got, want, dtype, what=""):
@@ -132,19 +111,19 @@ def _fused_vs_numpy(harness, make, dtype, grads=None, seed=0, shapes=SHAPES, aft
 # Fused path == NumPy path, every option
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("options", SGD_OPTIONS, ids=_ids(SGD_OPTIONS))
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=option_ids(SGD_OPTIONS))
 def test_sgd_fused_matches_numpy_path(harness, dtype, options):
     _fused_vs_numpy(harness, lambda ps: optim.SGD(ps, lr=0.1, **options), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=_ids(ADAM_OPTIONS))
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=option_ids(ADAM_OPTIONS))
 def test_adam_fused_matches_numpy_path(harness, dtype, options):
     _fused_vs_numpy(harness, lambda ps: optim.Adam(ps, lr=0.01, **options), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=_ids(ADAM_OPTIONS))
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=option_ids(ADAM_OPTIONS))
 def test_adamw_fused_matches_numpy_path(harness, dtype, options):
     options = dict(options, weight_decay=options["weight_decay"] * 5)  # 0 or 0.5
     _fused_vs_numpy(harness, lambda ps: optim.AdamW(ps, lr=0.02, **options), dtype)
@@ -233,8 +212,8 @@ def test_fused_matches_torch(harness, case, dtype):
 # ----------------------------------------------------------------------------------------------
 # Launch details, dispatch and state
 # ----------------------------------------------------------------------------------------------
-def test_grid_stride_loop_covers_more_than_the_grid(libraries, monkeypatch):
-    library = libraries["launcher"]
+def test_grid_stride_loop_covers_more_than_the_grid(harness_libraries, monkeypatch):
+    library = harness_libraries["launcher"]
     library.launches.clear()
     monkeypatch.setattr(kernels, "get_function", library.get_function)
     monkeypatch.setattr(kernels, "MAX_GRID", 2)  # 2 blocks of 256 threads for 3000 elements
@@ -265,9 +244,9 @@ def test_one_fused_launch_per_parameter_and_step(harness):
     assert names == ["adam_update_kernel<float>"] * (3 * len(SHAPES))
 
 
-def test_numpy_parameters_take_the_numpy_path(libraries, monkeypatch):
+def test_numpy_parameters_take_the_numpy_path(harness_libraries, monkeypatch):
     """Without a GPU array nothing is launched (can_fuse is the real one here)."""
-    library = libraries["launcher"]
+    library = harness_libraries["launcher"]
     library.launches.clear()
     monkeypatch.setattr(kernels, "get_function", library.get_function)
     p = Parameter(np.ones(4, np.float32))
@@ -370,68 +349,8 @@ def test_launcher_needs_a_buffer_for_momentum():
 # ----------------------------------------------------------------------------------------------
 # AddressSanitizer / UBSan
 # ----------------------------------------------------------------------------------------------
-_ASAN_SCRIPT = """
-import sys
-from pathlib import Path
-import numpy as np
-sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from gpulayers import kernels, optim
-from gpulayers.nn import Parameter
-from gpulayers.optim import optim_cuda
-from kernel_harness.harness import HarnessLibrary
-
-build_dir, mode = Path(sys.argv[3]), sys.argv[4]
-optim_cuda.can_fuse = optim_cuda.fusable
-rng = np.random.default_rng(0)
-if mode == "clean":
-    for grid in (None, (3, 4)):
-        kernels.get_function = HarnessLibrary(build_dir, sanitize=True, grid_override=grid).get_function
-        for dtype in (np.float32, np.float64):
-            for make in (
-                lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True),
-                lambda ps: optim.SGD(ps, lr=0.1),
-                lambda ps: optim.Adam(ps, weight_decay=0.1, amsgrad=True),
-                lambda ps: optim.AdamW(ps),
-            ):
-                params = [Parameter(rng.standard_normal(s).astype(dtype)) for s in ((64, 70), (4099,))]
-                opt = make(params)
-                for _ in range(2):
-                    for p in params:
-                        p.grad = rng.standard_normal(p.shape).astype(dtype)
-                    opt.step()
-                assert all(np.isfinite(p.data).all() for p in params)
-    print("ASAN_CLEAN_RUN_OK", flush=True)
-else:  # a launch told of more elements than the arrays hold must abort
-    kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
-    p, g = np.zeros(4096), np.ones(4096)
-    buf = np.zeros(4096)
-    args = (p, g, buf, np.int64(4096 + 8), 0.1, 0.0, 0.9, 1.0, np.int32(0), np.int32(1), np.int32(0), np.int32(0))
-    args = tuple(np.float64(a) if isinstance(a, float) else a for a in args)
-    kernels.launch("optim.cu", "sgd_update_kernel", np.float64, 4096 + 8, args)
-    print("OVERFLOW_NOT_DETECTED", flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def asan_build(tmp_path_factory):
-    env = sanitizer_env()
-    if env is None:
-        pytest.skip("g++ has no AddressSanitizer/UBSan runtime here")
-    build_dir = tmp_path_factory.mktemp("optim_asan")
-    build(kernels.kernel_dir() / "optim.cu", build_dir, sanitize=True)  # compiled here, loaded by the child
-    return build_dir, env
-
-
-def _run_asan(asan_build, mode):
-    build_dir, env = asan_build
-    tests_dir = Path(__file__).resolve().parent
-    repo = str(tests_dir.parent)
-    args = [sys.executable, "-c", textwrap.dedent(_ASAN_SCRIPT), repo, str(tests_dir), str(build_dir), mode]
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_fused_steps_are_clean_under_address_sanitizer(asan_build):
-    result = _run_asan(asan_build, "clean")
+    result = run_asan(asan_build, "optim-clean")
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "ASAN_CLEAN_RUN_OK" in result.stdout
     assert "runtime error" not in result.stderr  # UBSan
@@ -439,7 +358,7 @@ def test_fused_steps_are_clean_under_address_sanitizer(asan_build):
 
 
 def test_address_sanitizer_catches_an_oversized_optimizer_launch(asan_build):
-    result = _run_asan(asan_build, "overflow")
+    result = run_asan(asan_build, "optim-overflow")
     assert result.returncode != 0
     assert "OVERFLOW_NOT_DETECTED" not in result.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, requires_gpu
+from helpers import assert_close, requires_gpu, torch_forward_backward
 
 import gpulayers as gl
 from gpulayers import functional as F
@@ -37,13 +37,6 @@ def _pair(cls, tcls, c, dtype, device, **kw):
     return ours, ref
 
 
-def _run_torch(ref, x, g):
-    xt = torch.from_numpy(x).requires_grad_(True)
-    yt = ref(xt)
-    yt.backward(torch.from_numpy(g))
-    return yt.detach().numpy(), xt.grad.numpy()
-
-
 @pytest.mark.parametrize("cls,tcls,shape", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("affine", [True, False])
@@ -59,7 +52,7 @@ def test_batchnorm_train_then_eval_matches_torch(device, cls, tcls, shape, dtype
         ref.zero_grad()
         y = ours(gl.to_device(x, device))
         dx = ours.backward(gl.to_device(g, device))
-        y_ref, dx_ref = _run_torch(ref, x, g)
+        y_ref, dx_ref = torch_forward_backward(ref, x, g)
         assert y.dtype == dtype and dx.dtype == dtype
         assert_close(y, y_ref, **TOL[dtype])
         assert_close(dx, dx_ref, **TOL[dtype])
@@ -75,7 +68,7 @@ def test_batchnorm_train_then_eval_matches_torch(device, cls, tcls, shape, dtype
     g = rng.standard_normal(shape).astype(dtype)
     y = ours(gl.to_device(x, device))
     dx = ours.backward(gl.to_device(g, device))
-    y_ref, dx_ref = _run_torch(ref, x, g)
+    y_ref, dx_ref = torch_forward_backward(ref, x, g)
     assert_close(y, y_ref, **TOL[dtype])
     assert_close(dx, dx_ref, **TOL[dtype])
     assert set(ours.state_dict()) == set(ref.state_dict())
@@ -93,7 +86,7 @@ def test_batchnorm_without_running_stats_matches_torch(device, cls, tcls, shape,
     g = np.random.standard_normal(shape)
     y = ours(gl.to_device(x, device))
     dx = ours.backward(gl.to_device(g, device))
-    y_ref, dx_ref = _run_torch(ref, x, g)
+    y_ref, dx_ref = torch_forward_backward(ref, x, g)
     assert_close(y, y_ref, **TOL[np.float64])
     assert_close(dx, dx_ref, **TOL[np.float64])
     # batch statistics in eval too: each channel of the output has mean bias and std ~ weight
@@ -107,7 +100,7 @@ def test_batchnorm_batch_of_one_is_legal_with_several_values(shape):
     ours, ref = _pair(cls, tcls, 3, np.float64, "cpu")
     x = np.random.standard_normal(shape)
     g = np.random.standard_normal(shape)
-    y_ref, dx_ref = _run_torch(ref, x, g)
+    y_ref, dx_ref = torch_forward_backward(ref, x, g)
     assert_close(ours(x), y_ref, **TOL[np.float64])
     assert_close(ours.backward(g), dx_ref, **TOL[np.float64])
     assert_close(ours.running_var, ref.running_var.numpy(), **TOL[np.float64])

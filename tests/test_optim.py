@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import SGD_OPTIONS, assert_close, option_ids
 
 import gpulayers as gl
 from gpulayers import nn, optim
@@ -19,11 +19,6 @@ SHAPES = [(3, 4), (4,), (2, 1, 3)]
 STEPS = 6
 TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
 
-SGD_OPTIONS = [
-    dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n)
-    for m, d, wd, n in itertools.product([0.0, 0.9], [0.0, 0.3], [0.0, 0.05], [False, True])
-    if not (n and (m == 0 or d != 0))
-]
 ADAM_OPTIONS = [
     dict(betas=b, eps=e, weight_decay=wd, amsgrad=a)
     for b, e, wd, a in itertools.product(
@@ -34,10 +29,6 @@ ADAMW_OPTIONS = [
     dict(betas=b, weight_decay=wd, amsgrad=a)
     for b, wd, a in itertools.product([(0.9, 0.999), (0.6, 0.95)], [1e-2, 0.5, 0.0], [False, True])
 ]
-
-
-def _ids(options):
-    return ["-".join(f"{k}={v}" for k, v in o.items()) for o in options]
 
 
 def _setup(dtype, device, seed=0):
@@ -74,7 +65,7 @@ def _run_parity(make, tmake, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", SGD_OPTIONS, ids=_ids(SGD_OPTIONS))
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=option_ids(SGD_OPTIONS))
 def test_sgd_matches_torch(device, dtype, options):
     _run_parity(
         lambda ps: optim.SGD(ps, lr=0.1, **options), lambda ps: torch.optim.SGD(ps, lr=0.1, **options), dtype, device
@@ -82,7 +73,7 @@ def test_sgd_matches_torch(device, dtype, options):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=_ids(ADAM_OPTIONS))
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=option_ids(ADAM_OPTIONS))
 def test_adam_matches_torch(device, dtype, options):
     _run_parity(
         lambda ps: optim.Adam(ps, lr=0.01, **options),
@@ -93,7 +84,7 @@ def test_adam_matches_torch(device, dtype, options):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", ADAMW_OPTIONS, ids=_ids(ADAMW_OPTIONS))
+@pytest.mark.parametrize("options", ADAMW_OPTIONS, ids=option_ids(ADAMW_OPTIONS))
 def test_adamw_matches_torch(device, dtype, options):
     _run_parity(
         lambda ps: optim.AdamW(ps, lr=0.02, **options),

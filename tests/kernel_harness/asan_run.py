@@ -1,6 +1,6 @@
 """Runs the real launchers on AddressSanitizer/UBSan builds of the kernels (in a subprocess).
 
-Usage: ``python asan_run.py BUILD_DIR clean|overflow-write|overflow-read``. The process must
+Usage: ``python asan_run.py BUILD_DIR MODE`` (``tests/kernel_harness/fixtures.py`` runs it). The process must
 preload the sanitizer runtimes (``LD_PRELOAD``) and use ``PYTHONMALLOC=malloc``; every array
 is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones.
 
@@ -8,6 +8,8 @@ is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones
   many shapes (and again with a 3 x 4 grid) and prints ``ASAN_CLEAN_RUN_OK`` at the end.
 * ``overflow-write`` / ``overflow-read`` launch a kernel with a deliberately wrong size, so a
   correct sanitizer build must abort the process (the negative controls).
+* ``optim-clean`` / ``optim-overflow``: the fused optimiser steps through ``gpulayers.optim`` (both grids),
+  and an update kernel told of more elements than its arrays hold.
 * ``shared-overflow`` runs ``coop_controls.cu`` in the mode where one thread writes past its
   ``__shared__`` array: the cooperative harness's shared memory must be guarded too.
 """
@@ -21,8 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpulayers import kernels  # noqa: E402
+from gpulayers import kernels, optim  # noqa: E402
+from gpulayers.nn import Parameter  # noqa: E402
 from gpulayers.ops import conv2d_cuda, conv2d_igemm_cuda, max_pool2d_cuda  # noqa: E402
+from gpulayers.optim import optim_cuda  # noqa: E402
 from kernel_harness.harness import HarnessKernel, HarnessLibrary, build, parse_kernels  # noqa: E402
 
 MIN_BYTES = 16 * 1024
@@ -125,6 +129,38 @@ def run_overflow(build_dir: Path, kind: str) -> None:
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
 
+def run_optim_clean(build_dir: Path) -> None:
+    optim_cuda.can_fuse = optim_cuda.fusable  # NumPy parameters take the fused path
+    rng = np.random.default_rng(0)
+    for grid in (None, (3, 4)):
+        kernels.get_function = HarnessLibrary(build_dir, sanitize=True, grid_override=grid).get_function
+        for dtype in (np.float32, np.float64):
+            for make in (
+                lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True),
+                lambda ps: optim.SGD(ps, lr=0.1),
+                lambda ps: optim.Adam(ps, weight_decay=0.1, amsgrad=True),
+                lambda ps: optim.AdamW(ps),
+            ):
+                params = [Parameter(rng.standard_normal(s).astype(dtype)) for s in ((64, 70), (4099,))]
+                opt = make(params)
+                for _ in range(2):
+                    for p in params:
+                        p.grad = rng.standard_normal(p.shape).astype(dtype)
+                    opt.step()
+                assert all(np.isfinite(p.data).all() for p in params)
+    print("ASAN_CLEAN_RUN_OK", flush=True)
+
+
+def run_optim_overflow(build_dir: Path) -> None:
+    """An SGD update launched for more elements than the arrays hold."""
+    kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
+    p, g, buf = np.zeros(4096), np.ones(4096), np.zeros(4096)
+    args = (p, g, buf, np.int64(4096 + 8), 0.1, 0.0, 0.9, 1.0, np.int32(0), np.int32(1), np.int32(0), np.int32(0))
+    args = tuple(np.float64(a) if isinstance(a, float) else a for a in args)
+    kernels.launch("optim.cu", "sgd_update_kernel", np.float64, 4096 + 8, args)
+    print("OVERFLOW_NOT_DETECTED", flush=True)
+
+
 CONTROLS = Path(__file__).resolve().parent / "coop_controls.cu"
 
 
@@ -154,6 +190,10 @@ if __name__ == "__main__":
     directory, mode = Path(sys.argv[1]), sys.argv[2]
     if mode == "clean":
         run_clean(directory)
+    elif mode == "optim-clean":
+        run_optim_clean(directory)
+    elif mode == "optim-overflow":
+        run_optim_overflow(directory)
     elif mode == "shared-overflow":
         run_control(directory, 3, sanitize=True)
         print("OVERFLOW_NOT_DETECTED", flush=True)
