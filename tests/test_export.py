@@ -12,25 +12,6 @@ torch = pytest.importorskip("torch")
 st_torch = pytest.importorskip("safetensors.torch")
 
 
-def torch_small_cnn(width, hidden=128):
-    t = torch.nn
-    return t.Sequential(
-        t.Conv2d(1, width, 3, padding=1, bias=False),
-        t.BatchNorm2d(width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-        t.BatchNorm2d(2 * width),
-        t.ReLU(),
-        t.MaxPool2d(2),
-        t.Flatten(),
-        t.Linear(2 * width * 2 * 2, hidden),
-        t.ReLU(),
-        t.Dropout(0.5),
-        t.Linear(hidden, 10),
-    )
-
-
 def test_checkpoint_to_safetensors_loads_into_pytorch(tmp_path, capsys):
     ck, out = tmp_path / "ck.npz", tmp_path / "w" / "model.safetensors"
     argv = ["--epochs", "1", "--limit", "64", "--width", "4", "--no-progress", "--device", "cpu"]
@@ -39,7 +20,7 @@ def test_checkpoint_to_safetensors_loads_into_pytorch(tmp_path, capsys):
     assert "wrote 16 tensors" in capsys.readouterr().out  # 2 convs, 2 BN (5 each), 2 linears (2 each)
     ours = models.small_cnn(1, 10, 8, width=4)
     train.load_checkpoint(ck, ours, restore_rng=False)
-    twin = torch_small_cnn(4)
+    twin = models.small_cnn(1, 10, 8, width=4, layers=torch.nn)
     missing, unexpected = twin.load_state_dict(st_torch.load_file(str(out)), strict=True)
     assert not missing and not unexpected
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)

@@ -392,15 +392,17 @@ def test_harness_rejects_what_would_break_on_the_gpu(harness_libraries, position
 # ----------------------------------------------------------------------------------------------
 # AddressSanitizer / UBSan
 # ----------------------------------------------------------------------------------------------
-def test_kernels_are_clean_under_address_sanitizer(asan_build):
-    result = run_asan(asan_build, "clean")
+@pytest.mark.parametrize("mode", ["clean", "optim-clean"])
+def test_kernels_are_clean_under_address_sanitizer(asan_build, mode):
+    """Every launcher (conv, pooling; the fused optimiser steps) on many shapes and both grids."""
+    result = run_asan(asan_build, mode)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "ASAN_CLEAN_RUN_OK" in result.stdout
     assert "runtime error" not in result.stderr  # UBSan
     assert "AddressSanitizer" not in result.stderr
 
 
-@pytest.mark.parametrize("mode", ["overflow-write", "overflow-read"])
+@pytest.mark.parametrize("mode", ["overflow-write", "overflow-read", "optim-overflow"])
 def test_address_sanitizer_catches_a_wrong_launch_size(asan_build, mode):
     """Negative control: the same build aborts on a deliberately out-of-bounds launch."""
     result = run_asan(asan_build, mode)
