@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from . import batch_norm_cuda
 
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
@@ -86,6 +87,15 @@ def _batch_stats(x: Any, count: int, bshape: tuple[int, ...]) -> tuple[Any, Any,
         return _safe_stats(x, count, bshape)
 
 
+def _fusable(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, counter: Any) -> bool:
+    """True when the fused GPU kernels take this call (CuPy, contiguous, matching parameter arrays)."""
+    if not batch_norm_cuda.supported(x, weight, bias, running_mean, running_var):
+        return False
+    return counter is None or (
+        type(counter) is type(x) and counter.dtype == np.int64 and counter.shape == () and counter.device == x.device
+    )
+
+
 def batch_norm_forward(
     x: Any,
     weight: Any,
@@ -130,6 +140,27 @@ def batch_norm_forward(
     bshape, count = _layout(x)
     use_batch_stats = bool(training) or running_mean is None
     update = bool(training) and running_mean is not None
+    if use_batch_stats and _fusable(
+        x,
+        weight,
+        bias,
+        running_mean if update else None,
+        running_var if update else None,
+        num_batches_tracked if update else None,
+    ):
+        # The GPU's two fused launches (statistics with the running update, then the normalisation).
+        y, cache = batch_norm_cuda.batch_norm_forward(
+            x,
+            weight,
+            bias,
+            running_mean if update else None,
+            running_var if update else None,
+            momentum,
+            eps,
+            num_batches_tracked if update else None,
+        )
+        cache["fused"] = True
+        return y, cache
 
     if use_batch_stats:
         if count == 1:
@@ -194,6 +225,8 @@ def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dweight``/``dbias`` are None when the forward had none.
     """
+    if cache.get("fused"):
+        return batch_norm_cuda.batch_norm_backward(dy, cache)
     centred, invstd, weight = cache["centred"], cache["invstd"], cache["weight"]
     bshape, count = cache["bshape"], cache["count"]
     dbias_full = _channel_sum(dy)

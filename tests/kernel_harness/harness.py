@@ -66,7 +66,14 @@ def _parse_param(decl: str) -> Param:
     type_text, name = match.group(1), match.group(2)
     const = "const" in type_text.split()
     base = " ".join(w for w in type_text.replace("*", " * ").split() if w not in ("const", "__restrict__"))
-    kinds = {"T *": "T*", "int *": "int*", "int": "int", "long long": "long long", "T": "T"}
+    kinds = {
+        "T *": "T*",
+        "int *": "int*",
+        "long long *": "long long*",
+        "int": "int",
+        "long long": "long long",
+        "T": "T",
+    }
     if base not in kinds:
         raise ValueError(f"unsupported kernel parameter type {type_text.strip()!r} in {decl!r}")
     return Param(text, name, kinds[base], const)
@@ -186,7 +193,7 @@ class HarnessKernel:
         self.function = function
         argtypes = [ctypes.c_uint] * 6
         for p in sig.params:
-            if p.kind in ("T*", "int*"):
+            if p.kind in ("T*", "int*", "long long*"):
                 argtypes.append(ctypes.c_void_p)
             elif p.kind == "int":
                 argtypes.append(ctypes.c_int)
@@ -217,6 +224,8 @@ class HarnessKernel:
             return self._check_array(p, arg, self.dtype)
         if p.kind == "int*":
             return self._check_array(p, arg, np.dtype(np.int32))
+        if p.kind == "long long*":
+            return self._check_array(p, arg, np.dtype(np.int64))
         want = {"int": np.int32, "long long": np.int64, "T": self.dtype.type}[p.kind]
         if type(arg) is not want:
             raise LaunchError(
