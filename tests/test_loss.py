@@ -37,8 +37,8 @@ def test_cross_entropy_module_matches_torch(device, dtype, reduction, smoothing)
         assert loss.shape == (7,) and loss.dtype == dtype
         np.testing.assert_allclose(gl.to_numpy(loss), loss_ref, **TOL[dtype])
     else:
-        assert type(loss) is float
-        np.testing.assert_allclose(loss, float(loss_ref), **TOL[dtype])
+        assert loss.shape == () and gl.backend.device_of(loss) == gl.backend.device_of(gl.to_device(logits, device))
+        np.testing.assert_allclose(gl.to_numpy(loss), float(loss_ref), **TOL[dtype])
     assert grad.dtype == dtype and gl.get_array_module(grad) is gl.get_array_module(gl.to_device(logits, device))
     np.testing.assert_allclose(gl.to_numpy(grad), grad_ref, **TOL[dtype])
 
@@ -193,8 +193,8 @@ def test_mse_module_matches_torch(device, dtype, reduction):
     if reduction == "none":
         np.testing.assert_allclose(gl.to_numpy(loss), lt.detach().numpy(), **TOL[dtype])
     else:
-        assert type(loss) is float
-        np.testing.assert_allclose(loss, lt.item(), **TOL[dtype])
+        assert loss.shape == () and loss.dtype == dtype
+        np.testing.assert_allclose(gl.to_numpy(loss), lt.item(), **TOL[dtype])
     assert grad.dtype == dtype
     np.testing.assert_allclose(gl.to_numpy(grad), xt.grad.numpy(), **TOL[dtype])
 

@@ -1,8 +1,10 @@
 """Loss modules: CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss and MSELoss.
 
-``loss = criterion(logits, target)`` returns the reduced loss as a Python float (the array for
-``reduction="none"``); ``criterion.backward()`` returns the gradient w.r.t. ``logits``, for the
-loss as defined (scaled by the reduction). On the GPU only the loss value crosses to the host.
+``loss = criterion(logits, target)`` returns the reduced loss as a 0-d array on the input's device
+(NumPy on the CPU, CuPy on the GPU; the per-sample array for ``reduction="none"``), so that
+nothing waits for the GPU until the caller asks (``float(loss)`` or ``loss.item()``);
+``criterion.backward()`` returns the gradient w.r.t. ``logits``, for the loss as defined (scaled
+by the reduction).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class _Loss(Module):
         self._cache = None
 
     def _result(self, loss: Any) -> Any:
-        return loss if self.reduction == "none" else float(loss)
+        if backend.is_cuda_array(loss):
+            return loss
+        return np.asarray(loss)  # a NumPy scalar from a reduction becomes a 0-d array
 
     def _backward(self, fn, grad_output: Any) -> Any:
         name = type(self).__name__
@@ -84,19 +88,24 @@ class _ClassLoss(_Loss):
         self._cache = None
         gpu = backend.is_cuda_array(input)
         loss, cache = fn(input, target, check_labels=not gpu, name=name, **kwargs)
-        if gpu and self.reduction != "none":
-            # One transfer for the loss and the label check together.
-            xp = backend.get_array_module(input)
-            both = xp.stack([loss.astype(xp.float64), cache["invalid"].astype(xp.float64)]).get()
-            if both[1]:
-                raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
-            value = float(both[0])
-        else:
-            if gpu and bool(cache["invalid"]):
-                raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
-            value = loss
+        if gpu and not cache.get("fused") and bool(cache["invalid"]):  # the fused kernel checks on the device
+            raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
         self._cache = cache
-        return self._result(value)
+        self._target = (target, input.shape[1])
+        return self._result(loss)
+
+    def check_targets(self) -> None:
+        """Raise the error naming the out-of-range class indices of the last forward, if any.
+
+        On the GPU the (N, C) path checks the targets on the device and makes the loss NaN
+        instead of raising; this reads that flag on the host (a synchronisation). Free on the
+        CPU, where the forward has already raised.
+        """
+        cache = self._cache
+        if cache is None or not cache.get("fused") or not bool(cache["invalid"]):
+            return
+        target, classes = self._target
+        raise ops.label_range_error(type(self).__name__, target, classes, self.ignore_index)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr()] if self.reduction != "mean" else []
@@ -124,7 +133,11 @@ class CrossEntropyLoss(_ClassLoss):
         - Input: (N, C) logits (or (N, C, d1, ...))
         - Target: (N,) integer class indices in [0, C) or ``ignore_index`` (or (N, d1, ...)); int64
           or int32. Or class probabilities, floating, of the input's shape.
-        - Output: a float, or (N,) / (N, d1, ...) for ``reduction="none"``
+        - Output: a 0-d array, or (N,) / (N, d1, ...) for ``reduction="none"``
+
+    On the GPU, (N, C) logits with class indices are checked on the device: an out-of-range
+    class index makes the loss and its gradient NaN instead of raising at once;
+    :meth:`check_targets` raises the error naming the bad labels (one host read).
     """
 
     def __init__(
@@ -173,7 +186,7 @@ class NLLLoss(_ClassLoss):
     Shape:
         - Input: (N, C) log-probabilities (or (N, C, d1, ...))
         - Target: (N,) integer class indices (or (N, d1, ...))
-        - Output: a float, or the target's shape for ``reduction="none"``
+        - Output: a 0-d array, or the target's shape for ``reduction="none"``
     """
 
     def __init__(self, weight: Any = None, ignore_index: int = -100, reduction: str = "mean") -> None:
@@ -208,7 +221,7 @@ class BCEWithLogitsLoss(_Loss):
     Shape:
         - Input: (*), logits
         - Target: (*), the same shape; floating, values in [0, 1]
-        - Output: a float, or the input's shape for ``reduction="none"``
+        - Output: a 0-d array, or the input's shape for ``reduction="none"``
     """
 
     def __init__(self, weight: Any = None, reduction: str = "mean", pos_weight: Any = None) -> None:
@@ -238,7 +251,7 @@ class MSELoss(_Loss):
     Shape:
         - Input: (*), any shape
         - Target: (*), the same shape (no broadcasting); floating, cast to the input's dtype
-        - Output: a float, or the input's shape for ``reduction="none"``
+        - Output: a 0-d array, or the input's shape for ``reduction="none"``
     """
 
     def forward(self, input: Any, target: Any) -> Any:

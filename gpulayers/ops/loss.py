@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from . import cross_entropy_cuda
 
 __all__ = [
     "REDUCTIONS",
@@ -236,8 +237,10 @@ def cross_entropy_forward(
         weight: per-class weights ``(C,)``, or None.
         ignore_index: class index whose samples count for nothing. Defaults to -100.
         check_labels: raise on out-of-range labels here. Passing False leaves the check to the
-            caller through ``cache["invalid"]`` (a 0-d bool array on the device), which lets a GPU
-            caller fetch it with the loss in one transfer.
+            caller through ``cache["invalid"]`` (a 0-d array on the device, nonzero for a bad
+            label). On the GPU, (N, C) logits with class indices take a fused kernel that checks
+            on the device without a host synchronisation: a bad label makes its loss, the reduced
+            loss and its gradient row NaN and sets ``cache["invalid"]``; nothing is raised here.
         name: who is calling, for error messages.
 
     Returns:
@@ -254,6 +257,8 @@ def cross_entropy_forward(
     smoothing = check_label_smoothing(name, label_smoothing)
     ignore_index = check_ignore_index(name, ignore_index)
     weight = class_weight(name, weight, logits)
+    if not probabilities and cross_entropy_cuda.supported(logits, target, weight):
+        return cross_entropy_cuda.cross_entropy_forward(logits, target, reduction, smoothing, weight, ignore_index)
     xp = backend.get_array_module(logits)
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
@@ -308,6 +313,10 @@ def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     multiplied by ``grad_output`` when given (a scalar for "mean"/"sum", an array of the per-sample
     shape for "none"; 1 when omitted).
     """
+    if cache.get("fused"):
+        logits = cache["logits"]
+        upstream = _upstream(grad_output, cache["reduction"], (logits.shape[0],), logits)
+        return cross_entropy_cuda.cross_entropy_backward(cache, upstream)
     xp = backend.get_array_module(cache["probs"])
     probs = cache["probs"]
     if "wq" in cache:

@@ -49,6 +49,8 @@ inline thread_local dim3 gridDim;
 using std::max;
 using std::min;
 using std::sqrt;  // CUDA's sqrt(float) and sqrt(double) overloads
+using std::exp;
+using std::log;
 
 inline float __int_as_float(int bits) {
   float value;
