@@ -56,20 +56,31 @@ def evaluate(model: Module, loader: Iterable, criterion: Any = None) -> dict[str
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    correct, loss_sum, count = None, 0.0, 0
+    correct, loss_sum, count = None, None, 0
     try:
         for xb, yb in loader:
             logits = model(xb)
             hits = (logits.argmax(axis=1) == yb).sum()  # stays on the device
             correct = hits if correct is None else correct + hits
             if criterion is not None:
-                loss_sum += float(criterion(logits, yb)) * len(yb)
+                part = criterion(logits, yb) * len(yb)  # a 0-d array: no host read per batch
+                loss_sum = part if loss_sum is None else loss_sum + part
             count += len(yb)
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
     accuracy = int(correct) / count if count else 0.0
-    return {"accuracy": accuracy, "loss": loss_sum / count if criterion is not None and count else None, "count": count}
+    loss = None
+    if criterion is not None and count:
+        loss = float(loss_sum) / count
+        _check_targets(criterion, loss)
+    return {"accuracy": accuracy, "loss": loss, "count": count}
+
+
+def _check_targets(criterion: Any, loss: float) -> None:
+    """A NaN loss on the GPU may come from out-of-range labels: let the criterion say so."""
+    if loss != loss and hasattr(criterion, "check_targets"):
+        criterion.check_targets()
 
 
 def train_step(model: Module, criterion: Any, optimizer: Any) -> Callable[[Any, Any], tuple[Any, Any]]:
@@ -94,28 +105,32 @@ def train_step(model: Module, criterion: Any, optimizer: Any) -> Callable[[Any, 
 def _train_epoch(model, loader, criterion, optimizer, desc: str, progress: bool, step_fn=None):
     model.train()
     bar = _progress(loader, len(loader), desc, progress)
-    correct, loss_sum, seen = None, 0.0, 0
+    correct, loss_sum, seen = None, None, 0
     start = time.perf_counter()
     step_fn = step_fn or train_step(model, criterion, optimizer)
     for step, (xb, yb) in enumerate(bar):
-        loss, hits = step_fn(xb, yb)
-        loss = float(loss)
+        loss, hits = step_fn(xb, yb)  # arrays on the device: the loss is read only when the bar refreshes
         n = len(yb)
-        loss_sum += loss * n
+        loss_sum = loss * n if loss_sum is None else loss_sum + loss * n
         seen += n
         correct = hits if correct is None else correct + hits
         if step % 10 == 0 and hasattr(bar, "set_postfix"):
+            value = float(loss)  # the one host read per refresh
+            _check_targets(criterion, value)
             rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:,.0f}", refresh=False)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:,.0f}", refresh=False)
     if hasattr(bar, "close"):
         bar.close()
     seconds = time.perf_counter() - start
     hits = 0 if correct is None else int(correct)
+    loss_sum = 0.0 if loss_sum is None else float(loss_sum)  # the epoch's one read of the summed loss
     if isinstance(model, DistributedDataParallel) and get_world_size() > 1:  # every rank's share: global figures
         totals = np.array([loss_sum, hits, seen], dtype=np.float64)
         all_reduce(totals, "sum")
         loss_sum, hits, seen = float(totals[0]), int(totals[1]), int(totals[2])
-    return loss_sum / max(seen, 1), (hits / seen if seen else 0.0), seen, seconds
+    mean_loss = loss_sum / max(seen, 1)
+    _check_targets(criterion, mean_loss)
+    return mean_loss, (hits / seen if seen else 0.0), seen, seconds
 
 
 def fit(

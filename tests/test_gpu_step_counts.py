@@ -135,3 +135,10 @@ def _count(events, kinds, phase=None):
 def test_step_counts_every_phase(reference_step):
     for phase in PHASES:
         assert _count(reference_step, LAUNCHES, phase) > 0, phase
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_no_host_synchronisation_or_transfer_in_a_step(reference_step, phase):
+    """Forward, loss, backward and the optimiser step never wait for the GPU or move data."""
+    picked = [e for e in reference_step if e.phase == phase and e.kind in ("sync", "d2h", "h2d")]
+    assert picked == []
