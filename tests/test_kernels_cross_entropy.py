@@ -34,7 +34,9 @@ def cp(request, libraries, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize(("weighted", "smoothing", "ignore"), [(False, 0.0, False), (True, 0.1, True), (False, 0.2, True)])
+@pytest.mark.parametrize(
+    ("weighted", "smoothing", "ignore"), [(False, 0.0, False), (True, 0.1, True), (False, 0.2, True)]
+)
 @pytest.mark.parametrize("upstream", [False, True])
 def test_fused_cross_entropy_matches_the_numpy_path(cp, dtype, reduction, weighted, smoothing, ignore, upstream):
     rng = np.random.default_rng(3)
