@@ -7,14 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cupy_standin import COUNTER, install
+from kernel_harness import HarnessLibrary
 
 import gpulayers as gl
 from gpulayers import nn, optim
 
 
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> HarnessLibrary:
+    """The custom kernels (fused losses, ...) run on the host harness, so their results are real."""
+    return HarnessLibrary(tmp_path_factory.mktemp("standin_layers_harness"))
+
+
 @pytest.fixture
-def cp(monkeypatch):
-    with install(None, monkeypatch) as module:
+def cp(monkeypatch, harness):
+    with install(harness, monkeypatch) as module:
         yield module
 
 
