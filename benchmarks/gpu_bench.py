@@ -107,18 +107,19 @@ def bench_conv(args, results):
     rng = np.random.default_rng(0)
     for cin, cout, size in CONV_SHAPES:
         results["conv2d"].append(conv_case(args, rng, cin, cout, size))
+    results["conv2d"].append(conv_case(args, rng, 64, 128, 32, batch=256))  # the large case
 
 
-def conv_case(args, rng, cin: int, cout: int, size: int) -> dict:
+def conv_case(args, rng, cin: int, cout: int, size: int, batch: int = BATCH) -> dict:
     import cupy
     import torch
 
     from gpulayers import functional as F
 
-    x_np = rng.standard_normal((BATCH, cin, size, size)).astype(np.float32)
+    x_np = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
     w_np = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
     b_np = rng.standard_normal(cout).astype(np.float32)
-    dy_np = rng.standard_normal((BATCH, cout, size, size)).astype(np.float32)
+    dy_np = rng.standard_normal((batch, cout, size, size)).astype(np.float32)
     x, w, b, dy = (cupy.asarray(a) for a in (x_np, w_np, b_np, dy_np))
     xt, wt, bt = (torch.tensor(a, device="cuda", requires_grad=True) for a in (x_np, w_np, b_np))
     dyt = torch.tensor(dy_np, device="cuda")
@@ -158,7 +159,7 @@ def conv_case(args, rng, cin: int, cout: int, size: int) -> dict:
         _, default_t = compare(ours_both, torch_both, args.repeat, args.warmup)
         torch.backends.cudnn.allow_tf32 = False
     ratio = a_o / a_t
-    label = f"{cin}->{cout} @{size}x{size}"
+    label = f"{cin}->{cout} @{size}x{size}" + ("" if batch == BATCH else f" n{batch}")
     default = f"{default_t:.3f} ({a_o / default_t:.2f}x)" if default_t else "-"
     print(
         f"{label:>18} {f_o:6.3f}/{f_t:6.3f} {b_o:6.3f}/{b_t:6.3f} {a_o:10.3f}/{a_t:10.3f} "
@@ -302,7 +303,7 @@ def bench_train_step(args, results):
 
     def ours_step():
         opt.zero_grad()
-        loss = criterion(ours(x), y)  # a Python float: one device-to-host sync per step
+        loss = criterion(ours(x), y)  # a 0-d array on the device: no host sync in the step
         ours.backward(criterion.backward())
         opt.step()
         return loss
@@ -312,9 +313,9 @@ def bench_train_step(args, results):
         loss = criterion_t(theirs(xt), yt)
         loss.backward()
         opt_t.step()
-        return loss.item()  # the same sync as ours
+        return loss  # no sync either
 
-    first = ours_step(), torch_step()
+    first = float(ours_step()), torch_step().item()
     ms_o, ms_t = compare(ours_step, torch_step, args.repeat, args.warmup)
 
     pool = cupy.get_default_memory_pool()
@@ -328,15 +329,33 @@ def bench_train_step(args, results):
     torch_step()
     torch.cuda.synchronize()
     mem_o, mem_t = peak.peak, torch.cuda.max_memory_allocated()
+    host_ms, gpu_ms = host_and_gpu_ms(ours_step, args.repeat)
     print(f"\ntraining step, reference small CNN, batch {TRAIN_BATCH} (first losses {first[0]:.4f} / {first[1]:.4f})")
     print(f"  time: {ms_o:.3f} ms vs torch {ms_t:.3f} ms -> {ms_o / ms_t:.2f}x")
+    print(f"  ours per step: host (CPU) {host_ms:.3f} ms, GPU {gpu_ms:.3f} ms (host > GPU: launch-bound)")
     print(
         f"  peak GPU memory: {mem_o / 2**20:.1f} MiB (CuPy pool, in use) vs torch {mem_t / 2**20:.1f} MiB "
         f"(max_memory_allocated; {base_t / 2**20:.1f} MiB before the step)"
     )
     results["train_step"].append(
-        {"ours_ms": ms_o, "torch_ms": ms_t, "ratio": ms_o / ms_t, "ours_peak_bytes": mem_o, "torch_peak_bytes": mem_t}
+        {
+            "ours_ms": ms_o,
+            "torch_ms": ms_t,
+            "ratio": ms_o / ms_t,
+            "ours_host_ms": host_ms,
+            "ours_gpu_ms": gpu_ms,
+            "ours_peak_bytes": mem_o,
+            "torch_peak_bytes": mem_t,
+        }
     )
+
+
+def host_and_gpu_ms(fn, repeat: int) -> tuple[float, float]:
+    """Mean host (CPU) and GPU milliseconds per call of ``fn`` (``cupyx.profiler.benchmark``)."""
+    from cupyx.profiler import benchmark
+
+    result = benchmark(fn, n_repeat=repeat, n_warmup=3)
+    return float(np.mean(result.cpu_times)) * 1e3, float(np.mean(result.gpu_times)) * 1e3
 
 
 def summary(results) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "rng_for",
     "get_rng_state",
     "set_rng_state",
+    "philox_next",
     "parse_device",
 ]
 
@@ -180,6 +181,7 @@ def device_of(x: Any) -> str:
 _seed: int | None = None
 _cpu_rng = np.random.Generator(np.random.PCG64())
 _gpu_rngs: dict[int, Any] = {}
+_philox_offsets: dict[int, int] = {}  # per device: launches of the counter-based generator so far
 _unseeded_gpu_seed: int | None = None  # drawn once per process when manual_seed was never called
 
 
@@ -194,6 +196,7 @@ def manual_seed(seed: int) -> None:
     _seed = seed
     _cpu_rng = np.random.Generator(np.random.PCG64(seed))
     _gpu_rngs.clear()  # re-created lazily from the new seed, per device
+    _philox_offsets.clear()
 
 
 def cpu_rng() -> np.random.Generator:
@@ -230,9 +233,23 @@ def _gpu_seed() -> int:
     return _unseeded_gpu_seed
 
 
+def philox_next(device_id: int) -> tuple[int, int]:
+    """``(seed, offset)`` for the next launch of a counter-based generator on ``device_id``.
+
+    The seed is the GPU seed of the device (as :func:`rng_for`'s); the offset counts the launches
+    so far on that device and is advanced by one. Both are plain numbers: no GPU work, and they
+    are part of :func:`get_rng_state`, so checkpoints resume the same masks.
+    """
+    offset = _philox_offsets.get(device_id, 0)
+    _philox_offsets[device_id] = offset + 1
+    return (_gpu_seed() + 7919 * device_id) % 2**63, offset
+
+
 def get_rng_state() -> dict:
-    """A JSON-serialisable snapshot of the CPU generator (checkpoints store it)."""
-    return {"seed": _seed, "cpu": _cpu_rng.bit_generator.state}
+    """A JSON-serialisable snapshot of the random state (checkpoints store it): the seed, the CPU
+    generator and the counter-based GPU generator's offset per device."""
+    offsets = {str(k): v for k, v in _philox_offsets.items()}
+    return {"seed": _seed, "cpu": _cpu_rng.bit_generator.state, "gpu_offsets": offsets}
 
 
 def set_rng_state(state: dict) -> None:
@@ -245,3 +262,5 @@ def set_rng_state(state: dict) -> None:
     gen.bit_generator.state = state["cpu"]
     _cpu_rng = gen
     _gpu_rngs.clear()
+    _philox_offsets.clear()
+    _philox_offsets.update({int(k): int(v) for k, v in (state.get("gpu_offsets") or {}).items()})

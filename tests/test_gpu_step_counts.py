@@ -142,3 +142,54 @@ def test_no_host_synchronisation_or_transfer_in_a_step(reference_step, phase):
     """Forward, loss, backward and the optimiser step never wait for the GPU or move data."""
     picked = [e for e in reference_step if e.phase == phase and e.kind in ("sync", "d2h", "h2d")]
     assert picked == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        {"momentum": 0.5, "dampening": 0.3},
+        {},
+    ],
+)
+def test_sgd_updates_every_parameter_in_one_launch_per_16(cp, options):
+    """20 parameters: two multi-tensor launches per step, the same numbers as the NumPy code."""
+    rng = np.random.default_rng(5)
+    shapes = [(3, 5), (7,), (2, 3, 4)] * 6 + [(1,), (33,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    cpu = [gl.nn.Parameter(a.copy()) for a in init]
+    gpu = [gl.nn.Parameter(cp.asarray(a)) for a in init]
+    opt_cpu = gl.optim.SGD(cpu, lr=0.1, **options)
+    opt_gpu = gl.optim.SGD(gpu, lr=0.1, **options)
+    for step in grads:
+        for p, q, g in zip(cpu, gpu, step, strict=True):
+            p.grad, q.grad = g, cp.asarray(g)
+        opt_cpu.step()
+        COUNTER.reset()
+        opt_gpu.step()
+        assert COUNTER.launches() == 2 and COUNTER.names() == {"sgd_multi_update_kernel<float>": 2}
+    for p, q in zip(cpu, gpu, strict=True):
+        np.testing.assert_allclose(q.data.get(), p.data, rtol=1e-6, atol=1e-7)
+
+
+# Launches of one step of the reference CNN, batch 64, counted on the stand-in (custom kernels,
+# CuPy kernels, cuBLAS calls and device copies). The ceiling guards what is reached; the budget
+# below it is the target (a BatchNorm+ReLU fusion across layers is what it still needs).
+STEP_LAUNCH_CEILING = 46
+STEP_LAUNCH_BUDGET = 40
+
+
+def test_step_launches_stay_within_the_ceiling(reference_step):
+    assert _count(reference_step, LAUNCHES) <= STEP_LAUNCH_CEILING
+
+
+@pytest.mark.xfail(strict=True, reason="46 launches today: BatchNorm+ReLU not yet fused across layers")
+def test_step_launches_within_the_budget(reference_step):
+    assert _count(reference_step, LAUNCHES) <= STEP_LAUNCH_BUDGET
+
+
+def test_no_device_copy_in_a_step(reference_step):
+    """Gradients are assigned on first accumulation, losses and masks are made in place."""
+    assert _count(reference_step, ("copy",)) == 0

@@ -140,11 +140,26 @@ for grid in (None, (3, 4)):
             y, cache = batch_norm_cuda.batch_norm_forward(x, w, b, rm, rv, None, 1e-5, nbt, relu=True)
             dx, dw, db = batch_norm_cuda.batch_norm_backward(dy, cache, relu=True)
             assert np.isfinite(dx.get()).all()
+        # the other fused kernels of the training step: dropout, cross-entropy, multi-tensor SGD
+        from gpulayers.ops import cross_entropy_cuda, dropout_cuda
+        from gpulayers.optim import optim_cuda
+        x = cp.asarray(rng.standard_normal(4099))
+        y, mask = dropout_cuda.dropout_forward(x, 0.3)
+        logits = cp.asarray(rng.standard_normal((300, 10)))
+        target = cp.asarray(rng.integers(0, 10, 300))
+        weight = cp.asarray(np.ones(10))
+        loss, cache = cross_entropy_cuda.cross_entropy_forward(logits, target, "mean", 0.1, weight, -100)
+        grad = cross_entropy_cuda.cross_entropy_backward(cache)
+        shapes = [(40, 60), (2050,), (3,)] * 6
+        tensors = [tuple(cp.asarray(rng.standard_normal(s)) for _ in range(3)) for s in shapes]
+        for first in (True, False):
+            optim_cuda.sgd_multi_update(tensors, lr=0.1, weight_decay=0.01, momentum=0.9, dampening=0.0,
+                                        nesterov=True, first_step=first)
 print("ASAN_CLEAN_RUN_OK", flush=True)
 """
 
 
-def test_fused_batch_norm_is_clean_under_address_sanitizer(tmp_path):
+def test_fused_step_kernels_are_clean_under_address_sanitizer(tmp_path):
     env = sanitizer_env()
     if env is None:
         pytest.skip("g++ has no AddressSanitizer/UBSan runtime here")

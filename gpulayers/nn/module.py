@@ -326,11 +326,14 @@ class Module:
     # -- helpers for subclasses ---------------------------------------------------------------
     @staticmethod
     def _accumulate(param: Parameter | None, grad: Any) -> None:
-        """``param.grad += grad`` (allocating on first use)."""
+        """``param.grad += grad``; on first use ``grad`` itself becomes ``param.grad`` (no copy).
+
+        The caller hands over ``grad``: a freshly computed array that it does not keep or reuse.
+        """
         if param is None or grad is None:
             return
         if param.grad is None:
-            param.grad = grad.astype(param.data.dtype, copy=True)
+            param.grad = grad.astype(param.data.dtype, copy=False)
         else:
             param.grad += grad
 

@@ -1,7 +1,8 @@
 """Inverted dropout: zero each element with probability ``p``, scale the rest by ``1 / (1 - p)``.
 
-The mask comes from the library's generator for the array's device (``backend.rng_for``), so
-``gl.manual_seed`` makes it reproducible on the CPU and on the GPU.
+On the CPU the mask comes from the library's generator (``backend.rng_for``); on the GPU from a
+counter-based generator inside one fused kernel (:mod:`.dropout_cuda`), keyed by the device's
+``(seed, offset)``. ``gl.manual_seed`` makes both reproducible.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from .. import backend
 from .._checks import check_input
+from . import dropout_cuda
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout2d_forward", "dropout2d_backward", "check_p"]
 
@@ -53,6 +55,9 @@ def dropout_forward(x: Any, p: float, training: bool) -> tuple[Any, dict]:
     p = check_p("dropout", p)
     if not training or p == 0.0:
         return x, {"mask": None}
+    if p < 1.0 and dropout_cuda.supported(x):
+        y, mask = dropout_cuda.dropout_forward(x, p)
+        return y, {"mask": mask}
     mask = _scaled_mask(x, p, tuple(x.shape))
     return x * mask, {"mask": mask}
 

@@ -28,9 +28,12 @@ import numpy as np
 
 from .. import backend, kernels
 
-__all__ = ["adam_update", "can_fuse", "fusable", "sgd_update"]
+__all__ = ["MULTI_TENSORS", "adam_update", "can_fuse", "fusable", "sgd_multi_update", "sgd_update"]
 
 _FILE = "optim.cu"
+
+#: Parameters one multi-tensor launch updates (MULTI_TENSORS in the kernel file).
+MULTI_TENSORS = 16
 
 
 def fusable(param: Any, *arrays: Any) -> bool:
@@ -105,6 +108,54 @@ def sgd_update(
     )
     with kernels.device_scope(param):
         kernels.launch(_FILE, "sgd_update_kernel", dtype, n, args)
+
+
+def _address(a: Any) -> np.int64:
+    """The array's data address as the kernel's 64-bit integer (device pointer; host on the harness)."""
+    return np.int64(a.data.ptr if backend.is_cuda_array(a) else a.ctypes.data)
+
+
+def sgd_multi_update(
+    tensors: list[tuple[Any, Any, Any]],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    first_step: bool,
+) -> None:
+    """:func:`sgd_update` of many ``(param, grad, momentum_buffer)`` triples of one group, dtype and
+    device, :data:`MULTI_TENSORS` per launch (``sgd_multi_update_kernel``), with the same arithmetic.
+
+    Every triple must pass :func:`fusable`; ``momentum_buffer`` is None when ``momentum`` is 0.
+    """
+    if not tensors:
+        return
+    dtype = tensors[0][0].dtype
+    if momentum != 0 and any(buf is None for _, _, buf in tensors):
+        raise ValueError("SGD: a momentum buffer is needed when momentum is not 0")
+    scalars = (
+        _scalar(dtype, lr),
+        _scalar(dtype, weight_decay),
+        _scalar(dtype, momentum),
+        _scalar(dtype, 1 - dampening),
+        np.int32(weight_decay != 0),
+        np.int32(momentum != 0),
+        np.int32(bool(nesterov)),
+        np.int32(bool(first_step)),
+    )
+    with kernels.device_scope(tensors[0][0]):
+        for start in range(0, len(tensors), MULTI_TENSORS):
+            chunk = tensors[start : start + MULTI_TENSORS]
+            pad = [np.int64(0)] * (MULTI_TENSORS - len(chunk))
+            params = [_address(p) for p, _, _ in chunk] + pad
+            grads = [_address(g) for _, g, _ in chunk] + pad
+            bufs = [_address(p if b is None else b) for p, _, b in chunk] + pad  # unused without momentum
+            sizes = [np.int64(p.size) for p, _, _ in chunk] + pad
+            total = int(sum(int(n) for n in sizes))
+            args = (*params, *grads, *bufs, *sizes, np.int32(len(chunk)), np.int64(total), *scalars)
+            kernels.launch(_FILE, "sgd_multi_update_kernel", dtype, total, args)
 
 
 def adam_update(

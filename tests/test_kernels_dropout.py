@@ -1,0 +1,102 @@
+"""The fused dropout kernel (``cuda_kernels/dropout.cu``) on the host harness.
+
+The launcher of ``gpulayers/ops/dropout_cuda.py`` runs on the CuPy stand-in with the kernel on
+the g++ harness. The generator is checked against Random123's known answers for Philox4x32-10
+and against an independent Python Philox; the mask is the same on any grid, reproducible from
+``(seed, offset)``, restored by ``set_rng_state`` (checkpoints), and one launch forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cupy_standin import COUNTER, install
+from kernel_harness.harness import HarnessLibrary
+
+import gpulayers as gl
+from gpulayers import backend
+from gpulayers.ops import dropout as ops
+from gpulayers.ops import dropout_cuda
+
+GRIDS = {"launcher": None, "grid3x4": (3, 4)}
+M32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 in Python (Salmon et al., 2011), the independent reference."""
+    c, (k0, k1) = list(counter), key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k0) & M32, p1 & M32, ((p0 >> 32) ^ c[3] ^ k1) & M32, p0 & M32]
+        k0, k1 = (k0 + 0x9E3779B9) & M32, (k1 + 0xBB67AE85) & M32
+    return c
+
+
+def test_python_philox_matches_the_random123_known_answers():
+    assert philox4x32_10([0, 0, 0, 0], (0, 0)) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert philox4x32_10([M32] * 4, (M32, M32)) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+
+
+@pytest.fixture(scope="module")
+def libraries(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dropout_harness")
+    return {name: HarnessLibrary(out, grid_override=grid) for name, grid in GRIDS.items()}
+
+
+@pytest.fixture(params=list(GRIDS))
+def cp(request, libraries, monkeypatch):
+    monkeypatch.setattr(backend, "_philox_offsets", {})
+    with install(libraries[request.param], monkeypatch) as module:
+        yield module
+
+
+def _expected_mask(n, seed, offset, p, dtype):
+    keep = np.empty(n, bool)
+    for group in range((n + 3) // 4):
+        words = philox4x32_10([group & M32, group >> 32, offset & M32, offset >> 32], (seed & M32, seed >> 32))
+        for lane, w in enumerate(words):
+            if group * 4 + lane < n:
+                keep[group * 4 + lane] = (w >> 8) * 2.0**-24 >= p
+    return np.where(keep, dtype(1 / (1 - p)), dtype(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
+    gl.manual_seed(123)
+    x = np.random.default_rng(0).standard_normal(203).astype(dtype)
+    COUNTER.reset()
+    y, cache = ops.dropout_forward(cp.asarray(x), 0.3, True)
+    assert COUNTER.launches() == 1 and COUNTER.syncs() == 0
+    seed = 123  # device 0
+    want = _expected_mask(203, seed, 0, 0.3, dtype)
+    np.testing.assert_array_equal(cache["mask"].get(), want)
+    np.testing.assert_array_equal(y.get(), x * want)
+    _, second = ops.dropout_forward(cp.asarray(x), 0.3, True)  # the next offset: another mask
+    np.testing.assert_array_equal(second["mask"].get(), _expected_mask(203, seed, 1, 0.3, dtype))
+
+
+def test_rng_state_replays_the_masks(cp):
+    x = cp.asarray(np.ones((64, 50), np.float32))
+    gl.manual_seed(7)
+    ops.dropout_forward(x, 0.5, True)
+    state = backend.get_rng_state()
+    first = ops.dropout_forward(x, 0.5, True)[1]["mask"].get()
+    backend.set_rng_state(state)
+    again = ops.dropout_forward(x, 0.5, True)[1]["mask"].get()
+    np.testing.assert_array_equal(first, again)
+    assert state["gpu_offsets"] == {"0": 1}
+    kept = (first > 0).mean()
+    assert 0.45 < kept < 0.55
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gl.cuda_is_available(), reason="no usable CUDA device (CuPy + GPU)")
+def test_fused_dropout_on_the_gpu_is_philox():
+    import cupy  # noqa: PLC0415
+
+    gl.manual_seed(11)
+    x = cupy.asarray(np.random.default_rng(1).standard_normal(1001).astype(np.float32))
+    y, mask = dropout_cuda.dropout_forward(x, 0.25)
+    want = _expected_mask(1001, 11, 0, 0.25, np.float32)
+    np.testing.assert_array_equal(cupy.asnumpy(mask), want)
+    np.testing.assert_array_equal(cupy.asnumpy(y), cupy.asnumpy(x) * want)
