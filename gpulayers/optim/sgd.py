@@ -112,7 +112,7 @@ class SGD(Optimizer):
                 state["momentum_buffer"] = buf
                 first_step = True
         if self._pending is not None:  # within step(): launched together at its end
-            key = (id(group), first_step, p.data.dtype.name, p.data.device.id)
+            key = (id(group), first_step, p.data.dtype.name, str(p.data.device))
             self._pending.setdefault(key, (group, []))[1].append((p.data, grad, buf))
             return
         optim_cuda.sgd_update(
