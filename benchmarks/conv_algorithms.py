@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import numpy as np
+from _timing import median_ms
 
 # (batch, in, out, size, kernel, stride)
 SHAPES = [
@@ -40,30 +40,7 @@ def parse_args(argv=None):
 
 
 def _median_ms(fn, repeat: int, warmup: int, library: str) -> float:
-    if library == "cupy":
-        import cupy
-
-        make, elapsed = cupy.cuda.Event, cupy.cuda.get_elapsed_time
-    else:
-        import torch
-
-        def make():
-            return torch.cuda.Event(enable_timing=True)
-
-        def elapsed(a, b):
-            return a.elapsed_time(b)
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = make(), make()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(elapsed(start, end))
-    return statistics.median(times)
+    return median_ms(fn, repeat, warmup, library)[0]
 
 
 def measure(shape, args, conv2d_cuda, cupy, torch) -> dict:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 from _reference import build_models
+from _timing import median_ms
 
 
 def parse_args(argv=None):
@@ -30,23 +29,6 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
-
-
-def _time(fn, repeat: int, warmup: int, make_event, elapsed) -> tuple[float, float]:
-    """(median GPU ms, median host ms) of ``fn``."""
-    for _ in range(warmup):
-        fn()
-    gpu, host = [], []
-    for _ in range(repeat):
-        start, end = make_event(), make_event()
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append((time.perf_counter() - t0) * 1e3)
-        end.record()
-        end.synchronize()
-        gpu.append(elapsed(start, end))
-    return statistics.median(gpu), statistics.median(host)
 
 
 def main(argv=None) -> int:
@@ -75,13 +57,7 @@ def main(argv=None) -> int:
         xg, yg = cupy.asarray(x), cupy.asarray(y)
         if mode == "graphed":
             step = gl.cuda.graphed(step, xg, yg, optimizer=opt, model=ours, log=lines.append)
-        results[mode] = _time(
-            lambda step=step, xg=xg, yg=yg: step(xg, yg),
-            args.repeat,
-            args.warmup,
-            cupy.cuda.Event,
-            cupy.cuda.get_elapsed_time,
-        )
+        results[mode] = median_ms(lambda step=step, xg=xg, yg=yg: step(xg, yg), args.repeat, args.warmup, "cupy")
         if mode == "graphed":
             results["graph_captured"] = bool(step.captured)
             results["graph_reason"] = step.reason
@@ -98,13 +74,7 @@ def main(argv=None) -> int:
         loss.backward()
         topt.step()
 
-    results["torch"] = _time(
-        torch_step,
-        args.repeat,
-        args.warmup,
-        lambda: torch.cuda.Event(enable_timing=True),
-        lambda a, b: a.elapsed_time(b),
-    )
+    results["torch"] = median_ms(torch_step, args.repeat, args.warmup, "torch")
     print(f"device: {torch.cuda.get_device_name()}; reference CNN, batch {args.batch}")
     for line in lines:
         print(line)

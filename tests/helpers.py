@@ -138,3 +138,16 @@ SGD_OPTIONS = [
 def option_ids(options: list[dict]) -> list[str]:
     """Readable pytest ids for a list of keyword-argument dicts."""
     return ["-".join(f"{k}={v}" for k, v in o.items()) for o in options]
+
+
+def plain_step(model: Any, optimizer: Any):
+    """``step(x, dy)``: zero_grad, forward, backward of ``dy``, optimiser step; returns the output."""
+
+    def step(x, dy):
+        optimizer.zero_grad()
+        y = model(x)
+        model.backward(dy)
+        optimizer.step()
+        return y
+
+    return step

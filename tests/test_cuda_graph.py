@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cupy_standin import COUNTER, install
-from kernel_harness import HarnessLibrary
+from helpers import plain_step
 
 import gpulayers as gl
 from gpulayers import cuda as gl_cuda
@@ -27,17 +27,6 @@ def _conv_net() -> nn.Module:
     )
 
 
-def _plain_step(model, opt):
-    def step(x, dy):
-        opt.zero_grad()
-        y = model(x)
-        model.backward(dy)
-        opt.step()
-        return y
-
-    return step
-
-
 # -- CPU: the eager fallback -------------------------------------------------------------------------
 def test_graphed_on_the_cpu_runs_eagerly_and_says_why():
     gl.manual_seed(0)
@@ -48,8 +37,8 @@ def test_graphed_on_the_cpu_runs_eagerly_and_says_why():
     x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
     dy = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     lines = []
-    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, log=lines.append)
-    eager = _plain_step(twin, opt_twin)
+    step = gl_cuda.graphed(plain_step(model, opt), x, dy, optimizer=opt, log=lines.append)
+    eager = plain_step(twin, opt_twin)
     for _ in range(3):
         np.testing.assert_array_equal(step(x, dy), eager(x, dy))
     assert not step.captured and step.captures == 0
@@ -103,14 +92,10 @@ def test_train_step_returns_loss_and_hits_without_syncing():
 
 
 # -- the stand-in: what the capture records ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory) -> HarnessLibrary:
-    return HarnessLibrary(tmp_path_factory.mktemp("graph_harness"))
-
-
 @pytest.fixture
-def cp(monkeypatch, harness):
-    with install(harness, monkeypatch) as module:
+def cp(monkeypatch, harness_libraries):
+    """The CuPy stand-in, custom kernels on the harness, convolutions by implicit GEMM."""
+    with install(harness_libraries["launcher"], monkeypatch) as module:
         gl_cuda.set_conv_algorithm("implicit_gemm")
         try:
             yield module
@@ -131,7 +116,7 @@ def test_captured_step_has_no_sync_no_cublas_and_replays_as_one_launch(cp):
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, dy = _device_batch(cp)
     lines = []
-    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    step = gl_cuda.graphed(plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
     step(x, dy)  # warm-up, eager: creates the momentum buffers
     assert not step.captured
     COUNTER.reset()
@@ -153,7 +138,7 @@ def test_a_new_learning_rate_recaptures(cp):
     model = _conv_net().to("cuda")
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, dy = _device_batch(cp)
-    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=None)
+    step = gl_cuda.graphed(plain_step(model, opt), x, dy, optimizer=opt, model=model, log=None)
     for _ in range(4):
         step(x, dy)
     assert step.captures == 1 and step.replays == 3
@@ -169,7 +154,7 @@ def test_scalars_changing_every_step_fall_back_to_eager(cp):
     opt = optim.Adam(model.parameters(), lr=1e-3)  # its step count is a kernel argument
     x, dy = _device_batch(cp)
     lines = []
-    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    step = gl_cuda.graphed(plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
     for _ in range(6):
         step(x, dy)
     assert step.reason == "the optimiser's scalars change at every step (e.g. a step count)"
@@ -204,7 +189,7 @@ def test_another_batch_shape_runs_eagerly(cp):
     opt = optim.SGD(model.parameters(), lr=0.1)
     x, dy = _device_batch(cp)
     lines = []
-    step = gl_cuda.graphed(_plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
+    step = gl_cuda.graphed(plain_step(model, opt), x, dy, optimizer=opt, model=model, log=lines.append)
     step(x, dy)
     step(x, dy)
     assert step.captured

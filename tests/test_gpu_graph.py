@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import plain_step
 
 import gpulayers as gl
 from gpulayers import cuda as gl_cuda
@@ -40,18 +41,10 @@ def test_graphed_steps_equal_eager_steps_bitwise(dtype):
             for _ in range(6)
         ]
 
-        def make(model, opt):
-            def step(x, dy):
-                opt.zero_grad()
-                y = model(x)
-                model.backward(dy)
-                opt.step()
-                return y
-
-            return step
-
-        graphed = gl_cuda.graphed(make(models[0], opts[0]), *batches[0], optimizer=opts[0], model=models[0], log=None)
-        eager = make(models[1], opts[1])
+        graphed = gl_cuda.graphed(
+            plain_step(models[0], opts[0]), *batches[0], optimizer=opts[0], model=models[0], log=None
+        )
+        eager = plain_step(models[1], opts[1])
         for i, (x, dy) in enumerate(batches):
             if i == 4:
                 opts[0].param_groups[0]["lr"] = opts[1].param_groups[0]["lr"] = 0.01  # a schedule: recapture

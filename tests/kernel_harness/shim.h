@@ -169,35 +169,38 @@ inline bool run_block_cooperative(dim3 block, Body& body) {
   }
 }
 
-// A cooperative launch: every block in CUDA's index order, each run by run_block_cooperative.
-template <typename Body>
-inline void run_grid_cooperative(dim3 grid, dim3 block, Body body) {
+// Sets blockIdx to every block of a launch in CUDA's index order and calls run_block(),
+// stopping early when it returns false.
+template <typename RunBlock>
+inline void for_each_block(dim3 grid, dim3 block, RunBlock run_block) {
   gridDim = grid;
   blockDim = block;
   for (unsigned int bz = 0; bz < grid.z; ++bz)
     for (unsigned int by = 0; by < grid.y; ++by)
       for (unsigned int bx = 0; bx < grid.x; ++bx) {
         blockIdx = {bx, by, bz};
-        if (!run_block_cooperative(block, body)) return;
+        if (!run_block()) return;
       }
+}
+
+// A cooperative launch: each block run by run_block_cooperative.
+template <typename Body>
+inline void run_grid_cooperative(dim3 grid, dim3 block, Body body) {
+  for_each_block(grid, block, [&]() { return run_block_cooperative(block, body); });
 }
 
 // Runs `body` once per (block, thread) of a grid x block launch, in CUDA's index order.
 template <typename Body>
 inline void run_grid(dim3 grid, dim3 block, Body body) {
-  gridDim = grid;
-  blockDim = block;
-  for (unsigned int bz = 0; bz < grid.z; ++bz)
-    for (unsigned int by = 0; by < grid.y; ++by)
-      for (unsigned int bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
-        for (unsigned int tz = 0; tz < block.z; ++tz)
-          for (unsigned int ty = 0; ty < block.y; ++ty)
-            for (unsigned int tx = 0; tx < block.x; ++tx) {
-              threadIdx = {tx, ty, tz};
-              body();
-            }
-      }
+  for_each_block(grid, block, [&]() {
+    for (unsigned int tz = 0; tz < block.z; ++tz)
+      for (unsigned int ty = 0; ty < block.y; ++ty)
+        for (unsigned int tx = 0; tx < block.x; ++tx) {
+          threadIdx = {tx, ty, tz};
+          body();
+        }
+    return true;
+  });
 }
 
 }  // namespace gl_harness
