@@ -85,8 +85,9 @@ class GraphedStep:
 
     Capture records kernels with the arguments they had, so what the step reads from Python
     is frozen in the graph. The optimiser's Python scalars (learning rates, momenta, step
-    counts, which state exists) are compared before every call, and a change captures the
-    step anew; when they change at every step (Adam's step count), the step runs eagerly.
+    counts, which state exists) and the GPU random generator's offsets are compared before
+    every call, and a change captures the step anew; when they change at every step (Adam's
+    step count, dropout's fresh masks), the step runs eagerly rather than replay stale values.
     Parameters must keep their arrays (optimisers and ``load_state_dict`` update in place).
 
     Where capture cannot work the step runs eagerly and :attr:`reason` says why in one line
@@ -134,10 +135,13 @@ class GraphedStep:
         self._graph = None
         self._note(f"{why}; the step runs eagerly")
 
-    def _optimizer_key(self):
+    def _scalars_key(self):
+        """What the captured kernels took from Python: the optimiser's scalars and the offsets of
+        the GPU random generator (dropout masks), which a replay would otherwise freeze."""
+        offsets = _scalars(backend.get_rng_state().get("gpu_offsets"))
         if self.optimizer is None:
-            return None
-        return _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
+            return offsets
+        return offsets, _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
 
     @property
     def captured(self) -> bool:
@@ -156,12 +160,15 @@ class GraphedStep:
         if self._calls < self.warmup:
             self._calls += 1
             return self.step(*inputs)
-        key = self._optimizer_key()
+        key = self._scalars_key()
         if self._graph is None or key != self._key:
             if self._graph is not None:
                 self._short_lived = self._short_lived + 1 if self._graph_replays <= 1 else 0
                 if self._short_lived >= 2:
-                    self._eager_for_good("the optimiser's scalars change at every step (e.g. a step count)")
+                    self._eager_for_good(
+                        "the step's Python scalars change at every step (an optimiser's step count, "
+                        "or the dropout generator's offset)"
+                    )
                     return self.step(*inputs)
             if not self._capture(inputs, key):
                 return self.step(*inputs)
