@@ -96,8 +96,8 @@ def check_input(name: str, x: Any, ndim: int | tuple[int, ...], layout: str) -> 
         raise ValueError(f"{name}: expected a {want} input {layout}, got shape {tuple(x.shape)}")
 
 
-def check_same_device(name: str, x: Any, reference: Any, what: str = "weight") -> None:
-    """Input and parameters must live on the same device, with the same dtype."""
+def check_same_device(name: str, x: Any, reference: Any, what: str = "weight", *, same_dtype: bool = True) -> None:
+    """Input and parameters (or targets) must live on the same device, with the same dtype unless told."""
     if reference is None:
         return
     dx, dr = backend.device_of(x), backend.device_of(reference)
@@ -105,7 +105,7 @@ def check_same_device(name: str, x: Any, reference: Any, what: str = "weight") -
         raise RuntimeError(
             f"{name}: input is on {dx} but the {what} is on {dr}; move one with .to(device) / gl.to_device"
         )
-    if x.dtype != reference.dtype:
+    if same_dtype and x.dtype != reference.dtype:
         raise TypeError(
             f"{name}: input dtype {x.dtype} does not match the {what} dtype {reference.dtype}; "
             "cast the input or call .to(dtype=...) on the layer"
@@ -132,10 +132,8 @@ def check_grad(name: str, grad: Any, shape: tuple[int, ...], like: Any) -> None:
 
 def grad_marker(x: Any) -> Any:
     """A 0-size array with the input's dtype and device, for checking the gradient in backward."""
-    if backend.is_cuda_array(x):
-        with x.device:
-            return x[:0].copy()
-    return x[:0].copy()
+    with backend.device_scope(x):
+        return x[:0].copy()
 
 
 def no_forward(name: str) -> RuntimeError:

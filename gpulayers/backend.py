@@ -8,6 +8,7 @@ and shuffling reproducible on either device.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "cuda_is_available",
     "cuda_unavailable_reason",
     "default_device",
+    "device_scope",
     "get_array_module",
     "to_device",
     "to_numpy",
@@ -134,6 +136,13 @@ def is_cuda_array(x: Any) -> bool:
             return False
         cp = _import_cupy()
     return cp is not None and isinstance(x, cp.ndarray)
+
+
+def device_scope(x: Any):
+    """A context making ``x``'s GPU the current device (CuPy allocates there); a no-op for NumPy."""
+    if is_cuda_array(x):
+        return x.device
+    return contextlib.nullcontext()
 
 
 def get_array_module(x: Any):

@@ -6,7 +6,6 @@ so ``gpulayers.data.load_mnist`` and friends keep working.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -58,11 +57,6 @@ def _check_images(name: str, x: Any) -> None:
         raise ValueError(f"{name}: expected a batch of images (N, C, H, W), got shape {getattr(x, 'shape', None)}")
 
 
-def _device_scope(x):
-    """The batch's GPU as the current device (CuPy allocates there); a no-op for NumPy."""
-    return x.device if backend.is_cuda_array(x) else contextlib.nullcontext()
-
-
 def _rng_for(x):
     """The library's generator for the batch's device (not merely the current one)."""
     xp = backend.get_array_module(x)
@@ -86,7 +80,7 @@ class RandomCrop:
         p, s = self.padding, self.size
         if h + 2 * p < s or w + 2 * p < s:
             raise ValueError(f"RandomCrop: crop {s} is larger than the padded image {h + 2 * p}x{w + 2 * p}")
-        with _device_scope(x):
+        with backend.device_scope(x):
             rng = _rng_for(x) if rng is None else rng
             padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
             # xp.asarray: a NumPy generator given for a CuPy batch draws on the host.
@@ -111,7 +105,7 @@ class RandomHorizontalFlip:
     def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
         _check_images("RandomHorizontalFlip", x)
-        with _device_scope(x):
+        with backend.device_scope(x):
             rng = _rng_for(x) if rng is None else rng
             flip = xp.asarray(rng.random(x.shape[0]) < self.p)
             return xp.where(flip[:, None, None, None], x[..., ::-1], x)
@@ -326,7 +320,7 @@ class DataLoader:
         xp = backend.get_array_module(x)
         self._check_channels(x, max(len(self.normalize[0]), len(self.normalize[1])))
         shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim >= 2 else (-1,)
-        with _device_scope(x):
+        with backend.device_scope(x):
             return tuple(xp.asarray(v, dtype=self.dtype).reshape(shape) for v in self.normalize)
 
     def _device_arrays(self):

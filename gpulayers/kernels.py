@@ -4,7 +4,7 @@ Each ``.cu`` file holds templated ``__global__`` kernels with no ``#include`` (N
 system headers). A file is compiled with :data:`COMPILE_OPTIONS` into one
 ``cupy.RawModule`` per (device, file), instantiated for ``float`` and ``double`` through
 name expressions (``"im2col_kernel<float>"``). Launches go to the current device and
-stream; callers enter :func:`device_scope` of their input first.
+stream; callers enter :func:`gpulayers.backend.device_scope` of their input first.
 
 The op launchers (``gpulayers/ops/conv2d_cuda.py``, ``max_pool2d_cuda.py``) obtain every kernel
 through :func:`get_function`, which is the one place a test replaces to run the very same
@@ -13,21 +13,17 @@ launch code on a CPU emulation of the kernels (``tests/kernel_harness``).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import backend
-
 __all__ = [
     "BLOCK_SIZE",
     "COMPILE_OPTIONS",
     "KERNEL_DTYPES",
     "MAX_GRID",
-    "device_scope",
     "get_function",
     "kernel_dir",
     "kernel_names",
@@ -154,10 +150,3 @@ def launch(filename: str, kernel: str, dtype: Any, total: int, args: tuple) -> N
     function = get_function(filename, kernel, dtype)
     blocks, threads = launch_config(total)
     function((blocks,), (threads,), args)
-
-
-def device_scope(x: Any):
-    """A context making ``x``'s GPU the current device (a no-op for NumPy arrays)."""
-    if backend.is_cuda_array(x):
-        return x.device
-    return contextlib.nullcontext()

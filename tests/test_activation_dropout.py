@@ -163,7 +163,7 @@ def test_dropout_gradcheck_with_replayed_mask(p):
 def test_dropout_op_pair():
     x = np.random.standard_normal((50, 50))
     y, cache = F.dropout_forward(x, 0.25, True)
-    mask = cache["mask"]
+    mask = cache.mask
     assert set(np.unique(mask)) <= {0.0, 1 / 0.75}
     np.testing.assert_array_equal(y, x * mask)
     np.testing.assert_array_equal(F.dropout_backward(np.ones_like(x), cache), mask)

@@ -205,3 +205,31 @@ def test_linear_rejects_mixed_devices():
     layer = nn.Linear(3, 2)
     with pytest.raises(RuntimeError, match="Linear: input is on cuda:0 but the weight is on cpu"):
         layer(gl.to_device(np.zeros((2, 3), np.float32), "cuda"))
+
+
+@pytest.mark.parametrize(
+    "x,w,b,pattern",
+    [
+        (
+            np.zeros((2, 3)),
+            np.zeros(3),
+            None,
+            r"linear: expected a 2-D weight \(out_features, in_features\)",
+        ),
+        (np.zeros((2, 3)), np.zeros((4, 3)), np.zeros(3), r"linear: expected a bias of shape \(4,\), got \(3,\)"),
+        (np.zeros((2, 5)), np.zeros((4, 3)), None, r"linear: expected input with 3 features \(last axis\), got 5"),
+    ],
+    ids=["1-D weight", "bias", "features"],
+)
+def test_linear_op_validates_its_arrays(x, w, b, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        F.linear_forward(x, w, b)
+
+
+def test_ops_name_their_caller_in_backward():
+    _, cache = F.linear_forward(np.zeros((2, 3)), np.zeros((4, 3)), name="MyLayer")
+    with pytest.raises(ValueError, match=r"MyLayer.backward: expected grad_output of shape \(2, 4\), got \(2, 3\)"):
+        F.linear_backward(np.zeros((2, 3)), cache)
+    _, cache = F.relu_forward(np.zeros((2, 3)), name="MyAct")
+    with pytest.raises(ValueError, match=r"MyAct.backward: expected grad_output of shape \(2, 3\)"):
+        F.relu_backward(np.zeros(3), cache)

@@ -352,11 +352,11 @@ def test_scheduler_state_dict_round_trip(name, kwargs):
 
 def test_scheduler_bad_arguments():
     opt = optim.SGD([Parameter(np.zeros(1))], lr=0.2)
-    with pytest.raises(ValueError, match="StepLR: expected step_size to be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="StepLR: expected step_size >= 1, got 0"):
         optim.StepLR(opt, step_size=0)
     with pytest.raises(ValueError, match="StepLR: invalid gamma -0.5"):
         optim.StepLR(opt, step_size=2, gamma=-0.5)
-    with pytest.raises(ValueError, match="CosineAnnealingLR: expected T_max to be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="CosineAnnealingLR: expected T_max >= 1, got 0"):
         optim.CosineAnnealingLR(opt, T_max=0)
     with pytest.raises(TypeError, match="StepLR: expected an Optimizer, got list"):
         optim.StepLR([], step_size=2)

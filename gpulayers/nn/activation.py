@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .._checks import check_bool, check_floating
+from .._checks import check_bool
 from ..ops import activation as ops
 from .module import Module
 
@@ -22,23 +22,22 @@ class _Activation(Module):
         super().__init__()
         # Accepted for PyTorch compatibility; the output is always a new array.
         self.inplace = check_bool(type(self).__name__, "inplace", inplace)
-        self._cache = None  # (op cache, output): everything backward needs
+        self._cache = None  # the op's cache: everything backward needs
 
     # The op pair, set by each subclass as ``staticmethod``s.
-    _forward_fn: Callable[..., tuple[Any, dict]]
-    _backward_fn: Callable[[Any, dict], Any]
+    _forward_fn: Callable[..., tuple[Any, Any]]
+    _backward_fn: Callable[[Any, Any], Any]
 
-    def _forward_op(self, x: Any) -> tuple[Any, dict]:
-        return self._forward_fn(x)
+    def _op_args(self) -> tuple:
+        """The op's arguments after the input (none for most activations)."""
+        return ()
 
     def forward(self, x: Any) -> Any:
-        check_floating(type(self).__name__, x)
-        y, cache = self._forward_op(x)
-        self._cache = (cache, y)
+        y, self._cache = self._forward_fn(x, *self._op_args(), name=type(self).__name__)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return self._backward_fn(grad_output, self._saved_for_backward(grad_output))
+        return self._backward_fn(grad_output, self._op_cache())
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -79,10 +78,11 @@ class LeakyReLU(_Activation):
             raise ValueError(f"LeakyReLU: expected a finite negative_slope, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
+    _forward_fn = staticmethod(ops.leaky_relu_forward)
     _backward_fn = staticmethod(ops.leaky_relu_backward)
 
-    def _forward_op(self, x: Any) -> tuple[Any, dict]:
-        return ops.leaky_relu_forward(x, self.negative_slope)
+    def _op_args(self) -> tuple:
+        return (self.negative_slope,)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -145,6 +145,7 @@ class GELU(_Activation):
         - Output: (*), same shape
     """
 
+    _forward_fn = staticmethod(ops.gelu_forward)
     _backward_fn = staticmethod(ops.gelu_backward)
 
     def __init__(self, approximate: str = "none") -> None:
@@ -153,8 +154,8 @@ class GELU(_Activation):
             raise ValueError(f"GELU: expected approximate 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def _forward_op(self, x: Any) -> tuple[Any, dict]:
-        return ops.gelu_forward(x, self.approximate)
+    def _op_args(self) -> tuple:
+        return (self.approximate,)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -168,17 +169,15 @@ class _SoftmaxBase(_Activation):
             raise TypeError(f"{name}: expected dim to be an int or None, got {dim!r}")
         self.dim = None if dim is None else int(dim)
 
-    def _forward_op(self, x: Any) -> tuple[Any, dict]:
-        name = type(self).__name__
+    def _op_args(self) -> tuple:
         if self.dim is None:
+            name = type(self).__name__
             warnings.warn(
-                f"{name}: implicit dimension choice (dim=None) is deprecated, as in PyTorch; pass dim "
-                f"(using dim={ops.softmax_dim(name, x.ndim, None)} for a {x.ndim}-D input)",
+                f"{name}: implicit dimension choice (dim=None) is deprecated, as in PyTorch; pass dim",
                 UserWarning,
                 stacklevel=4,
             )
-        ops.softmax_dim(name, x.ndim, self.dim)  # a bad dim names the layer
-        return self._forward_fn(x, self.dim)
+        return (self.dim,)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

@@ -6,21 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_input, no_forward, pair
+from .._checks import check_bool, check_input, check_int, pair
 from ..ops import conv2d as ops
 from ..ops import conv_transpose2d as transpose_ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 
 __all__ = ["Conv2d", "ConvTranspose2d"]
-
-
-def _positive_int(name: str, arg: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected {arg} to be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected {arg} >= 1, got {value}")
-    return int(value)
 
 
 class Conv2d(Module):
@@ -62,8 +54,8 @@ class Conv2d(Module):
     ) -> None:
         super().__init__()
         name = "Conv2d"
-        self.in_channels = _positive_int(name, "in_channels", in_channels)
-        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.in_channels = check_int(name, "in_channels", in_channels, 1)
+        self.out_channels = check_int(name, "out_channels", out_channels, 1)
         self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
         stride_, pad, _, dilation_, groups_ = ops.normalize_conv_options(
             name, self.kernel_size, stride, padding, dilation, groups
@@ -86,12 +78,6 @@ class Conv2d(Module):
         self._cache = None
 
     def forward(self, x: Any) -> Any:
-        check_input("Conv2d", x, 4, "(N, C, H, W)")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"Conv2d: expected input with {self.in_channels} channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})"
-            )
         bias = None if self.bias is None else self.bias.data
         y, self._cache = ops.conv2d_forward(
             x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups, name="Conv2d"
@@ -99,10 +85,7 @@ class Conv2d(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("Conv2d")
-        self._check_saved()
-        dx, dw, db = ops.conv2d_backward(grad_output, self._cache)
+        dx, dw, db = ops.conv2d_backward(grad_output, self._op_cache())
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx
@@ -168,8 +151,8 @@ class ConvTranspose2d(Module):
     ) -> None:
         super().__init__()
         name = "ConvTranspose2d"
-        self.in_channels = _positive_int(name, "in_channels", in_channels)
-        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.in_channels = check_int(name, "in_channels", in_channels, 1)
+        self.out_channels = check_int(name, "out_channels", out_channels, 1)
         self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
         self.stride, self.padding, self.output_padding, self.dilation, self.groups = (
             transpose_ops.conv_transpose2d_options(name, stride, padding, output_padding, dilation, groups)
@@ -237,10 +220,7 @@ class ConvTranspose2d(Module):
         return padding[0], padding[1]
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward("ConvTranspose2d")
-        self._check_saved()
-        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._cache)
+        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._op_cache())
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._checks import check_bool, check_floating
+from .._checks import check_bool
 from ..ops import dropout as ops
 from .module import Module
 
@@ -30,16 +30,14 @@ class Dropout(Module):
         super().__init__()
         self.p = ops.check_p("Dropout", p)
         self.inplace = check_bool("Dropout", "inplace", inplace)
-        self._cache = None  # (op cache, output)
+        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
-        check_floating("Dropout", x)
-        y, cache = ops.dropout_forward(x, self.p, self.training)
-        self._cache = (cache, y)
+        y, self._cache = ops.dropout_forward(x, self.p, self.training, name="Dropout")
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return ops.dropout_backward(grad_output, self._saved_for_backward(grad_output))
+        return ops.dropout_backward(grad_output, self._op_cache())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
@@ -64,15 +62,14 @@ class Dropout2d(Module):
         super().__init__()
         self.p = ops.check_p("Dropout2d", p)
         self.inplace = check_bool("Dropout2d", "inplace", inplace)
-        self._cache = None  # (op cache, output)
+        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
-        y, cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
-        self._cache = (cache, y)
+        y, self._cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return ops.dropout2d_backward(grad_output, self._saved_for_backward(grad_output))
+        return ops.dropout2d_backward(grad_output, self._op_cache())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"

@@ -6,20 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_channels, check_floating, check_same_device
+from .._checks import check_bool, check_int
 from ..ops import linear as ops
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 
 __all__ = ["Linear", "Flatten", "Identity"]
-
-
-def _check_int(name: str, arg: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected {arg} to be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected {arg} >= {minimum}, got {value}")
-    return int(value)
 
 
 class Linear(Module):
@@ -41,8 +33,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
-        self.in_features = _check_int("Linear", "in_features", in_features, 0)
-        self.out_features = _check_int("Linear", "out_features", out_features, 0)
+        self.in_features = check_int("Linear", "in_features", in_features, 0)
+        self.out_features = check_int("Linear", "out_features", out_features, 0)
         w, b = default_weight_and_bias(
             (self.out_features, self.in_features), self.out_features, check_bool("Linear", "bias", bias)
         )
@@ -51,21 +43,15 @@ class Linear(Module):
             self.bias = Parameter(b)
         else:
             self.register_parameter("bias", None)
-        self._cache = None  # (op cache, output)
+        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
-        check_floating("Linear", x)
-        if x.ndim < 1:
-            raise ValueError(f"Linear: expected an input of shape (*, {self.in_features}), got a 0-D array")
-        check_channels("Linear", x, self.in_features, axis=-1, what="features (last axis)")
-        check_same_device("Linear", x, self.weight.data)
         bias = self.bias.data if self.bias is not None else None
-        y, cache = ops.linear_forward(x, self.weight.data, bias)
-        self._cache = (cache, y)
+        y, self._cache = ops.linear_forward(x, self.weight.data, bias, name="Linear")
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.linear_backward(grad_output, self._saved_for_backward(grad_output))
+        dx, dw, db = ops.linear_backward(grad_output, self._op_cache())
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx
@@ -88,8 +74,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
-        self.start_dim = _check_int("Flatten", "start_dim", start_dim, -(2**31))
-        self.end_dim = _check_int("Flatten", "end_dim", end_dim, -(2**31))
+        self.start_dim = check_int("Flatten", "start_dim", start_dim, -(2**31))
+        self.end_dim = check_int("Flatten", "end_dim", end_dim, -(2**31))
         self._cache = None  # (input shape, output)
 
     def _dims(self, ndim: int) -> tuple[int, int]:

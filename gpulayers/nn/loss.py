@@ -38,25 +38,10 @@ class _Loss(Module):
         if self._cache is None:
             raise RuntimeError(f"{name}.backward: called before forward (no saved loss); run criterion(input, target)")
         self._check_saved()
-        try:
-            return fn(self._cache, grad_output)
-        except ValueError as exc:
-            raise ValueError(f"{name}.backward: {str(exc).removeprefix('loss backward: ')}") from None
+        return fn(self._cache, grad_output)
 
     def extra_repr(self) -> str:
         return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
-
-
-def _rename(name: str, exc: Exception) -> Exception:
-    """The op's error, re-raised under the layer's name."""
-    text = str(exc)
-    for op in ("cross_entropy", "mse_loss"):
-        if text.startswith(op + ":"):
-            text = name + text[len(op) :]
-            # a plain exception of the same kind (subclasses may not take a message argument)
-            kind = next(k for k in (ValueError, TypeError, RuntimeError) if isinstance(exc, k))
-            return kind(text)
-    return exc
 
 
 def _weight_buffer(module: Module, name: str, what: str, value: Any, ndim: int | None = 1) -> None:
@@ -256,10 +241,7 @@ class MSELoss(_Loss):
 
     def forward(self, input: Any, target: Any) -> Any:
         self._cache = None
-        try:
-            loss, cache = ops.mse_loss_forward(input, target, self.reduction)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise _rename("MSELoss", exc) from None
+        loss, cache = ops.mse_loss_forward(input, target, self.reduction, name="MSELoss")
         self._cache = cache
         return self._result(loss)
 

@@ -337,6 +337,17 @@ class Module:
         else:
             param.grad += grad
 
+    def _op_cache(self) -> Any:
+        """The op cache that ``forward`` kept in ``self._cache`` (the op checks the gradient against it).
+
+        Raises ``no_forward`` naming the layer class when forward has not run (and, in debug mode,
+        when an array that forward kept was edited since).
+        """
+        if self._cache is None:
+            raise no_forward(type(self).__name__)
+        self._check_saved()
+        return self._cache
+
     def _saved_for_backward(self, grad_output: Any) -> Any:
         """Check that ``backward`` may run and return what ``forward`` saved for it.
 

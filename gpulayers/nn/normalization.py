@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_channels, check_input, check_same_device
+from .._checks import check_bool, check_channels
 from ..ops import normalization as ops
 from ..ops.group_norm import group_norm_backward, group_norm_forward
 from ..ops.layer_norm import layer_norm_backward, layer_norm_forward
@@ -63,7 +63,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        self._cache = None  # (op cache, output)
+        self._cache = None  # the op's cache
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, counter 0 (in place, on the buffers' device)."""
@@ -73,34 +73,23 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x: Any) -> Any:
-        name = type(self).__name__
-        check_input(name, x, self._ranks, self._layout)
-        check_channels(name, x, self.num_features, axis=1, what="features (axis 1)")
-        reference = self.weight.data if self.weight is not None else self.running_mean
-        check_same_device(name, x, reference, "weight" if self.weight is not None else "running_mean")
-        use_batch_stats = self.training or not self.track_running_stats
-        if use_batch_stats:
-            count = x.shape[0] * int(np.prod(x.shape[2:]))
-            if count == 1:
-                raise ValueError(
-                    f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
-                )
-        y, cache = ops.batch_norm_forward(
+        y, self._cache = ops.batch_norm_forward(
             x,
             self.weight.data if self.weight is not None else None,
             self.bias.data if self.bias is not None else None,
             self.running_mean,
             self.running_var,
-            use_batch_stats,
+            self.training or not self.track_running_stats,
             self.momentum,
             self.eps,
             self.num_batches_tracked,
+            name=type(self).__name__,
+            ndim=self._ranks,
         )
-        self._cache = (cache, y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.batch_norm_backward(grad_output, self._saved_for_backward(grad_output))
+        dx, dw, db = ops.batch_norm_backward(grad_output, self._op_cache())
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

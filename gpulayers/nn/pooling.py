@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._checks import check_bool, no_forward
+from .._checks import check_bool
 from ..ops import avg_pool2d as avg_ops
 from ..ops import max_pool2d as ops
 from .module import Module
@@ -31,10 +31,7 @@ class _Pool(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise no_forward(type(self).__name__)
-        self._check_saved()
-        return type(self)._backward_op(grad_output, self._cache)
+        return type(self)._backward_op(grad_output, self._op_cache())
 
 
 class MaxPool2d(_Pool):

@@ -7,11 +7,13 @@ rules at the kinks and at NaN (ReLU's gradient is masked where the *output* is <
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend
+from .._checks import check_floating, check_grad
 from .special import normal_cdf
 
 __all__ = [
@@ -33,26 +35,48 @@ __all__ = [
     "log_softmax_backward",
     "softmax_dim",
     "GELU_APPROXIMATIONS",
+    "ActivationCache",
 ]
 
 GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationCache:
+    """What an activation's backward needs: the array it is computed from, and the op's extras."""
+
+    saved: Any  # the output y, or the input x (leaky_relu, silu, gelu); the input's shape
+    name: str  # who ran forward, for backward's messages
+    aux: Any = None  # more saved arrays: silu's sigmoid, gelu's (CDF, Gaussian) or tanh term
+    param: Any = None  # leaky_relu's negative_slope, gelu's approximate, the softmax axis
 
 
 def _zero(a: Any) -> Any:
     return a.dtype.type(0)
 
 
-def relu_forward(x: Any) -> tuple[Any, dict]:
-    """``max(x, 0)``; ``maximum`` keeps NaN (``relu(nan) = nan``)."""
+def _saved(dy: Any, cache: ActivationCache) -> Any:
+    """The saved array, after checking ``dy`` against it (every activation keeps the input's shape)."""
+    check_grad(cache.name, dy, cache.saved.shape, cache.saved)
+    return cache.saved
+
+
+def relu_forward(x: Any, *, name: str = "relu") -> tuple[Any, ActivationCache]:
+    """``max(x, 0)``; ``maximum`` keeps NaN (``relu(nan) = nan``).
+
+    Every activation takes ``name``, who is calling, for its error messages (a layer passes its
+    class name), and returns ``(y, cache)`` with ``y`` of the input's shape and dtype.
+    """
+    check_floating(name, x)
     xp = backend.get_array_module(x)
     y = xp.maximum(x, _zero(x))
-    return y, {"y": y}
+    return y, ActivationCache(y, name)
 
 
-def relu_backward(dy: Any, cache: dict) -> Any:
+def relu_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy`` where the output is > 0 (or NaN), else 0 (PyTorch's ``threshold_backward``)."""
+    y = _saved(dy, cache)
     xp = backend.get_array_module(dy)
-    y = cache["y"]
     if xp is np and np.isfinite(dy.sum()):
         # A multiply by the mask is ~4x faster than where() on NumPy; with finite dy it gives
         # the same result (where() must stay when dy holds inf or NaN: inf * 0 would be NaN).
@@ -60,56 +84,62 @@ def relu_backward(dy: Any, cache: dict) -> Any:
     return xp.where(y <= 0, _zero(dy), dy)
 
 
-def leaky_relu_forward(x: Any, negative_slope: float = 0.01) -> tuple[Any, dict]:
+def leaky_relu_forward(
+    x: Any, negative_slope: float = 0.01, *, name: str = "leaky_relu"
+) -> tuple[Any, ActivationCache]:
     """``x`` where ``x > 0``, else ``negative_slope * x``."""
+    check_floating(name, x)
     xp = backend.get_array_module(x)
     y = xp.where(x > 0, x, x * negative_slope)
-    return y, {"x": x, "negative_slope": negative_slope}
+    return y, ActivationCache(x, name, param=negative_slope)
 
 
-def leaky_relu_backward(dy: Any, cache: dict) -> Any:
+def leaky_relu_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy`` where the input is > 0, else ``negative_slope * dy``."""
+    x = _saved(dy, cache)
     xp = backend.get_array_module(dy)
-    return xp.where(cache["x"] > 0, dy, dy * cache["negative_slope"])
+    return xp.where(x > 0, dy, dy * cache.param)
 
 
-def sigmoid_forward(x: Any) -> tuple[Any, dict]:
+def sigmoid_forward(x: Any, *, name: str = "sigmoid") -> tuple[Any, ActivationCache]:
     """``1 / (1 + exp(-x))`` without overflow: only ``exp(-|x|)`` (at most 1) is computed."""
+    check_floating(name, x)
     xp = backend.get_array_module(x)
     e = xp.exp(-xp.abs(x))
     one = x.dtype.type(1)
     y = xp.where(x >= 0, one / (one + e), e / (one + e))
-    return y, {"y": y}
+    return y, ActivationCache(y, name)
 
 
-def sigmoid_backward(dy: Any, cache: dict) -> Any:
+def sigmoid_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy * y * (1 - y)``."""
-    y = cache["y"]
+    y = _saved(dy, cache)
     return dy * (y * (1 - y))
 
 
-def tanh_forward(x: Any) -> tuple[Any, dict]:
+def tanh_forward(x: Any, *, name: str = "tanh") -> tuple[Any, ActivationCache]:
     """``tanh(x)``."""
+    check_floating(name, x)
     xp = backend.get_array_module(x)
     y = xp.tanh(x)
-    return y, {"y": y}
+    return y, ActivationCache(y, name)
 
 
-def tanh_backward(dy: Any, cache: dict) -> Any:
+def tanh_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy * (1 - y**2)``."""
-    y = cache["y"]
+    y = _saved(dy, cache)
     return dy * (1 - y * y)
 
 
-def silu_forward(x: Any) -> tuple[Any, dict]:
+def silu_forward(x: Any, *, name: str = "silu") -> tuple[Any, ActivationCache]:
     """``x * sigmoid(x)`` (also called swish)."""
-    s, _ = sigmoid_forward(x)
-    return x * s, {"x": x, "s": s}
+    s, _ = sigmoid_forward(x, name=name)
+    return x * s, ActivationCache(x, name, aux=s)
 
 
-def silu_backward(dy: Any, cache: dict) -> Any:
+def silu_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
-    x, s = cache["x"], cache["s"]
+    x, s = _saved(dy, cache), cache.aux
     return dy * (s * (1 + x * (1 - s)))
 
 
@@ -118,33 +148,35 @@ _TANH_SCALE = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715
 
 
-def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, dict]:
+def gelu_forward(x: Any, approximate: str = "none", *, name: str = "gelu") -> tuple[Any, ActivationCache]:
     """``x * Phi(x)`` with ``Phi`` the standard normal CDF (PyTorch's ``F.gelu``).
 
     ``approximate="none"``: ``0.5 * x * (1 + erf(x / sqrt(2)))``, computed by
     :func:`gpulayers.ops.special.normal_cdf` (accurate in the lower tail too); ``"tanh"``:
     ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
     """
+    check_floating(name, x)
     if approximate not in GELU_APPROXIMATIONS:
-        raise ValueError(f"gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
+        raise ValueError(f"{name}: expected approximate 'none' or 'tanh', got {approximate!r}")
     xp = backend.get_array_module(x)
     if approximate == "tanh":
         inner = _TANH_SCALE * (x + _TANH_CUBIC * (x * x * x))
         th = xp.tanh(inner)
-        return 0.5 * x * (1 + th), {"x": x, "approximate": approximate, "tanh": th}
+        return 0.5 * x * (1 + th), ActivationCache(x, name, aux=th, param=approximate)
     cdf, gauss = normal_cdf(x)
-    return x * cdf, {"x": x, "approximate": approximate, "cdf": cdf, "gauss": gauss}
+    return x * cdf, ActivationCache(x, name, aux=(cdf, gauss), param=approximate)
 
 
-def gelu_backward(dy: Any, cache: dict) -> Any:
+def gelu_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy * (Phi(x) + x * phi(x))`` (or the derivative of the tanh form), as PyTorch computes it."""
-    x = cache["x"]
-    if cache["approximate"] == "tanh":
-        th = cache["tanh"]
+    x = _saved(dy, cache)
+    if cache.param == "tanh":
+        th = cache.aux
         slope = _TANH_SCALE * (1 + 3 * _TANH_CUBIC * (x * x))
         return dy * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * slope)
-    pdf = cache["gauss"] * x.dtype.type(_INV_SQRT_2PI)
-    return dy * (cache["cdf"] + x * pdf)
+    cdf, gauss = cache.aux
+    pdf = gauss * x.dtype.type(_INV_SQRT_2PI)
+    return dy * (cdf + x * pdf)
 
 
 def softmax_dim(name: str, ndim: int, dim: int | None) -> int:
@@ -169,38 +201,47 @@ def _shifted(x: Any, axis: int) -> Any:
     return x - x.max(axis=axis, keepdims=True)
 
 
-def softmax_forward(x: Any, dim: int | None = None) -> tuple[Any, dict]:
+def softmax_forward(x: Any, dim: int | None = None, *, name: str = "softmax") -> tuple[Any, ActivationCache]:
     """``exp(x) / sum(exp(x))`` along ``dim``, stabilised by the maximum (PyTorch's ``F.softmax``)."""
-    axis = softmax_dim("softmax", x.ndim, dim)
+    check_floating(name, x)
+    axis = softmax_dim(name, x.ndim, dim)
     shape = tuple(x.shape)
     x = x.reshape(shape or (1,))
     xp = backend.get_array_module(x)
     e = xp.exp(_shifted(x, axis))
-    y = e / e.sum(axis=axis, keepdims=True)
-    return y.reshape(shape), {"y": y, "axis": axis}
+    y = (e / e.sum(axis=axis, keepdims=True)).reshape(shape)
+    return y, ActivationCache(y, name, param=axis)
 
 
-def softmax_backward(dy: Any, cache: dict) -> Any:
+def _along_axis(dy: Any, cache: ActivationCache) -> tuple[Any, Any, int]:
+    """``dy`` and the saved output as the forward computed them (a 0-D input as one element)."""
+    y = _saved(dy, cache)
+    shape = tuple(y.shape) or (1,)
+    return dy.reshape(shape), y.reshape(shape), cache.param
+
+
+def softmax_backward(dy: Any, cache: ActivationCache) -> Any:
     """``y * (dy - sum(dy * y))`` along the softmax axis."""
-    y, axis = cache["y"], cache["axis"]
-    shape, dy = dy.shape, dy.reshape(y.shape)
+    shape = dy.shape
+    dy, y, axis = _along_axis(dy, cache)
     return (y * (dy - (dy * y).sum(axis=axis, keepdims=True))).reshape(shape)
 
 
-def log_softmax_forward(x: Any, dim: int | None = None) -> tuple[Any, dict]:
+def log_softmax_forward(x: Any, dim: int | None = None, *, name: str = "log_softmax") -> tuple[Any, ActivationCache]:
     """``x - logsumexp(x)`` along ``dim`` (PyTorch's ``F.log_softmax``)."""
-    axis = softmax_dim("log_softmax", x.ndim, dim)
+    check_floating(name, x)
+    axis = softmax_dim(name, x.ndim, dim)
     shape = tuple(x.shape)
     x = x.reshape(shape or (1,))
     xp = backend.get_array_module(x)
     shifted = _shifted(x, axis)
-    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-    return y.reshape(shape), {"y": y, "axis": axis}
+    y = (shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))).reshape(shape)
+    return y, ActivationCache(y, name, param=axis)
 
 
-def log_softmax_backward(dy: Any, cache: dict) -> Any:
+def log_softmax_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy - exp(y) * sum(dy)`` along the softmax axis."""
     xp = backend.get_array_module(dy)
-    y, axis = cache["y"], cache["axis"]
-    shape, dy = dy.shape, dy.reshape(y.shape)
+    shape = dy.shape
+    dy, y, axis = _along_axis(dy, cache)
     return (dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)).reshape(shape)

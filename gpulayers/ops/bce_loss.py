@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .loss import _check_same_device, check_reduction, reduce_loss, scale_gradient
+from .._checks import check_same_device
+from .loss import check_reduction, reduce_loss, scale_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -28,7 +29,7 @@ def _check_broadcast(name: str, what: str, arr: Any, input: Any) -> Any:
             f"{name}: expected a {what} that broadcasts to the input's shape {tuple(input.shape)}, "
             f"got shape {tuple(arr.shape)}"
         )
-    _check_same_device(name, input, arr, what)
+    check_same_device(name, input, arr, what, same_dtype=False)
     return arr.astype(input.dtype, copy=False)
 
 
@@ -66,7 +67,7 @@ def bce_with_logits_forward(
         raise ValueError(
             f"{name}: expected target of the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
         )
-    _check_same_device(name, input, target, "target")
+    check_same_device(name, input, target, "target", same_dtype=False)
     check_reduction(name, reduction)
     weight = _check_broadcast(name, "weight", weight, input)
     pos_weight = _check_broadcast(name, "pos_weight", pos_weight, input)
@@ -79,7 +80,7 @@ def bce_with_logits_forward(
     if weight is not None:
         loss = loss * weight
     loss = loss.astype(input.dtype, copy=False)
-    cache = {"input": input, "y": y, "weight": weight, "log_weight": log_weight, "reduction": reduction}
+    cache = {"input": input, "y": y, "weight": weight, "log_weight": log_weight, "reduction": reduction, "name": name}
     return reduce_loss(loss, reduction), cache
 
 

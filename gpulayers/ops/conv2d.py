@@ -92,9 +92,10 @@ def conv2d_arguments(
     if out_channels % groups:
         raise ValueError(f"{name}: expected out_channels divisible by groups={groups}, got {out_channels}")
     if x.shape[1] != weight.shape[1] * groups:
+        layout = "" if groups == 1 else f" (weight {tuple(weight.shape)}, groups={groups})"
         raise ValueError(
-            f"{name}: expected input with {weight.shape[1] * groups} channels "
-            f"(weight {tuple(weight.shape)}, groups={groups}), got {x.shape[1]} (input shape {tuple(x.shape)})"
+            f"{name}: expected input with {weight.shape[1] * groups} channels{layout}, "
+            f"got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
     if bias is not None:
         check_same_device(name, x, bias, what="bias")
@@ -105,18 +106,16 @@ def conv2d_arguments(
     return ConvArgs(stride, pad, extra, dilation, groups, (oh, ow))
 
 
+@dataclass(frozen=True, slots=True)
 class ConvCache:
     """What backward needs: the backend's own cache plus the dispatcher's bookkeeping."""
 
-    __slots__ = ("inner", "on_gpu", "in_shape", "out_shape", "x_like", "name")
-
-    def __init__(self, inner: Any, on_gpu: bool, in_shape: tuple, out_shape: tuple, x_like: Any, name: str):
-        self.name = name  # the op or layer that ran forward, for backward's messages
-        self.inner = inner
-        self.on_gpu = on_gpu
-        self.in_shape = in_shape
-        self.out_shape = out_shape
-        self.x_like = x_like  # a 0-size array on the input's device and dtype (for checks)
+    inner: Any  # the CPU or GPU path's own cache
+    on_gpu: bool
+    in_shape: tuple
+    out_shape: tuple
+    x_like: Any  # a 0-size array on the input's device and dtype (for checks)
+    name: str  # the op or layer that ran forward, for backward's messages
 
 
 def conv2d_forward(
@@ -201,12 +200,14 @@ def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
 # -- CPU ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
 class _CpuCache:
-    __slots__ = ("cols", "weight", "has_bias", "a", "x_shape", "sample_major")
-
-    def __init__(self, cols, weight, has_bias, a, x_shape, sample_major):
-        self.cols, self.weight, self.has_bias, self.a = cols, weight, has_bias, a
-        self.x_shape, self.sample_major = x_shape, sample_major
+    cols: np.ndarray
+    weight: np.ndarray
+    has_bias: bool
+    a: ConvArgs
+    x_shape: tuple
+    sample_major: bool
 
 
 def _use_sample_major(rows: int, pixels: int) -> bool:

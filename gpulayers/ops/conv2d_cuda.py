@@ -48,7 +48,7 @@ COL_BUDGET_BYTES = 512 * 2**20
 _PARTIAL_BUDGET_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Geometry:
     batch: int
     channels: int
@@ -80,7 +80,7 @@ class _Geometry:
         return self.out_h * self.out_w
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _ConvCache:
     x: Any
     weight: Any
@@ -263,7 +263,7 @@ def conv2d_forward(
         raise ValueError(f"conv2d: expected algorithm 'implicit_gemm', 'im2col' or 'direct', got {algorithm!r}")
 
     col = None
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         if algorithm == "implicit_gemm":
             y = conv2d_igemm_cuda.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
             return y, _ConvCache(x, weight, bias is not None, g, algorithm, None)
@@ -295,7 +295,7 @@ def conv2d_backward(dy, cache: _ConvCache):
     xp = backend.get_array_module(dy)
     x, weight, g = cache.x, cache.weight, cache.geometry
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         if g.batch == 0:
             dx = xp.empty_like(x)
             dw = xp.zeros_like(weight)
@@ -369,7 +369,7 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
     algorithm = algorithm or choose_algorithm(g.channels, g.groups)
-    with kernels.device_scope(dy):
+    with backend.device_scope(dy):
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups)
         dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
@@ -399,7 +399,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, group
         raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
     weight_shape = tuple(int(v) for v in weight_shape)
     algorithm = algorithm or choose_algorithm(g.channels, g.groups)
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups)
         if g.batch == 0:

@@ -118,7 +118,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only
     weight = xp.ascontiguousarray(weight, dtype=x.dtype)
     s = ConvShape.of(x.shape, weight.shape, stride, padding, dilation, groups)
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         has_bias = bias is not None
         bias = xp.ascontiguousarray(bias, dtype=x.dtype) if has_bias else weight  # never read without bias
         y = xp.empty((s.batch, s.out_channels, s.out_h, s.out_w), dtype=x.dtype)
@@ -133,7 +133,7 @@ def conv2d_backward_data(dy, weight, x_shape, stride=(1, 1), padding=(0, 0), dil
     dy = xp.ascontiguousarray(dy)
     weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
     s = ConvShape.of(x_shape, weight.shape, stride, padding, dilation, groups)
-    with kernels.device_scope(dy):
+    with backend.device_scope(dy):
         dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
         tiles = _tiles(s.in_channels // s.groups, s.batch * s.height * s.width, s.groups)
         _launch("conv2d_igemm_backward_data_kernel", dy.dtype, tiles, (dy, weight, dx, *s.args()))
@@ -147,7 +147,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride=(1, 1), padding=(0, 0), d
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     s = ConvShape.of(x.shape, weight_shape, stride, padding, dilation, groups)
     depth = s.in_channels // s.groups * s.kernel_h * s.kernel_w
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         if s.batch * s.out_h * s.out_w == 0:
             return xp.zeros(tuple(int(v) for v in weight_shape), dtype=x.dtype)
         splits, chunk = weight_split(s, x.dtype.itemsize)

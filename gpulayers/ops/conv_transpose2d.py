@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend, kernels
+from .. import backend
 from .._checks import check_floating, check_grad, check_same_device, grad_marker, pair
 from .conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
 
@@ -147,7 +147,7 @@ def conv_transpose2d_forward(
     # The convolution whose input gradient this is maps (OH, OW) to H + eh rows, W + ew columns:
     # output_padding >= stride (allowed by a larger dilation) adds rows that x does not cover.
     extra = (a.output_padding[0] // a.stride[0], a.output_padding[1] // a.stride[1])
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         x_conv = x if extra == (0, 0) else xp.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
         x_conv = xp.ascontiguousarray(x_conv)
         weight = xp.ascontiguousarray(weight)
@@ -175,7 +175,7 @@ def conv_transpose2d_backward(dy: Any, cache: dict | None) -> tuple[Any, Any, An
     xp = backend.get_array_module(dy)
     a, weight = cache["args"], cache["weight"]
     h, w = cache["in_size"]
-    with kernels.device_scope(dy):
+    with backend.device_scope(dy):
         dy = xp.ascontiguousarray(dy, dtype=weight.dtype)
         dx, _ = conv2d_forward(dy, weight, None, *_window(a), name=cache["name"])
         if dx.shape[2:] != (h, w):

@@ -8,13 +8,23 @@ counter-based generator inside one fused kernel (:mod:`.dropout_cuda`), keyed by
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 from .. import backend
-from .._checks import check_input
+from .._checks import check_floating, check_grad, check_input
 from . import dropout_cuda
 
-__all__ = ["dropout_forward", "dropout_backward", "dropout2d_forward", "dropout2d_backward", "check_p"]
+__all__ = ["dropout_forward", "dropout_backward", "dropout2d_forward", "dropout2d_backward", "check_p", "DropoutCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class DropoutCache:
+    """The scaled mask (0 or ``1 / (1 - p)`` per element; None for the identity) and the output."""
+
+    mask: Any
+    y: Any  # the output: backward checks the gradient's shape and device against it
+    name: str  # who ran forward, for backward's messages
 
 
 def check_p(name: str, p: Any) -> float:
@@ -36,30 +46,33 @@ def _uniform(x: Any, shape: tuple[int, ...] | None = None) -> Any:
     return backend.rng_for(xp).random(shape, dtype=x.dtype)
 
 
-def dropout_forward(x: Any, p: float, training: bool) -> tuple[Any, dict]:
+def dropout_forward(x: Any, p: float, training: bool, *, name: str = "dropout") -> tuple[Any, DropoutCache]:
     """Inverted dropout.
 
     Args:
         x: input of any shape (floating).
         p: probability of zeroing an element, in [0, 1]; ``p = 1`` zeroes everything.
         training: in eval mode (False) the op is the identity.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
-        ``(y, cache)``; ``y`` has the shape and dtype of ``x``. ``cache["mask"]`` holds the
+        ``(y, cache)``; ``y`` has the shape and dtype of ``x``. ``cache.mask`` holds the
         scaled mask (0 or ``1 / (1 - p)`` per element), or None for the identity.
 
     Shape:
         - x: (*)
         - y: same as x
     """
-    p = check_p("dropout", p)
+    check_floating(name, x)
+    p = check_p(name, p)
     if not training or p == 0.0:
-        return x, {"mask": None}
+        return x, DropoutCache(None, x, name)
     if p < 1.0 and dropout_cuda.supported(x):
         y, mask = dropout_cuda.dropout_forward(x, p)
-        return y, {"mask": mask}
+        return y, DropoutCache(mask, y, name)
     mask = _scaled_mask(x, p, tuple(x.shape))
-    return x * mask, {"mask": mask}
+    y = x * mask
+    return y, DropoutCache(mask, y, name)
 
 
 def _scaled_mask(x: Any, p: float, shape: tuple[int, ...]) -> Any:
@@ -71,15 +84,16 @@ def _scaled_mask(x: Any, p: float, shape: tuple[int, ...]) -> Any:
     return (_uniform(x, shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
 
 
-def dropout_backward(dy: Any, cache: dict) -> Any:
+def dropout_backward(dy: Any, cache: DropoutCache) -> Any:
     """Gradient of :func:`dropout_forward`: ``dy`` times the same scaled mask."""
-    mask = cache["mask"]
+    check_grad(cache.name, dy, cache.y.shape, cache.y)
+    mask = cache.mask
     if mask is None:
         return dy
     return dy * mask
 
 
-def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2d") -> tuple[Any, dict]:
+def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2d") -> tuple[Any, DropoutCache]:
     """Channel dropout: zero whole channels with probability ``p``, scale the rest by ``1 / (1 - p)``.
 
     Args:
@@ -89,7 +103,7 @@ def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2
         name: who is calling, for error messages.
 
     Returns:
-        ``(y, cache)``; ``cache["mask"]`` is the scaled mask of shape ``(N, C, 1, 1)`` (or
+        ``(y, cache)``; ``cache.mask`` is the scaled mask of shape ``(N, C, 1, 1)`` (or
         ``(C, 1, 1)``), or None for the identity.
 
     Shape:
@@ -99,11 +113,12 @@ def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2
     check_input(name, x, (3, 4), "(N, C, H, W) or (C, H, W)")
     p = check_p(name, p)
     if not training or p == 0.0:
-        return x, {"mask": None}
+        return x, DropoutCache(None, x, name)
     mask = _scaled_mask(x, p, tuple(x.shape[:-2]) + (1, 1))
-    return x * mask, {"mask": mask}
+    y = x * mask
+    return y, DropoutCache(mask, y, name)
 
 
-def dropout2d_backward(dy: Any, cache: dict) -> Any:
+def dropout2d_backward(dy: Any, cache: DropoutCache) -> Any:
     """Gradient of :func:`dropout2d_forward`: ``dy`` times the same per-channel mask."""
     return dropout_backward(dy, cache)

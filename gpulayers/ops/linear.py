@@ -8,14 +8,26 @@ training step makes no cuBLAS call and can be captured as a CUDA graph.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend
-from .._checks import check_floating, check_grad, check_same_device
+from .._checks import check_channels, check_floating, check_grad, check_same_device
 
-__all__ = ["linear_forward", "linear_backward"]
+__all__ = ["linear_forward", "linear_backward", "LinearCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinearCache:
+    """What :func:`linear_backward` needs; ``name`` is who ran forward (for its messages)."""
+
+    x: Any
+    weight: Any
+    has_bias: bool
+    igemm: bool  # the products ran on the implicit-GEMM kernels
+    name: str
 
 
 def _implicit_gemm(x: Any) -> bool:
@@ -28,29 +40,31 @@ def _implicit_gemm(x: Any) -> bool:
     return chosen in ("implicit_gemm", "direct") or (chosen == "auto" and cuda.DEFAULT_GEMM == "implicit_gemm")
 
 
-def _check_arrays(x: Any, weight: Any, bias: Any) -> None:
+def _check_arrays(name: str, x: Any, weight: Any, bias: Any) -> None:
     """Floating arrays on one device and dtype: x (*, in), weight (out, in), bias (out,) or None."""
-    check_floating("linear", x)
-    if x.ndim < 1:
-        raise ValueError("linear: expected an input of shape (*, in_features), got a 0-D array")
-    check_floating("linear weight", weight)
+    check_floating(name, x)
+    check_floating(name + " weight", weight)
     if weight.ndim != 2:
-        raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {tuple(weight.shape)}")
-    check_same_device("linear", x, weight)
+        raise ValueError(f"{name}: expected a 2-D weight (out_features, in_features), got shape {tuple(weight.shape)}")
+    if x.ndim < 1:
+        raise ValueError(f"{name}: expected an input of shape (*, {weight.shape[1]}), got a 0-D array")
+    check_channels(name, x, weight.shape[1], axis=-1, what="features (last axis)")
+    check_same_device(name, x, weight)
     if bias is not None:
-        check_floating("linear bias", bias)
+        check_floating(name + " bias", bias)
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"linear: expected a bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        check_same_device("linear", x, bias, "bias")
+            raise ValueError(f"{name}: expected a bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        check_same_device(name, x, bias, "bias")
 
 
-def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, dict]:
+def linear_forward(x: Any, weight: Any, bias: Any = None, *, name: str = "linear") -> tuple[Any, LinearCache]:
     """``y = x @ weight.T + bias``.
 
     Args:
         x: input of shape (*, in_features); any leading dimensions (none for a single vector).
         weight: (out_features, in_features).
         bias: (out_features,), or None.
+        name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(y, cache)``.
@@ -59,25 +73,21 @@ def linear_forward(x: Any, weight: Any, bias: Any = None) -> tuple[Any, dict]:
         - x: (*, in_features)
         - y: (*, out_features)
     """
-    _check_arrays(x, weight, bias)
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"linear: expected input with {weight.shape[1]} features on the last axis, got shape {tuple(x.shape)}"
-        )
+    _check_arrays(name, x, weight, bias)
     if _implicit_gemm(x) and weight.dtype == x.dtype:
         from . import conv2d_igemm_cuda  # noqa: PLC0415 - GPU only
 
         lead, out_features = tuple(x.shape[:-1]), int(weight.shape[0])
         x2 = x.reshape(int(np.prod(lead)), int(x.shape[-1]))
         y = conv2d_igemm_cuda.linear_forward(x2, weight, bias).reshape(*lead, out_features)
-        return y, {"x": x, "weight": weight, "has_bias": bias is not None, "igemm": True}
+        return y, LinearCache(x, weight, bias is not None, True, name)
     y = x @ weight.T
     if bias is not None:
         y += bias
-    return y, {"x": x, "weight": weight, "has_bias": bias is not None}
+    return y, LinearCache(x, weight, bias is not None, False, name)
 
 
-def linear_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
+def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`linear_forward`.
 
     Args:
@@ -87,15 +97,15 @@ def linear_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dbias`` is None when the forward had no bias.
     """
-    if not isinstance(cache, dict) or "x" not in cache or "weight" not in cache:
+    if not isinstance(cache, LinearCache):
         raise TypeError(f"linear.backward: expected the cache returned by linear_forward, got {type(cache).__name__}")
-    x, weight = cache["x"], cache["weight"]
+    x, weight = cache.x, cache.weight
     out_features, in_features = weight.shape
-    check_grad("linear", dy, tuple(x.shape[:-1]) + (out_features,), x)
+    check_grad(cache.name, dy, tuple(x.shape[:-1]) + (out_features,), x)
     rows = int(np.prod(x.shape[:-1]))  # explicit, so that empty inputs reshape too
     dy2 = dy.reshape(rows, out_features)
     x2 = x.reshape(rows, in_features)
-    if cache.get("igemm"):
+    if cache.igemm:
         from . import conv2d_igemm_cuda  # noqa: PLC0415
 
         dx2, dweight = conv2d_igemm_cuda.linear_backward(dy2.astype(x.dtype, copy=False), x2, weight)
@@ -103,5 +113,5 @@ def linear_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     else:
         dx = dy @ weight
         dweight = dy2.T @ x2
-    dbias = dy2.sum(axis=0) if cache["has_bias"] else None
+    dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .._checks import check_same_device
 from . import cross_entropy_cuda
 
 __all__ = [
@@ -52,12 +53,6 @@ def check_ignore_index(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_same_device(name: str, a: Any, b: Any, what: str) -> None:
-    da, db = backend.device_of(a), backend.device_of(b)
-    if da != db:
-        raise RuntimeError(f"{name}: input is on {da} but the {what} is on {db}; move one with gl.to_device")
-
-
 def class_weight(name: str, weight: Any, logits: Any) -> Any:
     """The per-class ``weight`` (or None) checked against ``(C,)`` and cast to the logits' dtype."""
     if weight is None:
@@ -70,7 +65,7 @@ def class_weight(name: str, weight: Any, logits: Any) -> Any:
         raise ValueError(
             f"{name}: expected a weight of shape ({num_classes},) (one per class), got {tuple(weight.shape)}"
         )
-    _check_same_device(name, logits, weight, "weight")
+    check_same_device(name, logits, weight, "weight", same_dtype=False)
     return weight.astype(logits.dtype, copy=False)
 
 
@@ -101,7 +96,7 @@ def _check_index_target(name: str, logits: Any, target: Any, probabilities_ok: b
     want = (logits.shape[0],) + tuple(logits.shape[2:])
     kind = np.dtype(target.dtype).kind
     if probabilities_ok and kind == "f" and tuple(target.shape) == tuple(logits.shape):
-        _check_same_device(name, logits, target, "target")
+        check_same_device(name, logits, target, "target", same_dtype=False)
         return True
     if kind not in "iu":
         also = f" or class probabilities of the logits' shape {tuple(logits.shape)}" if probabilities_ok else ""
@@ -114,7 +109,7 @@ def _check_index_target(name: str, logits: Any, target: Any, probabilities_ok: b
             f"{name}: expected target of shape {want} for input of shape {tuple(logits.shape)}, "
             f"got {tuple(target.shape)}"
         )
-    _check_same_device(name, logits, target, "target")
+    check_same_device(name, logits, target, "target", same_dtype=False)
     return False
 
 
@@ -156,7 +151,7 @@ def reduce_loss(per_sample: Any, reduction: str, denominator: Any = None) -> Any
         return (total / denominator).astype(per_sample.dtype, copy=False)
 
 
-def _upstream(grad_output: Any, reduction: str, per_sample_shape: tuple[int, ...], like: Any) -> Any:
+def _upstream(name: str, grad_output: Any, reduction: str, per_sample_shape: tuple[int, ...], like: Any) -> Any:
     """The upstream gradient as an array of the per-sample shape ("none") or 0-d, or None for 1."""
     if grad_output is None:
         return None
@@ -164,13 +159,13 @@ def _upstream(grad_output: Any, reduction: str, per_sample_shape: tuple[int, ...
     if reduction == "none":
         if tuple(getattr(grad_output, "shape", ())) != per_sample_shape:
             raise ValueError(
-                f"loss backward: expected grad_output of shape {per_sample_shape} for reduction='none', "
+                f"{name}.backward: expected grad_output of shape {per_sample_shape} for reduction='none', "
                 f"got {tuple(getattr(grad_output, 'shape', ()))}"
             )
         return xp.asarray(grad_output, dtype=like.dtype)
     if getattr(grad_output, "size", 1) != 1:
         raise ValueError(
-            f"loss backward: expected a scalar grad_output for reduction={reduction!r}, "
+            f"{name}.backward: expected a scalar grad_output for reduction={reduction!r}, "
             f"got shape {tuple(grad_output.shape)}"
         )
     return xp.asarray(grad_output, dtype=like.dtype).reshape(())
@@ -195,7 +190,7 @@ def scale_gradient(grad: Any, cache: dict, grad_output: Any, class_axis: bool = 
             with np.errstate(invalid="ignore", divide="ignore"):
                 grad /= denominator
     shape = ((grad.shape[0],) + tuple(grad.shape[2:])) if class_axis else tuple(grad.shape)
-    g = _upstream(grad_output, reduction, shape, grad)
+    g = _upstream(cache["name"], grad_output, reduction, shape, grad)
     if g is not None:
         grad *= xp.expand_dims(g, 1) if (g.ndim and class_axis) else g
     return grad
@@ -258,7 +253,9 @@ def cross_entropy_forward(
     ignore_index = check_ignore_index(name, ignore_index)
     weight = class_weight(name, weight, logits)
     if not probabilities and cross_entropy_cuda.supported(logits, target, weight):
-        return cross_entropy_cuda.cross_entropy_forward(logits, target, reduction, smoothing, weight, ignore_index)
+        loss, cache = cross_entropy_cuda.cross_entropy_forward(logits, target, reduction, smoothing, weight, ignore_index)
+        cache["name"] = name
+        return loss, cache
     xp = backend.get_array_module(logits)
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
@@ -274,7 +271,7 @@ def cross_entropy_forward(
             q = q * (1 - smoothing) + smoothing / num_classes
         wq = q if wide is None else q * wide
         per_sample = -(log_probs * wq).sum(axis=1)
-        cache = {"probs": probs, "wq": wq, "reduction": reduction, "invalid": xp.zeros((), dtype=bool)}
+        cache = {"probs": probs, "wq": wq, "reduction": reduction, "invalid": xp.zeros((), dtype=bool), "name": name}
         return reduce_loss(per_sample, reduction), cache
 
     t = class_targets(logits, target, weight, ignore_index)
@@ -301,6 +298,7 @@ def cross_entropy_forward(
         "smoothing": smoothing,
         "denominator": denominator,
         "invalid": t["invalid"],
+        "name": name,
     }
     return loss, cache
 
@@ -315,7 +313,7 @@ def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     """
     if cache.get("fused"):
         logits = cache["logits"]
-        upstream = _upstream(grad_output, cache["reduction"], (logits.shape[0],), logits)
+        upstream = _upstream(cache["name"], grad_output, cache["reduction"], (logits.shape[0],), logits)
         return cross_entropy_cuda.cross_entropy_backward(cache, upstream)
     xp = backend.get_array_module(cache["probs"])
     probs = cache["probs"]
@@ -338,11 +336,11 @@ def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     return scale_gradient(grad.astype(probs.dtype, copy=False), cache, grad_output)
 
 
-def mse_loss_forward(input: Any, target: Any, reduction: str = "mean") -> tuple[Any, dict]:
+def mse_loss_forward(input: Any, target: Any, reduction: str = "mean", *, name: str = "mse_loss") -> tuple[Any, dict]:
     """Mean squared error ``(input - target) ** 2``, reduced (PyTorch's ``F.mse_loss``).
 
     ``input`` and ``target`` must have the same shape (no broadcasting); ``target`` is cast to
-    ``input``'s dtype.
+    ``input``'s dtype. ``name`` is who is calling, for error messages (a layer passes its class name).
 
     Returns:
         ``(loss, cache)``: 0-d for "mean"/"sum", ``input``'s shape for "none".
@@ -351,7 +349,6 @@ def mse_loss_forward(input: Any, target: Any, reduction: str = "mean") -> tuple[
         - input: (*)
         - target: same as input
     """
-    name = "mse_loss"
     for what, arr in (("input", input), ("target", target)):
         if not hasattr(arr, "dtype") or np.dtype(arr.dtype).kind != "f":
             got = getattr(arr, "dtype", type(arr).__name__)
@@ -361,7 +358,7 @@ def mse_loss_forward(input: Any, target: Any, reduction: str = "mean") -> tuple[
             f"{name}: expected target of the input's shape {tuple(input.shape)}, got {tuple(target.shape)} "
             "(no broadcasting)"
         )
-    _check_same_device(name, input, target, "target")
+    check_same_device(name, input, target, "target", same_dtype=False)
     check_reduction(name, reduction)
     xp = backend.get_array_module(input)
     diff = input - target.astype(input.dtype, copy=False)
@@ -374,7 +371,7 @@ def mse_loss_forward(input: Any, target: Any, reduction: str = "mean") -> tuple[
         loss = xp.full((), np.nan, dtype=input.dtype)
     else:
         loss = sq.mean()
-    return loss, {"diff": diff, "reduction": reduction}
+    return loss, {"diff": diff, "reduction": reduction, "name": name}
 
 
 def mse_loss_backward(cache: dict, grad_output: Any = None) -> Any:
@@ -383,7 +380,7 @@ def mse_loss_backward(cache: dict, grad_output: Any = None) -> Any:
     grad = 2 * diff
     if cache["reduction"] == "mean" and diff.size > 0:
         grad /= diff.size
-    g = _upstream(grad_output, cache["reduction"], tuple(diff.shape), diff)
+    g = _upstream(cache["name"], grad_output, cache["reduction"], tuple(diff.shape), diff)
     if g is not None:
         grad *= g
     return grad

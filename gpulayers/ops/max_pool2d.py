@@ -108,16 +108,17 @@ def _device_scope(arr: Any):
     return arr.device if backend.is_cuda_array(arr) else contextlib.nullcontext()
 
 
+@dataclass(frozen=True, slots=True)
 class PoolCache:
     """What a pooling backward needs (``data`` is the backend's own state)."""
 
-    __slots__ = ("data", "a", "in_shape", "out_shape", "x_like", "name", "on_gpu")
-
-    def __init__(
-        self, data: Any, a: Any, in_shape: tuple, out_shape: tuple, x_like: Any, name: str, on_gpu: bool = False
-    ):
-        self.data, self.a, self.in_shape, self.out_shape = data, a, in_shape, out_shape
-        self.x_like, self.name, self.on_gpu = x_like, name, on_gpu  # name: who ran forward
+    data: Any
+    a: Any  # the PoolArgs (None for adaptive pooling)
+    in_shape: tuple
+    out_shape: tuple
+    x_like: Any  # a 0-size array on the input's device and dtype (for checks)
+    name: str  # who ran forward, for backward's messages
+    on_gpu: bool = False
 
 
 def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:

@@ -24,7 +24,7 @@ _FILE = "max_pool2d.cu"
 _INT32_MAX = 2**31 - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _PoolGeometry:
     height: int
     width: int
@@ -40,7 +40,7 @@ class _PoolGeometry:
     dilation_w: int
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _PoolCache:
     argmax: Any  # int32 (N, C, out_h, out_w): flat index into the input plane
     x_shape: tuple[int, int, int, int]
@@ -108,7 +108,7 @@ def max_pool2d_forward(
     # The argmax is an int32 plane index (an empty window's index may lie a little past the plane).
     if (h + g.pad_h + g.dilation_h + 1) * (w + g.pad_w + g.dilation_w + 1) > _INT32_MAX:
         raise ValueError(f"max_pool2d: an input plane of {h}x{w} is too large for the CUDA kernel's int32 indices")
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         y = xp.empty((n, c, g.out_h, g.out_w), dtype=x.dtype)
         argmax = xp.empty((n, c, g.out_h, g.out_w), dtype=np.int32)
         _launch_forward(x, y, argmax, g)
@@ -119,7 +119,7 @@ def max_pool2d_backward(dy, cache: _PoolCache):
     """Gradient w.r.t. the input of :func:`max_pool2d_forward` for ``dy``."""
     xp = backend.get_array_module(dy)
     dy = xp.ascontiguousarray(dy, dtype=cache.dtype)
-    with kernels.device_scope(dy):
+    with backend.device_scope(dy):
         dx = xp.empty(cache.x_shape, dtype=cache.dtype)
         _launch_backward(dy, cache.argmax, dx, cache.geometry)
     return dx

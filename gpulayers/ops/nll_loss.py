@@ -66,6 +66,7 @@ def nll_loss_forward(
         "reduction": reduction,
         "denominator": denominator,
         "invalid": t["invalid"],
+        "name": name,
     }
     return reduce_loss(per_sample, reduction, denominator), cache
 

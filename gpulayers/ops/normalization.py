@@ -13,20 +13,50 @@ stay finite wherever the true values are representable.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend
+from .._checks import check_channels, check_grad, check_input, check_same_device
 from . import batch_norm_cuda
 
-__all__ = ["batch_norm_forward", "batch_norm_backward"]
+__all__ = ["batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
+
+_LAYOUTS = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNormCache:
+    """What :func:`batch_norm_backward` needs; ``name`` is who ran forward (for its messages)."""
+
+    centred: Any  # x - mean, the shape of the input
+    invstd: Any
+    weight: Any
+    has_bias: bool
+    batch_stats: bool
+    bshape: tuple
+    count: int
+    name: str
+
+
+def _check_arrays(name: str, x: Any, ndim: tuple[int, ...], per_channel: dict[str, Any]) -> None:
+    """The input's rank and dtype, and every per-channel array against the channel count and device."""
+    check_input(name, x, ndim, " or ".join(_LAYOUTS.get(r, f"({r}-D)") for r in ndim))
+    given = {what: arr for what, arr in per_channel.items() if arr is not None}
+    if not given:
+        return
+    first = next(iter(given.values()))
+    check_channels(name, x, int(first.shape[0]) if first.ndim else -1, axis=1, what="features (axis 1)")
+    for what, arr in given.items():
+        if tuple(arr.shape) != (x.shape[1],):
+            raise ValueError(f"{name}: expected {what} of shape ({x.shape[1]},), got {tuple(arr.shape)}")
+        check_same_device(name, x, arr, what)
 
 
 def _layout(x: Any) -> tuple[tuple[int, ...], int]:
     """The broadcast shape of a per-channel vector, and the number of values per channel."""
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected an input of rank 2, 3 or 4 with channels on axis 1, got {x.shape}")
     bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     count = int(np.prod(x.shape, dtype=np.int64)) // max(x.shape[1], 1) if x.shape[1] else 0
     return bshape, count
@@ -106,7 +136,10 @@ def batch_norm_forward(
     momentum: float | None,
     eps: float,
     num_batches_tracked: Any = None,
-) -> tuple[Any, dict]:
+    *,
+    name: str = "batch_norm",
+    ndim: tuple[int, ...] = (2, 3, 4),
+) -> tuple[Any, BatchNormCache]:
     """Normalise ``x`` per channel, then scale by ``weight`` and shift by ``bias``.
 
     Batch statistics are used when ``training`` is true or no running statistics are given
@@ -126,6 +159,8 @@ def batch_norm_forward(
         momentum: running-average factor, or None for a cumulative average.
         eps: added to the variance before the square root; must be > 0.
         num_batches_tracked: 0-d int64 counter (required when ``momentum`` is None).
+        name: who is calling, for error messages (a layer passes its class name).
+        ndim: the input ranks accepted (a layer narrows them).
 
     Returns:
         ``(y, cache)``; ``y`` has the shape and dtype of ``x``.
@@ -134,9 +169,11 @@ def batch_norm_forward(
         - x: (N, C, *) with * empty, (L,) or (H, W)
         - y: same as x
     """
+    per_channel = {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var}
+    _check_arrays(name, x, ndim, per_channel)
     xp = backend.get_array_module(x)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-        raise ValueError(f"batch_norm: expected eps > 0, got {eps!r}")
+        raise ValueError(f"{name}: expected eps > 0, got {eps!r}")
     bshape, count = _layout(x)
     use_batch_stats = bool(training) or running_mean is None
     update = bool(training) and running_mean is not None
@@ -159,13 +196,13 @@ def batch_norm_forward(
             eps,
             num_batches_tracked if update else None,
         )
-        cache["fused"] = True
+        cache["fused"], cache["name"] = True, name
         return y, cache
 
     if use_batch_stats:
         if count == 1:
             raise ValueError(
-                f"batch_norm: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+                f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
         if count == 0:  # empty batch: nothing to normalise, running statistics left as they are
             mean = xp.zeros(x.shape[1], dtype=x.dtype)
@@ -184,7 +221,7 @@ def batch_norm_forward(
         if count > 0:
             if momentum is None:
                 if num_batches_tracked is None:
-                    raise ValueError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked")
+                    raise ValueError(f"{name}: momentum=None (cumulative average) needs num_batches_tracked")
                 # Kept on the device: 1 / count as a 0-d array, no host round trip.
                 factor = 1.0 / num_batches_tracked.astype(running_mean.dtype)
             else:
@@ -199,19 +236,10 @@ def batch_norm_forward(
     y = centred * scale.reshape(bshape)
     if bias is not None:
         y += bias.reshape(bshape)
-    cache = {
-        "centred": centred,
-        "invstd": invstd,
-        "weight": weight,
-        "has_bias": bias is not None,
-        "batch_stats": use_batch_stats,
-        "bshape": bshape,
-        "count": count,
-    }
-    return y, cache
+    return y, BatchNormCache(centred, invstd, weight, bias is not None, use_batch_stats, bshape, count, name)
 
 
-def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
+def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     """Gradients of :func:`batch_norm_forward`.
 
     With batch statistics the mean and variance depend on ``x``, giving the compact form
@@ -225,15 +253,17 @@ def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dweight``/``dbias`` are None when the forward had none.
     """
-    if cache.get("fused"):
+    if isinstance(cache, dict) and cache.get("fused"):
+        check_grad(cache["name"], dy, cache["x"].shape, cache["x"])
         return batch_norm_cuda.batch_norm_backward(dy, cache)
-    centred, invstd, weight = cache["centred"], cache["invstd"], cache["weight"]
-    bshape, count = cache["bshape"], cache["count"]
+    centred, invstd, weight = cache.centred, cache.invstd, cache.weight
+    bshape, count = cache.bshape, cache.count
+    check_grad(cache.name, dy, centred.shape, centred)
     dbias_full = _channel_sum(dy)
     dy_centred = _channel_dot(dy, centred)  # sum(dy * (x - mean)) per channel
     dweight_full = dy_centred * invstd  # = sum(dy * xhat)
     a = invstd if weight is None else weight * invstd
-    if cache["batch_stats"] and count > 0:
+    if cache.batch_stats and count > 0:
         # The compact form expanded per channel: dx = a * dy + b * (x - mean) + c.
         b = -a * invstd * dweight_full / count
         c = -a * dbias_full / count
@@ -244,5 +274,5 @@ def batch_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
         dx = dy * a.reshape(bshape)
     dx = dx.astype(dy.dtype, copy=False)
     dweight = dweight_full if weight is not None else None
-    dbias = dbias_full if cache["has_bias"] else None
+    dbias = dbias_full if cache.has_bias else None
     return dx, dweight, dbias

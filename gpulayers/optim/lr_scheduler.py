@@ -18,13 +18,6 @@ from .optimizer import Optimizer, _number
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR"]
 
 
-def _positive_int(name: str, arg: str, value: Any) -> int:
-    """``value`` as an int >= 1, else a ValueError naming the scheduler."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected {arg} to be an int >= 1, got {value!r}")
-    return int(value)
-
-
 class LRScheduler:
     """Base class: sets each group's ``lr`` from ``get_lr()`` on every :meth:`step`.
 
@@ -121,7 +114,7 @@ class StepLR(LRScheduler):
     _hyper = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
-        self.step_size = _positive_int("StepLR", "step_size", step_size)
+        self.step_size = check_int("StepLR", "step_size", step_size, 1)
         self.gamma = _number("StepLR", "gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
@@ -147,7 +140,7 @@ class CosineAnnealingLR(LRScheduler):
     _hyper = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
-        self.T_max = _positive_int("CosineAnnealingLR", "T_max", T_max)
+        self.T_max = check_int("CosineAnnealingLR", "T_max", T_max, 1)
         self.eta_min = _number("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer, last_epoch)
 
@@ -198,7 +191,7 @@ class LinearLR(LRScheduler):
             raise ValueError(f"{name}: expected start_factor in (0, 1], got {start_factor!r}")
         self.start_factor = start
         self.end_factor = _number(name, "end_factor", end_factor, 0.0, 1.0)
-        self.total_iters = _positive_int(name, "total_iters", total_iters)
+        self.total_iters = check_int(name, "total_iters", total_iters, 1)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -270,11 +263,10 @@ class OneCycleLR(LRScheduler):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: expected an Optimizer, got {type(optimizer).__name__}")
         if total_steps is not None:
-            self.total_steps = _positive_int(name, "total_steps", total_steps)
+            self.total_steps = check_int(name, "total_steps", total_steps, 1)
         elif epochs is not None and steps_per_epoch is not None:
-            self.total_steps = _positive_int(name, "epochs", epochs) * _positive_int(
-                name, "steps_per_epoch", steps_per_epoch
-            )
+            epochs = check_int(name, "epochs", epochs, 1)
+            self.total_steps = epochs * check_int(name, "steps_per_epoch", steps_per_epoch, 1)
         else:
             raise ValueError(f"{name}: give either total_steps, or epochs and steps_per_epoch")
         self.pct_start = _number(name, "pct_start", pct_start, 0.0, 1.0)

@@ -106,7 +106,7 @@ def sgd_update(
         np.int32(bool(nesterov)),
         np.int32(bool(first_step)),
     )
-    with kernels.device_scope(param):
+    with backend.device_scope(param):
         kernels.launch(_FILE, "sgd_update_kernel", dtype, n, args)
 
 
@@ -211,5 +211,5 @@ def adam_update(
         np.int32(abs(weight) < 0.5),
         np.int32(max_exp_avg_sq is not None),
     )
-    with kernels.device_scope(param):
+    with backend.device_scope(param):
         kernels.launch(_FILE, "adam_update_kernel", dtype, n, args)
