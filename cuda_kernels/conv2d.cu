@@ -4,8 +4,8 @@
 // file has no #include: NVRTC has no system headers. Every kernel is a template
 // instantiated for float and double by name expression ("im2col_kernel<float>").
 //
-// Style: one thread per output element, a grid-stride loop over a 64-bit flat index
-// that is decoded into coordinates at the top, and backward kernels written as
+// Style: one thread per output element, a grid-stride loop (GRID_STRIDE_LOOP) over a 64-bit
+// flat index that is decoded into coordinates at the top (unravel4), and backward kernels written as
 // gathers (one thread per gradient element summing everything that points at it) so
 // results are deterministic without floating-point atomics.
 //
@@ -16,6 +16,30 @@
 //     so each group is one contiguous (K, N * P) slab and one large GEMM.
 //   * direct path, for convolutions where each output sees few inputs (e.g. depthwise,
 //     one input channel per group): conv2d_direct_* kernels, no intermediate buffers.
+
+// Grid-stride loop: each thread takes the flat indices thread, thread + grid size, ... below total.
+#define GRID_STRIDE_LOOP(index, total)                                                      \
+  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < (total); \
+       index += (long long)blockDim.x * gridDim.x)
+
+// The coordinates (a, b, c, d) of a row-major flat index over (*, size_b, size_c, size_d).
+__device__ __forceinline__ void unravel4(long long index, int size_b, int size_c, int size_d, int& a, int& b, int& c,
+                                         int& d) {
+  d = (int)(index % size_d);
+  index /= size_d;
+  c = (int)(index % size_c);
+  index /= size_c;
+  b = (int)(index % size_b);
+  a = (int)(index / size_b);
+}
+
+// The output coordinate whose window puts kernel offset k on input coordinate pos, or -1 if none.
+__device__ __forceinline__ int window_source(int pos, int pad, int k, int dilation, int stride, int out) {
+  const int span = pos + pad - k * dilation;  // = out_pos * stride when offset k lands on pos
+  if (span < 0 || span % stride != 0) return -1;
+  const int out_pos = span / stride;
+  return out_pos < out ? out_pos : -1;
+}
 
 // ---------------------------------------------------------------------------------------
 // GEMM path
@@ -30,14 +54,9 @@ __global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, long
                               int out_w) {
   const long long plane_out = (long long)out_h * out_w;
   const long long row_len = (long long)batch * plane_out;  // length of one column-matrix row
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int w_out = (int)(index % out_w);
-    long long rest = index / out_w;
-    const int h_out = (int)(rest % out_h);
-    rest /= out_h;
-    const int n = (int)(rest % batch);
-    const int c = (int)(rest / batch);
+  GRID_STRIDE_LOOP(index, total) {
+    int c, n, h_out, w_out;
+    unravel4(index, batch, out_h, out_w, c, n, h_out, w_out);
 
     const T* x_plane = x + ((long long)n * channels + c) * height * width;
     T* col_ptr = col + (long long)c * kernel_h * kernel_w * row_len + n * plane_out + (long long)h_out * out_w + w_out;
@@ -65,27 +84,18 @@ __global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ x_grad,
                               int out_w) {
   const long long plane_out = (long long)out_h * out_w;
   const long long row_len = (long long)batch * plane_out;
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int w = (int)(index % width);
-    long long rest = index / width;
-    const int h = (int)(rest % height);
-    rest /= height;
-    const int c = (int)(rest % channels);
-    const int n = (int)(rest / channels);
+  GRID_STRIDE_LOOP(index, total) {
+    int n, c, h, w;
+    unravel4(index, channels, height, width, n, c, h, w);
 
     const T* col_c = col + (long long)c * kernel_h * kernel_w * row_len + n * plane_out;
     T sum = T(0);
     for (int i = 0; i < kernel_h; ++i) {
-      const int h_span = h + pad_h - i * dilation_h;  // = h_out * stride_h when (i) hits (h)
-      if (h_span < 0 || h_span % stride_h != 0) continue;
-      const int h_out = h_span / stride_h;
-      if (h_out >= out_h) continue;
+      const int h_out = window_source(h, pad_h, i, dilation_h, stride_h, out_h);
+      if (h_out < 0) continue;
       for (int j = 0; j < kernel_w; ++j) {
-        const int w_span = w + pad_w - j * dilation_w;
-        if (w_span < 0 || w_span % stride_w != 0) continue;
-        const int w_out = w_span / stride_w;
-        if (w_out >= out_w) continue;
+        const int w_out = window_source(w, pad_w, j, dilation_w, stride_w, out_w);
+        if (w_out < 0) continue;
         sum += col_c[(long long)(i * kernel_w + j) * row_len + (long long)h_out * out_w + w_out];
       }
     }
@@ -98,8 +108,7 @@ __global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ x_grad,
 template <typename T>
 __global__ void gemm_to_nchw_kernel(const T* __restrict__ gemm_out, const T* __restrict__ bias, T* __restrict__ y,
                                     long long total, int has_bias, int batch, int channels, long long plane) {
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, total) {
     const long long p = index % plane;
     const long long rest = index / plane;
     const int c = (int)(rest % channels);
@@ -124,14 +133,9 @@ __global__ void conv2d_direct_forward_kernel(const T* __restrict__ x, const T* _
                                              int out_w) {
   const int in_per_group = channels / groups;
   const int out_per_group = out_channels / groups;
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int w_out = (int)(index % out_w);
-    long long rest = index / out_w;
-    const int h_out = (int)(rest % out_h);
-    rest /= out_h;
-    const int oc = (int)(rest % out_channels);
-    const int n = (int)(rest / out_channels);
+  GRID_STRIDE_LOOP(index, total) {
+    int n, oc, h_out, w_out;
+    unravel4(index, out_channels, out_h, out_w, n, oc, h_out, w_out);
 
     const int g = oc / out_per_group;
     const int h_start = h_out * stride_h - pad_h;
@@ -166,14 +170,9 @@ __global__ void conv2d_direct_backward_data_kernel(const T* __restrict__ dy, con
   const int in_per_group = channels / groups;
   const int out_per_group = out_channels / groups;
   const long long plane_out = (long long)out_h * out_w;
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int w = (int)(index % width);
-    long long rest = index / width;
-    const int h = (int)(rest % height);
-    rest /= height;
-    const int c = (int)(rest % channels);
-    const int n = (int)(rest / channels);
+  GRID_STRIDE_LOOP(index, total) {
+    int n, c, h, w;
+    unravel4(index, channels, height, width, n, c, h, w);
 
     const int g = c / in_per_group;
     const int cg = c % in_per_group;
@@ -183,15 +182,11 @@ __global__ void conv2d_direct_backward_data_kernel(const T* __restrict__ dy, con
       const T* dy_plane = dy + ((long long)n * out_channels + oc) * plane_out;
       const T* w_ptr = weight + ((long long)oc * in_per_group + cg) * kernel_h * kernel_w;
       for (int i = 0; i < kernel_h; ++i) {
-        const int h_span = h + pad_h - i * dilation_h;
-        if (h_span < 0 || h_span % stride_h != 0) continue;
-        const int h_out = h_span / stride_h;
-        if (h_out >= out_h) continue;
+        const int h_out = window_source(h, pad_h, i, dilation_h, stride_h, out_h);
+        if (h_out < 0) continue;
         for (int j = 0; j < kernel_w; ++j) {
-          const int w_span = w + pad_w - j * dilation_w;
-          if (w_span < 0 || w_span % stride_w != 0) continue;
-          const int w_out = w_span / stride_w;
-          if (w_out >= out_w) continue;
+          const int w_out = window_source(w, pad_w, j, dilation_w, stride_w, out_w);
+          if (w_out < 0) continue;
           sum += dy_plane[(long long)h_out * out_w + w_out] * w_ptr[i * kernel_w + j];
         }
       }
@@ -218,16 +213,10 @@ __global__ void conv2d_direct_backward_weight_kernel(const T* __restrict__ x, co
   const int step_w = lanes % out_w;  // `lanes` in the radix (n, h_out, w_out)
   const int step_h = (lanes / out_w) % out_h;
   const int step_n = (lanes / out_w) / out_h;
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, total) {
     const int lane = (int)(index % lanes);
-    long long rest = index / lanes;
-    const int j = (int)(rest % kernel_w);
-    rest /= kernel_w;
-    const int i = (int)(rest % kernel_h);
-    rest /= kernel_h;
-    const int cg = (int)(rest % in_per_group);
-    const int oc = (int)(rest / in_per_group);
+    int oc, cg, i, j;
+    unravel4(index / lanes, in_per_group, kernel_h, kernel_w, oc, cg, i, j);
 
     const int c = (oc / out_per_group) * in_per_group + cg;
     const int h_offset = i * dilation_h - pad_h;

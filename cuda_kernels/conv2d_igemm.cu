@@ -20,6 +20,11 @@
 // bits do not depend on the grid. A 1x1 convolution on a 1x1 image is a linear layer, so
 // Linear runs on the same kernels.
 
+// Grid-stride loop: each thread takes the flat indices thread, thread + grid size, ... below total.
+#define GRID_STRIDE_LOOP(index, total)                                                      \
+  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < (total); \
+       index += (long long)blockDim.x * gridDim.x)
+
 #define IGEMM_BM 64      // output rows per tile
 #define IGEMM_BN 64      // output columns per tile
 #define IGEMM_BK 16      // reduction step
@@ -277,8 +282,7 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
 template <typename T>
 __global__ void conv2d_igemm_reduce_kernel(const T* __restrict__ partial, T* __restrict__ out, long long total,
                                            int splits) {
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, total) {
     T sum = partial[index];
     for (int s = 1; s < splits; ++s) sum += partial[(long long)s * total + index];
     out[index] = sum;

@@ -10,6 +10,11 @@
 // (h * width + w); a window that holds no input element keeps -inf and an index that no
 // input element matches, as PyTorch does.
 
+// Grid-stride loop: each thread takes the flat indices thread, thread + grid size, ... below total.
+#define GRID_STRIDE_LOOP(index, total)                                                      \
+  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < (total); \
+       index += (long long)blockDim.x * gridDim.x)
+
 template <typename T>
 __device__ __forceinline__ T negative_infinity();
 
@@ -29,8 +34,7 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
                                           long long total, int height, int width, int out_h, int out_w, int kernel_h,
                                           int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
                                           int dilation_h, int dilation_w) {
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, total) {
     const int w_out = (int)(index % out_w);
     long long rest = index / out_w;
     const int h_out = (int)(rest % out_h);
@@ -71,8 +75,7 @@ __global__ void max_pool2d_backward_kernel(const T* __restrict__ dy, const int* 
   const int span_h = (kernel_h - 1) * dilation_h + 1;
   const int span_w = (kernel_w - 1) * dilation_w + 1;
   const long long plane_out = (long long)out_h * out_w;
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, total) {
     const int w = (int)(index % width);
     long long rest = index / width;
     const int h = (int)(rest % height);

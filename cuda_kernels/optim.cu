@@ -14,6 +14,11 @@
 // are updated in place. A buffer the options leave unused (momentum_buf without momentum,
 // max_exp_avg_sq without AMSGrad) is never touched, so any pointer may stand in for it.
 
+// Grid-stride loop: each thread takes the flat indices thread, thread + grid size, ... below total.
+#define GRID_STRIDE_LOOP(index, total)                                                      \
+  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < (total); \
+       index += (long long)blockDim.x * gridDim.x)
+
 // SGD (torch.optim.SGD):
 //   g = grad + weight_decay * param                        if use_weight_decay
 //   buf = g (first_step) or buf * momentum + one_minus_dampening * g   if use_momentum
@@ -23,8 +28,7 @@ template <typename T>
 __global__ void sgd_update_kernel(T* __restrict__ param, const T* __restrict__ grad, T* momentum_buf, long long n,
                                   T lr, T weight_decay, T momentum, T one_minus_dampening, int use_weight_decay,
                                   int use_momentum, int nesterov, int first_step) {
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < n;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, n) {
     const T p = param[index];
     T g = grad[index];
     if (use_weight_decay) g = g + weight_decay * p;
@@ -127,8 +131,7 @@ __global__ void adam_update_kernel(T* __restrict__ param, const T* __restrict__ 
                                    T decay_factor, T lerp_weight, T lerp_complement, T beta2, T one_minus_beta2,
                                    T neg_step_size, T bias_correction2_sqrt, T eps, int weight_decay_mode,
                                    int lerp_small_weight, int amsgrad) {
-  for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < n;
-       index += (long long)blockDim.x * gridDim.x) {
+  GRID_STRIDE_LOOP(index, n) {
     T p = param[index];
     T g = grad[index];
     if (weight_decay_mode == 2) {

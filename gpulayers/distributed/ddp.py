@@ -34,7 +34,7 @@ def _buckets(arrays: list[Any], cap_bytes: int) -> list[list[int]]:
 
 def _flatten(arrays: list[Any]) -> Any:
     xp = backend.get_array_module(arrays[0])
-    with backend_scope(arrays[0]):
+    with backend.device_scope(arrays[0]):
         return xp.concatenate([a.reshape(-1) for a in arrays])
 
 
@@ -43,11 +43,6 @@ def _unflatten(flat: Any, arrays: list[Any]) -> None:
     for a in arrays:
         a[...] = flat[offset : offset + a.size].reshape(a.shape)
         offset += a.size
-
-
-def backend_scope(arr: Any):
-    """The array's GPU as the current device (a no-op on the CPU)."""
-    return arr.device if backend.is_cuda_array(arr) else contextlib.nullcontext()
 
 
 class DistributedDataParallel:
@@ -157,7 +152,7 @@ class DistributedDataParallel:
             return
         for p in params:
             if p.grad is None:
-                with backend_scope(p.data):
+                with backend.device_scope(p.data):
                     p.grad = backend.get_array_module(p.data).zeros_like(p.data)
         grads = [p.grad for p in params]
         for bucket in _buckets(grads, self._cap_bytes()):

@@ -12,16 +12,15 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ._window import offset_views
 from .._checks import check_bool, check_input, grad_marker
 from .max_pool2d import (
     PoolArgs,
     PoolCache,
     _check_backward,
     _crop,
-    _device_scope,
     _padded,
     _padded_shape,
-    _windows,
     pool_arguments,
     pooled_output_size,
 )
@@ -86,10 +85,10 @@ def avg_pool2d_forward(
     count_include_pad = check_bool(name, "count_include_pad", count_include_pad)
     out = pooled_output_size(name, x, a)
     xp = backend.get_array_module(x)
-    with _device_scope(x):
+    with backend.device_scope(x):
         buf = _padded(xp.ascontiguousarray(x), a, out, 0.0)
         total = None
-        for _, view in _windows(buf, a, out):
+        for _, _, view in offset_views(buf, a.kernel, a.stride, a.dilation, out):
             total = view.copy() if total is None else xp.add(total, view, out=total)
         divisor = _avg_divisor(xp, x.shape, a, out, count_include_pad, x.dtype)
         total /= divisor
@@ -101,10 +100,10 @@ def avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     dy = _check_backward("avg_pool2d", dy, cache)
     xp = backend.get_array_module(dy)
     a = cache.a
-    with _device_scope(dy):
+    with backend.device_scope(dy):
         share = dy / cache.data
         dx = xp.zeros(_padded_shape(cache.in_shape, a, cache.out_shape[2:]), dtype=dy.dtype)
-        for _, view in _windows(dx, a, cache.out_shape[2:]):
+        for _, _, view in offset_views(dx, a.kernel, a.stride, a.dilation, cache.out_shape[2:]):
             view += share
         return _crop(dx, a, cache.in_shape)
 
@@ -160,7 +159,7 @@ def adaptive_avg_pool2d_forward(
         raise ValueError(f"{name}: expected a non-empty image (H, W >= 1), got input shape {tuple(x.shape)}")
     oh, ow = adaptive_output_size(name, output_size, x.shape[2:])
     xp = backend.get_array_module(x)
-    with _device_scope(x):
+    with backend.device_scope(x):
         ah = xp.asarray(_adaptive_matrix(h, oh, x.dtype))
         aw = xp.asarray(_adaptive_matrix(w, ow, x.dtype))
         if (oh, ow) == (1, 1):  # global average pool: a plain mean is faster and exact
@@ -175,7 +174,7 @@ def adaptive_avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     dy = _check_backward("adaptive_avg_pool2d", dy, cache)
     xp = backend.get_array_module(dy)
     ah, aw = cache.data
-    with _device_scope(dy):
+    with backend.device_scope(dy):
         if cache.out_shape[2:] == (1, 1):
             share = dy / (cache.in_shape[2] * cache.in_shape[3])
             return xp.ascontiguousarray(xp.broadcast_to(share, cache.in_shape))

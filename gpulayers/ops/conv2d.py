@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ._window import offset_views
 from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
 
 __all__ = [
@@ -221,15 +222,6 @@ def _use_sample_major(rows: int, pixels: int) -> bool:
     return rows * SAMPLE_MAJOR_MAX_RATIO < pixels
 
 
-def _offset_views(image: np.ndarray, kernel: tuple[int, int], a: ConvArgs):
-    """For each kernel offset (row-major), the strided ``(A, B, OH, OW)`` view of the padded image it reads."""
-    (sh, sw), (dh, dw), (oh, ow) = a.stride, a.dilation, a.out_size
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            r, s = i * dh, j * dw
-            yield i, j, image[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw]
-
-
 def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs):
     n = x.shape[0]
     out_c, cg, kh, kw = weight.shape
@@ -312,7 +304,7 @@ def _im2col_cpu(x: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_majo
     image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype)
     image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
     cols = np.empty((n, c, *kernel, oh, ow) if sample_major else (c, *kernel, n, oh, ow), dtype=x.dtype)
-    for i, j, view in _offset_views(image, kernel, a):
+    for i, j, view in offset_views(image, kernel, a.stride, a.dilation, a.out_size):
         if sample_major:
             cols[:, :, i, j] = view
         else:
@@ -326,7 +318,7 @@ def _col2im_cpu(dcols: np.ndarray, x_shape: tuple, kernel: tuple[int, int], a: C
     ph, pw = a.padding
     # Each offset's positions are distinct, so a strided += per offset is exact.
     image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dcols.dtype)
-    for i, j, view in _offset_views(image, kernel, a):
+    for i, j, view in offset_views(image, kernel, a.stride, a.dilation, a.out_size):
         view += dcols[:, :, i, j] if sample_major else dcols[:, i, j]
     inner = image[:, :, ph : ph + h, pw : pw + w]
     return np.ascontiguousarray(inner if sample_major else inner.transpose(1, 0, 2, 3))

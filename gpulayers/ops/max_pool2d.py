@@ -12,13 +12,13 @@ one that receives the gradient). CuPy inputs go to the CUDA kernel in ``max_pool
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend
+from ._window import offset_views
 from .._checks import check_bool, check_grad, check_input, grad_marker, no_forward, pair, pooled_size
 
 __all__ = [
@@ -85,15 +85,6 @@ def _padded(x: Any, a: PoolArgs, out: tuple[int, int], fill: float) -> Any:
     return buf
 
 
-def _windows(buf: Any, a: PoolArgs, out: tuple[int, int]):
-    """``(t, view)`` per kernel offset in row-major order; ``view`` is ``(N, C, OH, OW)``."""
-    (sh, sw), (dh, dw), (oh, ow) = a.stride, a.dilation, out
-    for i in range(a.kernel[0]):
-        for j in range(a.kernel[1]):
-            r, s = i * dh, j * dw
-            yield i * a.kernel[1] + j, buf[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw]
-
-
 def _crop(buf: Any, a: PoolArgs, shape: tuple) -> Any:
     xp = backend.get_array_module(buf)
     h, w = shape[2], shape[3]
@@ -101,11 +92,6 @@ def _crop(buf: Any, a: PoolArgs, shape: tuple) -> Any:
     if buf.shape[2:] == (h, w):
         return buf
     return xp.ascontiguousarray(buf[:, :, ph : ph + h, pw : pw + w])
-
-
-def _device_scope(arr: Any):
-    """CuPy allocates on the current device: make it the array's own for the duration."""
-    return arr.device if backend.is_cuda_array(arr) else contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +112,7 @@ def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:
         raise no_forward(name)
     check_grad(cache.name, dy, cache.out_shape, cache.x_like)
     xp = backend.get_array_module(dy)
-    with _device_scope(dy):
+    with backend.device_scope(dy):
         return xp.ascontiguousarray(dy, dtype=cache.x_like.dtype)
 
 
@@ -196,7 +182,7 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     hit = np.empty(dy.shape, dtype=bool)
     # A float 0/1 mask: multiplying by a bool array would cast it chunk by chunk inside the loop.
     weight = np.empty(dy.shape, dtype=dy.dtype) if finite and disjoint else None
-    for t, view in _windows(dx, a, cache.out_shape[2:]):
+    for t, (_, _, view) in enumerate(offset_views(dx, a.kernel, a.stride, a.dilation, cache.out_shape[2:])):
         if weight is not None:  # each input position is in one window at most: straight into dx
             np.equal(argmax, t, out=weight, casting="unsafe")
             np.multiply(dy, weight, out=view)
@@ -245,7 +231,7 @@ def _max_pass(x: np.ndarray, buf: np.ndarray, a: PoolArgs, out: tuple[int, int],
     # the running maximum is np.maximum (which also lets a NaN take over for good) and the argmax
     # is max(argmax, t * wins): offsets come in increasing order, so any win overrides.
     y = argmax = wins = step = None
-    for t, view in _windows(buf, a, out):
+    for t, (_, _, view) in enumerate(offset_views(buf, a.kernel, a.stride, a.dilation, out)):
         if y is None:
             y = view.copy()
             argmax = np.zeros(y.shape, dtype=index_dtype)
