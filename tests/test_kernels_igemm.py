@@ -99,7 +99,7 @@ def test_conv2d_igemm_is_bitwise_independent_of_the_grid(harness_libraries, monk
 
 
 def test_weight_split_depends_on_the_shape_only():
-    s = igemm.ConvShape.of((3, 2, 30, 31), (4, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    s = igemm.LaunchGeometry.conv((3, 2, 30, 31), (4, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     splits, chunk = igemm.weight_split(s, 4)
     positions = 3 * 30 * 31
     assert splits > 1 and chunk % igemm.TILE[2] == 0

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._window import offset_views
 from .._checks import check_bool, check_input, grad_marker
+from ._window import offset_views
 from .max_pool2d import (
     PoolArgs,
     PoolCache,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._window import offset_views
 from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
+from ._window import offset_views
 
 __all__ = [
     "conv2d_forward",

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import backend, cuda, kernels
 from . import conv2d_igemm_cuda
+from ._window import LaunchGeometry
 
 __all__ = [
     "COL_BUDGET_BYTES",
@@ -49,43 +50,11 @@ _PARTIAL_BUDGET_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
-class _Geometry:
-    batch: int
-    channels: int
-    height: int
-    width: int
-    out_channels: int
-    groups: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dilation_h: int
-    dilation_w: int
-    out_h: int
-    out_w: int
-
-    @property
-    def in_per_group(self) -> int:
-        return self.channels // self.groups
-
-    @property
-    def out_per_group(self) -> int:
-        return self.out_channels // self.groups
-
-    @property
-    def plane_out(self) -> int:
-        return self.out_h * self.out_w
-
-
-@dataclass(frozen=True, slots=True)
 class _ConvCache:
     x: Any
     weight: Any
     has_bias: bool
-    geometry: _Geometry
+    geometry: LaunchGeometry
     algorithm: str
     col: Any  # the GEMM path's column matrix when it covers the whole batch, else None
 
@@ -94,39 +63,22 @@ def _i32(value: int) -> np.int32:
     return np.int32(value)
 
 
-def _window_args(g: _Geometry) -> tuple:
-    """The argument tail shared by every conv kernel, in C order:
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, out_h, out_w."""
-    return (
-        _i32(g.kernel_h),
-        _i32(g.kernel_w),
-        _i32(g.stride_h),
-        _i32(g.stride_w),
-        _i32(g.pad_h),
-        _i32(g.pad_w),
-        _i32(g.dilation_h),
-        _i32(g.dilation_w),
-        _i32(g.out_h),
-        _i32(g.out_w),
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 # One launcher per kernel
 # ----------------------------------------------------------------------------------------------
-def _launch_im2col(x, col, batch: int, g: _Geometry) -> None:
+def _launch_im2col(x, col, batch: int, g: LaunchGeometry) -> None:
     total = g.channels * batch * g.plane_out
     args = (x, col, np.int64(total), _i32(batch), _i32(g.channels), _i32(g.height), _i32(g.width))
-    kernels.launch(_FILE, "im2col_kernel", x.dtype, total, args + _window_args(g))
+    kernels.launch(_FILE, "im2col_kernel", x.dtype, total, args + g.window_args())
 
 
-def _launch_col2im(col, x_grad, batch: int, g: _Geometry) -> None:
+def _launch_col2im(col, x_grad, batch: int, g: LaunchGeometry) -> None:
     total = x_grad.size
     args = (col, x_grad, np.int64(total), _i32(batch), _i32(g.channels), _i32(g.height), _i32(g.width))
-    kernels.launch(_FILE, "col2im_kernel", col.dtype, total, args + _window_args(g))
+    kernels.launch(_FILE, "col2im_kernel", col.dtype, total, args + g.window_args())
 
 
-def _launch_gemm_to_nchw(gemm_out, bias, y, batch: int, g: _Geometry) -> None:
+def _launch_gemm_to_nchw(gemm_out, bias, y, batch: int, g: LaunchGeometry) -> None:
     total = y.size
     has_bias = bias is not None
     args = (
@@ -142,7 +94,7 @@ def _launch_gemm_to_nchw(gemm_out, bias, y, batch: int, g: _Geometry) -> None:
     kernels.launch(_FILE, "gemm_to_nchw_kernel", y.dtype, total, args)
 
 
-def _launch_direct_forward(x, weight, bias, y, g: _Geometry) -> None:
+def _launch_direct_forward(x, weight, bias, y, g: LaunchGeometry) -> None:
     total = y.size
     has_bias = bias is not None
     args = (
@@ -158,10 +110,10 @@ def _launch_direct_forward(x, weight, bias, y, g: _Geometry) -> None:
         _i32(g.out_channels),
         _i32(g.groups),
     )
-    kernels.launch(_FILE, "conv2d_direct_forward_kernel", x.dtype, total, args + _window_args(g))
+    kernels.launch(_FILE, "conv2d_direct_forward_kernel", x.dtype, total, args + g.window_args())
 
 
-def _launch_direct_backward_data(dy, weight, x_grad, g: _Geometry) -> None:
+def _launch_direct_backward_data(dy, weight, x_grad, g: LaunchGeometry) -> None:
     total = x_grad.size
     args = (
         dy,
@@ -174,10 +126,10 @@ def _launch_direct_backward_data(dy, weight, x_grad, g: _Geometry) -> None:
         _i32(g.out_channels),
         _i32(g.groups),
     )
-    kernels.launch(_FILE, "conv2d_direct_backward_data_kernel", dy.dtype, total, args + _window_args(g))
+    kernels.launch(_FILE, "conv2d_direct_backward_data_kernel", dy.dtype, total, args + g.window_args())
 
 
-def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: _Geometry) -> None:
+def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: LaunchGeometry) -> None:
     total = partial.size
     args = (
         x,
@@ -192,7 +144,7 @@ def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: _Geometry) -> 
         _i32(g.out_channels),
         _i32(g.groups),
     )
-    kernels.launch(_FILE, "conv2d_direct_backward_weight_kernel", x.dtype, total, args + _window_args(g))
+    kernels.launch(_FILE, "conv2d_direct_backward_weight_kernel", x.dtype, total, args + g.window_args())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,13 +159,13 @@ def choose_algorithm(channels: int, groups: int) -> str:
     return "direct" if channels // groups == 1 else cuda.DEFAULT_GEMM
 
 
-def _batch_chunk(g: _Geometry, itemsize: int) -> int:
+def _batch_chunk(g: LaunchGeometry, itemsize: int) -> int:
     """Samples per column matrix so that it stays within COL_BUDGET_BYTES (at least one)."""
     per_sample = g.channels * g.kernel_h * g.kernel_w * g.plane_out * itemsize
     return max(1, min(g.batch, COL_BUDGET_BYTES // max(1, per_sample)))
 
 
-def _direct_lanes(g: _Geometry, itemsize: int) -> int:
+def _direct_lanes(g: LaunchGeometry, itemsize: int) -> int:
     """Partial sums per weight element on the direct path: a function of the shape only."""
     positions = g.batch * g.plane_out
     lanes = min(1024, max(1, positions // 32))
@@ -250,13 +202,9 @@ def conv2d_forward(
     weight = xp.ascontiguousarray(weight, dtype=x.dtype)
     bias = None if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only, before any allocation
-    n, c, h, w = (int(v) for v in x.shape)
-    oc, _, kh, kw = (int(v) for v in weight.shape)
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    g = _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    algorithm = algorithm or choose_algorithm(c, g.groups)
+    g = LaunchGeometry.conv(x.shape, weight.shape, stride, padding, dilation, groups)
+    n, oc, oh, ow = g.batch, g.out_channels, g.out_h, g.out_w
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
     if algorithm == "implicit_gemm" and not conv2d_igemm_cuda.fits(x.shape, (oh, ow)):
         algorithm = "im2col"  # beyond the kernels' 32-bit flat positions
     if algorithm not in ("implicit_gemm", "im2col", "direct"):
@@ -275,7 +223,7 @@ def conv2d_forward(
     return y, _ConvCache(x, weight, bias is not None, g, algorithm, col)
 
 
-def _gemm_forward(xp, x, weight, bias, y, g: _Geometry):
+def _gemm_forward(xp, x, weight, bias, y, g: LaunchGeometry):
     k = g.in_per_group * g.kernel_h * g.kernel_w
     w_mat = weight.reshape(g.groups, g.out_per_group, k)
     chunk = _batch_chunk(g, x.dtype.itemsize)
@@ -341,16 +289,7 @@ def _gemm_backward(xp, dy, cache: _ConvCache):
 # ----------------------------------------------------------------------------------------------
 # The two halves of backward on their own (the forward and backward of ConvTranspose2d)
 # ----------------------------------------------------------------------------------------------
-def _geometry(x_shape, w_shape, stride, padding, dilation, groups) -> _Geometry:
-    n, c, h, w = (int(v) for v in x_shape)
-    oc, _, kh, kw = (int(v) for v in w_shape)
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return _Geometry(n, c, h, w, oc, int(groups), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-
-
-def _channel_major(xp, dy, n0: int, nb: int, g: _Geometry):
+def _channel_major(xp, dy, n0: int, nb: int, g: LaunchGeometry):
     """Samples ``n0:n0+nb`` of ``dy`` as the channel-major GEMM operand ``(groups, oc/g, nb*P)``."""
     dy_t = xp.ascontiguousarray(dy[n0 : n0 + nb].reshape(nb, g.out_channels, g.plane_out).transpose(1, 0, 2))
     return dy_t.reshape(g.groups, g.out_per_group, nb * g.plane_out)
@@ -365,7 +304,7 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
     dy = xp.ascontiguousarray(dy)
     weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
     kernels.name_expression("conv2d", dy.dtype)  # float32 / float64 only
-    g = _geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    g = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
     algorithm = algorithm or choose_algorithm(g.channels, g.groups)
@@ -394,7 +333,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, group
     x = xp.ascontiguousarray(x)
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     kernels.name_expression("conv2d", x.dtype)
-    g = _geometry(x.shape, weight_shape, stride, padding, dilation, groups)
+    g = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
     weight_shape = tuple(int(v) for v in weight_shape)

@@ -11,12 +11,12 @@ not) and is written against the input's array module, so the harness in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend, kernels
+from ._window import LaunchGeometry, int32s
 
 __all__ = [
     "TILE",
@@ -42,38 +42,26 @@ _WEIGHT_BLOCKS = 512
 _PARTIAL_BUDGET_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True)
-class ConvShape:
+def _shape_args(s: LaunchGeometry) -> tuple:
     """The sizes every implicit-GEMM kernel takes, in the kernels' argument order."""
-
-    batch: int
-    in_channels: int
-    height: int
-    width: int
-    out_channels: int
-    out_h: int
-    out_w: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dilation_h: int
-    dilation_w: int
-    groups: int
-
-    def args(self) -> tuple:
-        return tuple(np.int32(v) for v in vars(self).values())
-
-    @classmethod
-    def of(cls, x_shape, w_shape, stride, padding, dilation, groups) -> ConvShape:
-        n, c, h, w = (int(v) for v in x_shape)
-        oc, _, kh, kw = (int(v) for v in w_shape)
-        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        return cls(n, c, h, w, oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, int(groups))
+    return int32s(
+        s.batch,
+        s.channels,
+        s.height,
+        s.width,
+        s.out_channels,
+        s.out_h,
+        s.out_w,
+        s.kernel_h,
+        s.kernel_w,
+        s.stride_h,
+        s.stride_w,
+        s.pad_h,
+        s.pad_w,
+        s.dilation_h,
+        s.dilation_w,
+        s.groups,
+    )
 
 
 def fits(x_shape, out_hw) -> bool:
@@ -94,7 +82,7 @@ def _launch(kernel: str, dtype: Any, tiles: int, args: tuple) -> None:
     function((min(tiles, kernels.MAX_GRID),), (_THREADS,), args)
 
 
-def weight_split(s: ConvShape, itemsize: int) -> tuple[int, int]:
+def weight_split(s: LaunchGeometry, itemsize: int) -> tuple[int, int]:
     """``(splits, chunk)``: the weight gradient's reduction over ``N*OH*OW`` positions in
     ``splits`` chunks of ``chunk`` positions (a multiple of the reduction step).
 
@@ -102,7 +90,7 @@ def weight_split(s: ConvShape, itemsize: int) -> tuple[int, int]:
     """
     step = TILE[2]
     positions = s.batch * s.out_h * s.out_w
-    depth = s.in_channels // s.groups * s.kernel_h * s.kernel_w
+    depth = s.channels // s.groups * s.kernel_h * s.kernel_w
     tiles = _tiles(s.out_channels // s.groups, depth, s.groups)
     splits = max(1, min(-(-positions // step), -(-_WEIGHT_BLOCKS // tiles)))
     splits = max(1, min(splits, _PARTIAL_BUDGET_BYTES // max(1, s.out_channels * depth * itemsize)))
@@ -117,13 +105,15 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 
     x = xp.ascontiguousarray(x)
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only
     weight = xp.ascontiguousarray(weight, dtype=x.dtype)
-    s = ConvShape.of(x.shape, weight.shape, stride, padding, dilation, groups)
+    s = LaunchGeometry.conv(x.shape, weight.shape, stride, padding, dilation, groups)
     with backend.device_scope(x):
         has_bias = bias is not None
         bias = xp.ascontiguousarray(bias, dtype=x.dtype) if has_bias else weight  # never read without bias
         y = xp.empty((s.batch, s.out_channels, s.out_h, s.out_w), dtype=x.dtype)
         tiles = _tiles(s.out_channels // s.groups, s.batch * s.out_h * s.out_w, s.groups)
-        _launch("conv2d_igemm_forward_kernel", x.dtype, tiles, (x, weight, bias, y, *s.args(), np.int32(has_bias)))
+        _launch(
+            "conv2d_igemm_forward_kernel", x.dtype, tiles, (x, weight, bias, y, *_shape_args(s), np.int32(has_bias))
+        )
     return y
 
 
@@ -132,11 +122,11 @@ def conv2d_backward_data(dy, weight, x_shape, stride=(1, 1), padding=(0, 0), dil
     xp = backend.get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
-    s = ConvShape.of(x_shape, weight.shape, stride, padding, dilation, groups)
+    s = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
     with backend.device_scope(dy):
         dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
-        tiles = _tiles(s.in_channels // s.groups, s.batch * s.height * s.width, s.groups)
-        _launch("conv2d_igemm_backward_data_kernel", dy.dtype, tiles, (dy, weight, dx, *s.args()))
+        tiles = _tiles(s.channels // s.groups, s.batch * s.height * s.width, s.groups)
+        _launch("conv2d_igemm_backward_data_kernel", dy.dtype, tiles, (dy, weight, dx, *_shape_args(s)))
     return dx
 
 
@@ -145,8 +135,8 @@ def conv2d_backward_weight(x, dy, weight_shape, stride=(1, 1), padding=(0, 0), d
     xp = backend.get_array_module(x)
     x = xp.ascontiguousarray(x)
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-    s = ConvShape.of(x.shape, weight_shape, stride, padding, dilation, groups)
-    depth = s.in_channels // s.groups * s.kernel_h * s.kernel_w
+    s = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
+    depth = s.channels // s.groups * s.kernel_h * s.kernel_w
     with backend.device_scope(x):
         if s.batch * s.out_h * s.out_w == 0:
             return xp.zeros(tuple(int(v) for v in weight_shape), dtype=x.dtype)
@@ -154,7 +144,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride=(1, 1), padding=(0, 0), d
         dw = xp.empty(tuple(int(v) for v in weight_shape), dtype=x.dtype)
         partial = dw if splits == 1 else xp.empty((splits, *dw.shape), dtype=x.dtype)
         tiles = splits * _tiles(s.out_channels // s.groups, depth, s.groups)
-        args = (x, dy, partial, *s.args(), np.int32(splits), np.int64(chunk))
+        args = (x, dy, partial, *_shape_args(s), np.int32(splits), np.int64(chunk))
         _launch("conv2d_igemm_backward_weight_kernel", x.dtype, tiles, args)
         if splits > 1:
             args = (partial, dw, np.int64(dw.size), np.int32(splits))

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ._window import offset_views
 from .._checks import check_bool, check_grad, check_input, grad_marker, no_forward, pair, pooled_size
+from ._window import offset_views
 
 __all__ = [
     "PoolArgs",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend, kernels
+from ._window import LaunchGeometry
 
 __all__ = ["max_pool2d_backward", "max_pool2d_forward"]
 
@@ -25,58 +26,26 @@ _INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
-class _PoolGeometry:
-    height: int
-    width: int
-    out_h: int
-    out_w: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dilation_h: int
-    dilation_w: int
-
-
-@dataclass(frozen=True, slots=True)
 class _PoolCache:
     argmax: Any  # int32 (N, C, out_h, out_w): flat index into the input plane
     x_shape: tuple[int, int, int, int]
     dtype: Any
-    geometry: _PoolGeometry
+    geometry: LaunchGeometry
 
 
-def _geometry_args(g: _PoolGeometry) -> tuple:
-    """The argument tail of both kernels, in C order: height, width, out_h, out_w, kernel_h,
-    kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w."""
-    return tuple(
-        np.int32(v)
-        for v in (
-            g.height,
-            g.width,
-            g.out_h,
-            g.out_w,
-            g.kernel_h,
-            g.kernel_w,
-            g.stride_h,
-            g.stride_w,
-            g.pad_h,
-            g.pad_w,
-            g.dilation_h,
-            g.dilation_w,
-        )
-    )
+def _geometry_args(g: LaunchGeometry) -> tuple:
+    """The argument tail of both kernels, in C order: height, width, out_h, out_w, then the window."""
+    window = g.window_args()  # kernel, stride, padding, dilation (h, w each), out_h, out_w
+    return (np.int32(g.height), np.int32(g.width)) + window[-2:] + window[:-2]
 
 
-def _launch_forward(x, y, argmax, g: _PoolGeometry) -> None:
+def _launch_forward(x, y, argmax, g: LaunchGeometry) -> None:
     total = y.size
     args = (x, y, argmax, np.int64(total)) + _geometry_args(g)
     kernels.launch(_FILE, "max_pool2d_forward_kernel", x.dtype, total, args)
 
 
-def _launch_backward(dy, argmax, x_grad, g: _PoolGeometry) -> None:
+def _launch_backward(dy, argmax, x_grad, g: LaunchGeometry) -> None:
     total = x_grad.size
     args = (dy, argmax, x_grad, np.int64(total)) + _geometry_args(g)
     kernels.launch(_FILE, "max_pool2d_backward_kernel", dy.dtype, total, args)
@@ -104,7 +73,7 @@ def max_pool2d_forward(
     x = xp.ascontiguousarray(x)
     kernels.name_expression("max_pool2d", x.dtype)  # float32 / float64 only
     n, c, h, w = (int(v) for v in x.shape)
-    g = _PoolGeometry(h, w, *(int(v) for v in (*out_size, *kernel, *stride, *padding, *dilation)))
+    g = LaunchGeometry.pool(x.shape, kernel, stride, padding, dilation, out_size)
     # The argmax is an int32 plane index (an empty window's index may lie a little past the plane).
     if (h + g.pad_h + g.dilation_h + 1) * (w + g.pad_w + g.dilation_w + 1) > _INT32_MAX:
         raise ValueError(f"max_pool2d: an input plane of {h}x{w} is too large for the CUDA kernel's int32 indices")
