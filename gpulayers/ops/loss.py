@@ -253,7 +253,9 @@ def cross_entropy_forward(
     ignore_index = check_ignore_index(name, ignore_index)
     weight = class_weight(name, weight, logits)
     if not probabilities and cross_entropy_cuda.supported(logits, target, weight):
-        loss, cache = cross_entropy_cuda.cross_entropy_forward(logits, target, reduction, smoothing, weight, ignore_index)
+        loss, cache = cross_entropy_cuda.cross_entropy_forward(
+            logits, target, reduction, smoothing, weight, ignore_index
+        )
         cache["name"] = name
         return loss, cache
     xp = backend.get_array_module(logits)
