@@ -72,7 +72,7 @@ def batch_norm_forward(
     track = num_batches_tracked is not None
     if momentum is None and update and not track:
         raise ValueError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked")
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         mean = xp.empty(c, dtype=dtype)
         invstd = xp.empty(c, dtype=dtype)
         y = xp.empty_like(x)
@@ -122,7 +122,7 @@ def batch_norm_backward(dy: Any, cache: dict, relu: bool = False) -> tuple[Any, 
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     n, c, plane = _layout(x)
     dtype = x.dtype
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         dweight = xp.empty(c, dtype=dtype)
         dbias = xp.empty(c, dtype=dtype)
         coef_b = xp.empty(c, dtype=dtype)

@@ -57,7 +57,7 @@ def cross_entropy_forward(
     xp = backend.get_array_module(logits)
     n, c = (int(v) for v in logits.shape)
     dtype = logits.dtype
-    with kernels.device_scope(logits):
+    with backend.device_scope(logits):
         target = xp.ascontiguousarray(target, dtype=np.int64)
         lse = xp.empty(n, dtype=dtype)
         per_sample = xp.empty(n, dtype=dtype)
@@ -107,7 +107,7 @@ def cross_entropy_backward(cache: dict, upstream: Any = None) -> Any:
         mode = 2 if cache["reduction"] == "none" else 1
         upstream = xp.ascontiguousarray(upstream, dtype=dtype)
     ignore_index = cache["ignore_index"]
-    with kernels.device_scope(logits):
+    with backend.device_scope(logits):
         grad = xp.empty_like(logits)
         args = (
             logits,

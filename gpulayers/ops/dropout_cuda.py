@@ -31,7 +31,7 @@ def dropout_forward(x: Any, p: float) -> tuple[Any, Any]:
     """``(y, mask)``: the scaled mask (0 or ``1 / (1 - p)``) and ``x * mask``, for 0 < p < 1."""
     xp = backend.get_array_module(x)
     dtype = x.dtype
-    with kernels.device_scope(x):
+    with backend.device_scope(x):
         seed, offset = backend.philox_next(x.device.id)
         y = xp.empty_like(x)
         mask = xp.empty_like(x)

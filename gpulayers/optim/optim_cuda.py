@@ -145,7 +145,7 @@ def sgd_multi_update(
         np.int32(bool(nesterov)),
         np.int32(bool(first_step)),
     )
-    with kernels.device_scope(tensors[0][0]):
+    with backend.device_scope(tensors[0][0]):
         for start in range(0, len(tensors), MULTI_TENSORS):
             chunk = tensors[start : start + MULTI_TENSORS]
             pad = [np.int64(0)] * (MULTI_TENSORS - len(chunk))
