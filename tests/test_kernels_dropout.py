@@ -69,10 +69,10 @@ def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
     assert COUNTER.launches() == 1 and COUNTER.syncs() == 0
     seed = 123  # device 0
     want = _expected_mask(203, seed, 0, 0.3, dtype)
-    np.testing.assert_array_equal(cache["mask"].get(), want)
+    np.testing.assert_array_equal(cache.mask.get(), want)
     np.testing.assert_array_equal(y.get(), x * want)
     _, second = ops.dropout_forward(cp.asarray(x), 0.3, True)  # the next offset: another mask
-    np.testing.assert_array_equal(second["mask"].get(), _expected_mask(203, seed, 1, 0.3, dtype))
+    np.testing.assert_array_equal(second.mask.get(), _expected_mask(203, seed, 1, 0.3, dtype))
 
 
 def test_rng_state_replays_the_masks(cp):
@@ -80,9 +80,9 @@ def test_rng_state_replays_the_masks(cp):
     gl.manual_seed(7)
     ops.dropout_forward(x, 0.5, True)
     state = backend.get_rng_state()
-    first = ops.dropout_forward(x, 0.5, True)[1]["mask"].get()
+    first = ops.dropout_forward(x, 0.5, True)[1].mask.get()
     backend.set_rng_state(state)
-    again = ops.dropout_forward(x, 0.5, True)[1]["mask"].get()
+    again = ops.dropout_forward(x, 0.5, True)[1].mask.get()
     np.testing.assert_array_equal(first, again)
     assert state["gpu_offsets"] == {"0": 1}
     kept = (first > 0).mean()
