@@ -17,6 +17,7 @@ from .backend import (
     to_numpy,
 )
 from .debug import debug_mode, is_debug, set_debug
+from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .gradcheck import gradcheck
 
 __version__ = "0.1.0"
@@ -28,15 +29,19 @@ __all__ = [
     "data",
     "debug_mode",
     "default_device",
+    "enable_grad",
     "functional",
     "get_array_module",
     "gradcheck",
     "is_debug",
+    "is_grad_enabled",
     "manual_seed",
     "models",
     "nn",
+    "no_grad",
     "optim",
     "set_debug",
+    "set_grad_enabled",
     "to_device",
     "to_numpy",
 ]

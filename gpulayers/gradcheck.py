@@ -1,9 +1,11 @@
 """Check a module's backward against central finite differences (in float64).
 
-The scalar that is differentiated is ``L = sum(module(x) * g)`` for a fixed random ``g``, so
-``dL/dx`` is exactly what ``module.backward(g)`` must return and ``dL/dparam`` what it must add
-into ``param.grad``. Randomness (dropout masks) is replayed identically for every evaluation,
-and the module's state (parameters, running statistics, gradients) is restored afterwards.
+The scalar that is differentiated is ``L = sum(module(*inputs) * g)`` for a fixed random ``g``,
+so ``dL/dx`` is exactly what ``module.backward(g)`` must return (a tuple with one gradient per
+input for a module of several inputs) and ``dL/dparam`` what it must add into ``param.grad``.
+Randomness (dropout masks) is replayed identically for every evaluation, the finite-difference
+forwards run under ``no_grad``, and the module's state (parameters, running statistics,
+gradients, saved forwards) is restored afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from . import backend
 from ._checks import check_real
+from .grad_mode import no_grad
 from .nn.module import Module
 
 __all__ = ["gradcheck", "GradcheckError"]
@@ -60,8 +63,7 @@ def _compare(what: str, analytic, numeric, atol: float, rtol: float, xp) -> str 
 
 def gradcheck(
     module: Module,
-    x: Any,
-    *,
+    *inputs: Any,
     eps: float = 1e-6,
     atol: float = 1e-5,
     rtol: float = 1e-3,
@@ -72,7 +74,8 @@ def gradcheck(
 
     Args:
         module: the layer (or model) to check; its parameters must be float64.
-        x: a float64 input array (NumPy or CuPy).
+        *inputs: the float64 input arrays (NumPy or CuPy), one per argument of ``forward``; with
+            several, ``module.backward`` must return a tuple of their gradients, in order.
         eps: finite-difference step. Defaults to 1e-6.
         atol: absolute tolerance. Defaults to 1e-5.
         rtol: relative tolerance. Defaults to 1e-3.
@@ -88,25 +91,34 @@ def gradcheck(
     check_real("gradcheck", "atol", atol, minimum=0.0)
     check_real("gradcheck", "rtol", rtol, minimum=0.0)
     name = type(module).__name__
-    if np.dtype(x.dtype) != np.float64:
-        raise TypeError(f"gradcheck: expected a float64 input, got {x.dtype} (finite differences need float64)")
+    if not inputs:
+        raise TypeError("gradcheck: expected at least one input array, e.g. gl.gradcheck(layer, x)")
+    for i, x in enumerate(inputs):
+        if not hasattr(x, "dtype") or np.dtype(x.dtype) != np.float64:
+            raise TypeError(
+                f"gradcheck: expected float64 input arrays, got {getattr(x, 'dtype', type(x).__name__)} for "
+                f"input {i} (finite differences need float64)"
+            )
     for pname, p in module.named_parameters():
         if np.dtype(p.dtype) != np.float64:
             raise TypeError(f"gradcheck: parameter {pname!r} of {name} is {p.dtype}; call module.double() first")
-    xp = backend.get_array_module(x)
-    x = xp.array(x, copy=True)
+    xp = backend.get_array_module(inputs[0])
+    xs = [xp.array(x, copy=True) for x in inputs]
     saved_state = module.state_dict()
     saved_grads = {n: (None if p.grad is None else p.grad.copy()) for n, p in module.named_parameters()}
+    saved_forwards = [(m, list(m._saved), m._backward_ran) for m in module.modules()]
     rng_state = backend.get_rng_state()
 
     def forward():
         backend.set_rng_state(rng_state)  # the same dropout mask on every evaluation
-        return module.forward(x)
+        return module(*xs)
 
     try:
-        y = forward()
+        with no_grad():
+            y = forward()
         g = xp.asarray(np.random.default_rng(1234).standard_normal(y.shape))
 
+        @no_grad()
         def loss() -> float:
             return float((forward() * g).sum())
 
@@ -114,12 +126,19 @@ def gradcheck(
             p.grad = None
         forward()
         dx = module.backward(g.copy())
+        dxs = dx if isinstance(dx, (tuple, list)) else (dx,)
+        if len(dxs) != len(xs):
+            raise GradcheckError(
+                f"gradcheck: {name}.backward returned {len(dxs)} input gradient(s) for {len(xs)} input(s)"
+            )
         analytic_params = {n: (None if p.grad is None else p.grad.copy()) for n, p in module.named_parameters()}
 
         problems = []
-        msg = _compare(f"{name} input", dx, _numeric_grad(loss, x, eps, xp), atol, rtol, xp)
-        if msg:
-            problems.append(msg)
+        for i, (x, d) in enumerate(zip(xs, dxs)):
+            what = f"{name} input" if len(xs) == 1 else f"{name} input {i}"
+            msg = _compare(what, d, _numeric_grad(loss, x, eps, xp), atol, rtol, xp)
+            if msg:
+                problems.append(msg)
         if check_params:
             for pname, p in module.named_parameters():
                 num = _numeric_grad(loss, p.data, eps, xp)
@@ -130,6 +149,9 @@ def gradcheck(
         module.load_state_dict(saved_state)
         for pname, p in module.named_parameters():
             p.grad = saved_grads[pname]
+        for m, stack, ran in saved_forwards:
+            m._saved[:] = stack
+            object.__setattr__(m, "_backward_ran", ran)
         backend.set_rng_state(rng_state)
 
     if problems:

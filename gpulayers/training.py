@@ -18,6 +18,7 @@ import numpy as np
 from . import nn, optim
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistributedDataParallel, all_reduce, get_rank, get_world_size
+from .grad_mode import no_grad
 from .nn.module import Module
 
 __all__ = ["StopTraining", "evaluate", "fit", "fit_sgd"]
@@ -49,7 +50,8 @@ def _current_lr(optimizer: Any) -> float | None:
 def evaluate(model: Module, loader: Iterable, criterion: Any = None) -> dict[str, Any]:
     """Accuracy (and mean loss with ``criterion``) of ``model`` over ``loader``, in eval mode.
 
-    Every module's training flag is restored afterwards.
+    The forwards run under ``gl.no_grad()`` (nothing is kept for backward); every module's
+    training flag is restored afterwards.
 
     Returns:
         ``{"accuracy": fraction, "loss": float or None, "count": examples}``.
@@ -58,14 +60,15 @@ def evaluate(model: Module, loader: Iterable, criterion: Any = None) -> dict[str
     model.eval()
     correct, loss_sum, count = None, None, 0
     try:
-        for xb, yb in loader:
-            logits = model(xb)
-            hits = (logits.argmax(axis=1) == yb).sum()  # stays on the device
-            correct = hits if correct is None else correct + hits
-            if criterion is not None:
-                part = criterion(logits, yb) * len(yb)  # a 0-d array: no host read per batch
-                loss_sum = part if loss_sum is None else loss_sum + part
-            count += len(yb)
+        with no_grad():
+            for xb, yb in loader:
+                logits = model(xb)
+                hits = (logits.argmax(axis=1) == yb).sum()  # stays on the device
+                correct = hits if correct is None else correct + hits
+                if criterion is not None:
+                    part = criterion(logits, yb) * len(yb)  # a 0-d array: no host read per batch
+                    loss_sum = part if loss_sum is None else loss_sum + part
+                count += len(yb)
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)

@@ -22,7 +22,6 @@ class _Activation(Module):
         super().__init__()
         # Accepted for PyTorch compatibility; the output is always a new array.
         self.inplace = check_bool(type(self).__name__, "inplace", inplace)
-        self._cache = None  # the op's cache: everything backward needs
 
     # The op pair, set by each subclass as ``staticmethod``s.
     _forward_fn: Callable[..., tuple[Any, Any]]
@@ -33,7 +32,8 @@ class _Activation(Module):
         return ()
 
     def forward(self, x: Any) -> Any:
-        y, self._cache = self._forward_fn(x, *self._op_args(), name=type(self).__name__)
+        y, cache = self._forward_fn(x, *self._op_args(), name=type(self).__name__)
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:

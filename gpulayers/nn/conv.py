@@ -75,13 +75,13 @@ class Conv2d(Module):
             self.bias = Parameter(b)
         else:
             self.register_parameter("bias", None)
-        self._cache = None
 
     def forward(self, x: Any) -> Any:
         bias = None if self.bias is None else self.bias.data
-        y, self._cache = ops.conv2d_forward(
+        y, cache = ops.conv2d_forward(
             x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups, name="Conv2d"
         )
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
@@ -171,7 +171,6 @@ class ConvTranspose2d(Module):
             self.bias = Parameter(b)
         else:
             self.register_parameter("bias", None)
-        self._cache = None
 
     def forward(self, x: Any, output_size: Any = None) -> Any:
         """The transposed convolution of ``x``.
@@ -185,7 +184,7 @@ class ConvTranspose2d(Module):
         output_padding = self.output_padding
         if output_size is not None:
             output_padding = self._output_padding(x, output_size)
-        y, self._cache = transpose_ops.conv_transpose2d_forward(
+        y, cache = transpose_ops.conv_transpose2d_forward(
             x,
             self.weight.data,
             bias,
@@ -196,6 +195,7 @@ class ConvTranspose2d(Module):
             self.dilation,
             name="ConvTranspose2d",
         )
+        self.save_for_backward(cache, output=y)
         return y
 
     def _output_padding(self, x: Any, output_size: Any) -> tuple[int, int]:

@@ -30,10 +30,10 @@ class Dropout(Module):
         super().__init__()
         self.p = ops.check_p("Dropout", p)
         self.inplace = check_bool("Dropout", "inplace", inplace)
-        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
-        y, self._cache = ops.dropout_forward(x, self.p, self.training, name="Dropout")
+        y, cache = ops.dropout_forward(x, self.p, self.training, name="Dropout")
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
@@ -62,10 +62,10 @@ class Dropout2d(Module):
         super().__init__()
         self.p = ops.check_p("Dropout2d", p)
         self.inplace = check_bool("Dropout2d", "inplace", inplace)
-        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
-        y, self._cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
+        y, cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:

@@ -43,11 +43,11 @@ class Linear(Module):
             self.bias = Parameter(b)
         else:
             self.register_parameter("bias", None)
-        self._cache = None  # the op's cache
 
     def forward(self, x: Any) -> Any:
         bias = self.bias.data if self.bias is not None else None
-        y, self._cache = ops.linear_forward(x, self.weight.data, bias, name="Linear")
+        y, cache = ops.linear_forward(x, self.weight.data, bias, name="Linear")
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
@@ -76,7 +76,6 @@ class Flatten(Module):
         super().__init__()
         self.start_dim = check_int("Flatten", "start_dim", start_dim, -(2**31))
         self.end_dim = check_int("Flatten", "end_dim", end_dim, -(2**31))
-        self._cache = None  # (input shape, output)
 
     def _dims(self, ndim: int) -> tuple[int, int]:
         rank = max(ndim, 1)  # a 0-D input flattens like a 1-element vector (PyTorch)
@@ -103,11 +102,12 @@ class Flatten(Module):
             start, end = self._dims(len(shape))
             shape_out = shape[:start] + (int(np.prod(shape[start : end + 1])),) + shape[end + 1 :]
         y = x.reshape(shape_out)
-        self._cache = (shape, y)
+        self.save_for_backward(shape, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return grad_output.reshape(self._saved_for_backward(grad_output))
+        (shape,) = self.saved_for_backward(grad_output)
+        return grad_output.reshape(shape)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -123,12 +123,11 @@ class Identity(Module):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self._cache = None
 
     def forward(self, x: Any) -> Any:
-        self._cache = (None, x)
+        self.save_for_backward(output=x)
         return x
 
     def backward(self, grad_output: Any) -> Any:
-        self._saved_for_backward(grad_output)
+        self.saved_for_backward(grad_output)
         return grad_output

@@ -26,7 +26,6 @@ class _Loss(Module):
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = ops.check_reduction(type(self).__name__, reduction)
-        self._cache = None
 
     def _result(self, loss: Any) -> Any:
         if backend.is_cuda_array(loss):
@@ -34,11 +33,8 @@ class _Loss(Module):
         return np.asarray(loss)  # a NumPy scalar from a reduction becomes a 0-d array
 
     def _backward(self, fn, grad_output: Any) -> Any:
-        name = type(self).__name__
-        if self._cache is None:
-            raise RuntimeError(f"{name}.backward: called before forward (no saved loss); run criterion(input, target)")
-        self._check_saved()
-        return fn(self._cache, grad_output)
+        (cache,) = self.saved_for_backward()
+        return fn(cache, grad_output)
 
     def extra_repr(self) -> str:
         return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
@@ -70,12 +66,12 @@ class _ClassLoss(_Loss):
 
     def _run(self, fn, input: Any, target: Any, **kwargs: Any) -> Any:
         name = type(self).__name__
-        self._cache = None
         gpu = backend.is_cuda_array(input)
         loss, cache = fn(input, target, check_labels=not gpu, name=name, **kwargs)
         if gpu and not cache.get("fused") and bool(cache["invalid"]):  # the fused kernel checks on the device
             raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
-        self._cache = cache
+        self.save_for_backward(cache)
+        self._last_cache = cache  # for check_targets, also after a forward under no_grad
         self._target = (target, input.shape[1])
         return self._result(loss)
 
@@ -86,7 +82,7 @@ class _ClassLoss(_Loss):
         instead of raising; this reads that flag on the host (a synchronisation). Free on the
         CPU, where the forward has already raised.
         """
-        cache = self._cache
+        cache = self.__dict__.get("_last_cache")
         if cache is None or not cache.get("fused") or not bool(cache["invalid"]):
             return
         target, classes = self._target
@@ -215,11 +211,10 @@ class BCEWithLogitsLoss(_Loss):
         _weight_buffer(self, "BCEWithLogitsLoss", "pos_weight", pos_weight, ndim=None)
 
     def forward(self, input: Any, target: Any) -> Any:
-        self._cache = None
         loss, cache = bce_with_logits_forward(
             input, target, self.weight, self.reduction, self.pos_weight, name="BCEWithLogitsLoss"
         )
-        self._cache = cache
+        self.save_for_backward(cache)
         return self._result(loss)
 
     def backward(self, grad_output: Any = None) -> Any:
@@ -240,9 +235,8 @@ class MSELoss(_Loss):
     """
 
     def forward(self, input: Any, target: Any) -> Any:
-        self._cache = None
         loss, cache = ops.mse_loss_forward(input, target, self.reduction, name="MSELoss")
-        self._cache = cache
+        self.save_for_backward(cache)
         return self._result(loss)
 
     def backward(self, grad_output: Any = None) -> Any:

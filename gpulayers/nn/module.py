@@ -1,12 +1,24 @@
-"""Module, Parameter and Sequential: the explicit forward/backward module system.
+"""Module and Parameter: the explicit forward/backward module system.
 
 There is no autograd tape. ``forward`` keeps what ``backward`` needs; ``backward`` takes the
 gradient of the loss w.r.t. the output, returns the gradient w.r.t. the input, and *adds*
 parameter gradients into ``param.grad`` (PyTorch's accumulation semantics).
+
+Each module keeps a stack of saved forwards. A module may be called several times before
+``backward``; each ``backward`` consumes the most recent forward not yet consumed (last in, first
+out), so a shared layer gets one backward per use and PyTorch's gradients. Layers push with
+:meth:`Module.save_for_backward` and pop with :meth:`Module.saved_for_backward`. What is kept:
+
+- under ``gl.no_grad()``: nothing;
+- in eval mode: only the latest forward (a forward replaces what the module kept), so one
+  backward through an eval-mode model works and an evaluation loop never grows;
+- in training mode: every forward, until its backward consumes it. The first forward after a
+  backward of the same module drops the forwards still unconsumed (their backward is over).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -14,9 +26,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import backend, debug
-from .._checks import check_bool, check_grad, no_forward
+from .._checks import check_bool, check_floating
+from ..grad_mode import is_grad_enabled
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module"]
+
+# A module that keeps this many training-mode forwards without a backward warns once (a loop that
+# only runs forwards in training mode: use model.eval() or gl.no_grad()).
+PENDING_FORWARDS_WARNING = 256
 
 
 class Parameter:
@@ -53,8 +70,43 @@ class Parameter:
     def size(self) -> int:
         return int(self.data.size)
 
+    def accumulate_grad(self, grad: Any, *, copy: bool = True) -> None:
+        """Add ``grad`` into ``self.grad`` (on first use, a copy in the parameter's dtype).
+
+        This is what a layer's ``backward`` calls for each of its parameters.
+
+        Args:
+            grad: an array of the parameter's shape, on its device; None adds nothing.
+            copy: False hands ``grad`` over: on first use it becomes ``self.grad`` without a
+                copy (for a freshly computed array the caller does not keep). Defaults to True.
+        """
+        if grad is None:
+            return
+        if tuple(grad.shape) != tuple(self.data.shape):
+            raise ValueError(
+                f"Parameter.accumulate_grad: expected a gradient of shape {self.shape}, got {tuple(grad.shape)}"
+            )
+        if type(grad) is not type(self.data):
+            raise RuntimeError(
+                f"Parameter.accumulate_grad: the gradient is on {backend.device_of(grad)} "
+                f"but the parameter is on {self.device}"
+            )
+        if self.grad is None:
+            self.grad = grad.astype(self.data.dtype, copy=copy)
+        else:
+            self.grad += grad
+
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class _Saved(NamedTuple):
+    """One forward's saved items, with its output's shape and device for checking the gradient."""
+
+    items: tuple
+    out_shape: tuple[int, ...] | None
+    out_device: str | None
+    prints: list | None  # fingerprints of the kept arrays in debug mode (``gl.set_debug``)
 
 
 class IncompatibleKeys(NamedTuple):
@@ -83,6 +135,8 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_saved", [])  # the saved-forward stack, most recent last
+        object.__setattr__(self, "_backward_ran", False)
 
     # -- registration -------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -137,6 +191,76 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    # -- what forward keeps for backward ------------------------------------------------------
+    def save_for_backward(self, *items: Any, output: Any = None) -> None:
+        """Keep ``items`` for the ``backward`` of this forward (call it from ``forward``).
+
+        Nothing is kept under ``gl.no_grad()``; in eval mode only the latest forward is kept; in
+        training mode every forward is kept until a backward consumes it, and the first forward
+        after a backward of this module drops those still unconsumed.
+
+        Args:
+            *items: anything backward needs (arrays, op caches, shapes).
+            output: the forward's output; when given, :meth:`saved_for_backward` checks the
+                gradient against its shape and device.
+        """
+        if not is_grad_enabled():
+            return
+        saved = self.__dict__["_saved"]
+        if not self.training or self.__dict__["_backward_ran"]:
+            saved.clear()
+            object.__setattr__(self, "_backward_ran", False)
+        if output is None:
+            saved.append(_Saved(items, None, None, debug.snapshot(items)))
+        else:
+            saved.append(_Saved(items, tuple(output.shape), backend.device_of(output), debug.snapshot(items)))
+        if len(saved) == PENDING_FORWARDS_WARNING:
+            warnings.warn(
+                f"{type(self).__name__}: {len(saved)} forwards in training mode wait for a backward; "
+                "a loop that only evaluates should use model.eval() or `with gl.no_grad():`",
+                ResourceWarning,
+                stacklevel=3,
+            )
+
+    def saved_for_backward(self, grad_output: Any = None) -> tuple:
+        """Consume the most recent forward not yet consumed and return what it saved.
+
+        Args:
+            grad_output: when given and the forward recorded its output, checked to be a floating
+                array of the output's shape on its device (the forward stays saved on an error).
+
+        Returns:
+            The tuple of items given to :meth:`save_for_backward`.
+
+        Raises:
+            RuntimeError: naming the module, when no forward is left to consume (backward before
+                forward, a second backward after one forward, or a forward under ``no_grad``).
+        """
+        saved = self.__dict__["_saved"]
+        name = type(self).__name__
+        if not saved:
+            mode = "" if self.training else "; in eval mode a module keeps only its latest forward"
+            raise RuntimeError(
+                f"{name}.backward: called before forward (no forward left to consume: each backward needs "
+                f"its own forward, and forwards under gl.no_grad() keep nothing{mode})"
+            )
+        entry = saved[-1]
+        if grad_output is not None and entry.out_shape is not None:
+            check_floating(name + ".backward", grad_output)
+            if tuple(grad_output.shape) != entry.out_shape:
+                raise ValueError(
+                    f"{name}.backward: expected grad_output of shape {entry.out_shape}, got {tuple(grad_output.shape)}"
+                )
+            device = backend.device_of(grad_output)
+            if device != entry.out_device:
+                raise RuntimeError(
+                    f"{name}.backward: grad_output is on {device} but the forward ran on {entry.out_device}"
+                )
+        debug.check_unchanged(name, entry.prints)
+        saved.pop()
+        object.__setattr__(self, "_backward_ran", True)
+        return entry.items
+
     # -- traversal ----------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:
         for name, mod in self._modules.items():
@@ -147,10 +271,19 @@ class Module:
         for _, mod in self.named_children():
             yield mod
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    def named_modules(
+        self, memo: set[int] | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        """Every module of the tree, this one first; a shared module once (as in PyTorch)."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, mod in self.named_children():
-            yield from mod.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from mod.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
     def modules(self) -> Iterator[Module]:
         for _, mod in self.named_modules():
@@ -158,7 +291,7 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         seen: set[int] = set()
-        for mod_name, mod in self.named_modules(prefix):
+        for mod_name, mod in self.named_modules(prefix=prefix):
             for name, p in mod._parameters.items():
                 if p is None or id(p) in seen:
                     continue
@@ -170,7 +303,7 @@ class Module:
             yield p
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        for mod_name, mod in self.named_modules(prefix):
+        for mod_name, mod in self.named_modules(prefix=prefix):
             for name, b in mod._buffers.items():
                 if b is not None:
                     yield (f"{mod_name}.{name}" if mod_name else name), b
@@ -234,7 +367,8 @@ class Module:
         return self
 
     def _on_to(self) -> None:
-        """Hook for modules that hold derived state (drops forward caches)."""
+        """Hook for modules that hold derived state (drops saved forwards and forward caches)."""
+        self.__dict__["_saved"].clear()
         if "_cache" in self.__dict__:
             self.__dict__["_cache"] = None
 
@@ -252,8 +386,11 @@ class Module:
 
     # -- state --------------------------------------------------------------------------------
     def _state_items(self) -> Iterator[tuple[str, Any, bool]]:
-        """(key, array, is_parameter) for every entry of the state dict, PyTorch's order."""
-        for mod_name, mod in self.named_modules():
+        """(key, array, is_parameter) for every entry of the state dict, PyTorch's order.
+
+        A shared module or a tied parameter appears under every name, as in PyTorch.
+        """
+        for mod_name, mod in self.named_modules(remove_duplicate=False):
             pre = f"{mod_name}." if mod_name else ""
             for name, p in mod._parameters.items():
                 if p is not None:
@@ -330,81 +467,14 @@ class Module:
 
         The caller hands over ``grad``: a freshly computed array that it does not keep or reuse.
         """
-        if param is None or grad is None:
-            return
-        if param.grad is None:
-            param.grad = grad.astype(param.data.dtype, copy=False)
-        else:
-            param.grad += grad
+        if param is not None:
+            param.accumulate_grad(grad, copy=False)
 
     def _op_cache(self) -> Any:
-        """The op cache that ``forward`` kept in ``self._cache`` (the op checks the gradient against it).
-
-        Raises ``no_forward`` naming the layer class when forward has not run (and, in debug mode,
-        when an array that forward kept was edited since).
-        """
-        if self._cache is None:
-            raise no_forward(type(self).__name__)
-        self._check_saved()
-        return self._cache
-
-    def _saved_for_backward(self, grad_output: Any) -> Any:
-        """Check that ``backward`` may run and return what ``forward`` saved for it.
-
-        For layers whose forward stores ``self._cache = (saved, output)``: raises ``no_forward``
-        when forward has not run, checks ``grad_output`` against the output (float dtype, shape,
-        device) with messages naming the layer class, and returns ``saved``.
-        """
-        name = type(self).__name__
-        if self._cache is None:
-            raise no_forward(name)
-        saved, y = self._cache
-        check_grad(name, grad_output, y.shape, y)
-        self._check_saved()
-        return saved
+        """Consume the most recent saved forward of a layer that saved one op cache; return it."""
+        (cache,) = self.saved_for_backward()
+        return cache
 
     def _check_saved(self) -> None:
-        """In debug mode (``gl.set_debug``), raise when an array that forward kept changed since."""
+        """In debug mode (``gl.set_debug``), raise when an array a ``self._cache`` kept changed since."""
         debug.check_unchanged(type(self).__name__, self.__dict__.get("_debug_prints"))
-
-
-class Sequential(Module):
-    """A chain of modules; ``backward`` runs the children in reverse order.
-
-    Args:
-        *modules: the layers, registered under the names "0", "1", ...
-    """
-
-    def __init__(self, *modules: Module):
-        super().__init__()
-        for i, mod in enumerate(modules):
-            if not isinstance(mod, Module):
-                raise TypeError(f"Sequential: expected Module arguments, got {type(mod).__name__} at position {i}")
-            self.add_module(str(i), mod)
-
-    def forward(self, x):
-        for mod in self._modules.values():
-            x = mod(x)
-        return x
-
-    def backward(self, grad_output):
-        g = grad_output
-        for mod in reversed(list(self._modules.values())):
-            g = mod.backward(g)
-        return g
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def __getitem__(self, idx):
-        mods = list(self._modules.values())
-        if isinstance(idx, slice):
-            return Sequential(*mods[idx])
-        return mods[idx]
-
-    def append(self, module: Module) -> Sequential:
-        self.add_module(str(len(self._modules)), module)
-        return self

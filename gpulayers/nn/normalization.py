@@ -63,7 +63,6 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        self._cache = None  # the op's cache
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, counter 0 (in place, on the buffers' device)."""
@@ -73,7 +72,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x: Any) -> Any:
-        y, self._cache = ops.batch_norm_forward(
+        y, cache = ops.batch_norm_forward(
             x,
             self.weight.data if self.weight is not None else None,
             self.bias.data if self.bias is not None else None,
@@ -86,6 +85,7 @@ class _BatchNorm(Module):
             name=type(self).__name__,
             ndim=self._ranks,
         )
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
@@ -202,7 +202,6 @@ class GroupNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self._cache = None  # (op cache, output)
 
     def forward(self, x: Any) -> Any:
         if hasattr(x, "ndim") and x.ndim >= 2:
@@ -215,13 +214,16 @@ class GroupNorm(Module):
             self.eps,
             name="GroupNorm",
         )
-        self._cache = (cache, y)
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = group_norm_backward(grad_output, self._saved_for_backward(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
+        (cache,) = self.saved_for_backward(grad_output)
+        dx, dw, db = group_norm_backward(grad_output, cache)
+        if self.weight is not None:
+            self.weight.accumulate_grad(dw, copy=False)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db, copy=False)
         return dx
 
     def extra_repr(self) -> str:
@@ -271,7 +273,6 @@ class LayerNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self._cache = None  # (op cache, output)
 
     def forward(self, x: Any) -> Any:
         y, cache = layer_norm_forward(
@@ -282,13 +283,16 @@ class LayerNorm(Module):
             self.eps,
             name="LayerNorm",
         )
-        self._cache = (cache, y)
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = layer_norm_backward(grad_output, self._saved_for_backward(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
+        (cache,) = self.saved_for_backward(grad_output)
+        dx, dw, db = layer_norm_backward(grad_output, cache)
+        if self.weight is not None:
+            self.weight.accumulate_grad(dw, copy=False)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db, copy=False)
         return dx
 
     def extra_repr(self) -> str:

@@ -18,16 +18,13 @@ class _Pool(Module):
     _forward_op: Any = None
     _backward_op: Any = None
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
-
     def _op_args(self) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: Any) -> Any:
         # The op validates the input and the window, naming this layer in its messages.
-        y, self._cache = type(self)._forward_op(x, *self._op_args(), name=type(self).__name__)
+        y, cache = type(self)._forward_op(x, *self._op_args(), name=type(self).__name__)
+        self.save_for_backward(cache, output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:

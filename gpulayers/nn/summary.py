@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import backend
 from .._checks import check_int
+from ..grad_mode import no_grad
 from .module import Module
 
 __all__ = ["summary"]
@@ -18,24 +19,35 @@ def _count(module: Module) -> int:
     return sum(int(p.data.size) for p in module._parameters.values() if p is not None)
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),)
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in value
+    ):
+        raise TypeError(f"summary: expected each input shape to be an int or a tuple of ints, got {value!r}")
+    return tuple(int(s) for s in value)
+
+
 def summary(
     model: Module,
-    input_shape: Sequence[int],
+    *input_shapes: Sequence[int] | int,
     batch_size: int = 1,
     dtype: Any = None,
     print_fn: Callable[[str], Any] | None = None,
 ) -> str:
     """Run ``model`` on zeros and tabulate each leaf layer's output shape and parameter count.
 
-    The forward runs in eval mode (batch norm uses its running statistics, dropout is off); every
-    module's mode and forward cache are restored afterwards, so the call changes nothing.
+    The forward runs in eval mode (batch norm uses its running statistics, dropout is off) under
+    ``gl.no_grad()``; every module's mode is restored afterwards, so the call changes nothing.
 
     Args:
         model: the module to describe.
-        input_shape: the shape of **one example, without the batch dimension**, as in torchsummary:
-            ``(1, 28, 28)`` for MNIST images, ``(784,)`` for flat vectors.
-        batch_size: the batch of the dummy input (default 1). Output shapes print the batch as -1.
-        dtype: the dummy input's dtype (default: that of the model's first parameter, else float32).
+        *input_shapes: the shape of **one example, without the batch dimension**, for each of the
+            model's inputs, as in torchsummary: ``(1, 28, 28)`` for MNIST images, ``(784,)`` or
+            ``784`` for flat vectors; ``summary(siamese, (1, 28, 28), (1, 28, 28))`` for two inputs.
+        batch_size: the batch of the dummy inputs (default 1). Output shapes print the batch as -1.
+        dtype: the dummy inputs' dtype (default: that of the model's first parameter, else float32).
         print_fn: e.g. ``print``; called with the table when given.
 
     Returns:
@@ -44,27 +56,25 @@ def summary(
     """
     if not isinstance(model, Module):
         raise TypeError(f"summary: expected a Module, got {type(model).__name__}")
-    if isinstance(input_shape, (int, np.integer)):
-        input_shape = (input_shape,)
-    if not isinstance(input_shape, (tuple, list)) or not all(
-        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in input_shape
-    ):
-        raise TypeError(f"summary: expected input_shape to be an int or a tuple of ints, got {input_shape!r}")
-    shape = tuple(int(s) for s in input_shape)
+    if not input_shapes:
+        raise TypeError("summary: expected at least one input shape, e.g. summary(model, (1, 28, 28))")
+    shapes = [_shape(s) for s in input_shapes]
     batch_size = check_int("summary", "batch_size", batch_size)
-    if any(s < 1 for s in shape) or batch_size < 1:
-        raise ValueError(f"summary: expected positive sizes, got input_shape {shape} and batch_size {batch_size}")
+    if any(s < 1 for shape in shapes for s in shape) or batch_size < 1:
+        raise ValueError(
+            f"summary: expected positive sizes, got input_shape {', '.join(map(str, shapes))} "
+            f"and batch_size {batch_size}"
+        )
     params = list(model.parameters())
     reference = params[0].data if params else np.zeros(0, np.float32)
     xp = backend.get_array_module(reference)
     dtype = np.dtype(dtype if dtype is not None else (reference.dtype if reference.dtype.kind == "f" else np.float32))
-    x = xp.zeros((batch_size, *shape), dtype=dtype)
+    xs = [xp.zeros((batch_size, *shape), dtype=dtype) for shape in shapes]
 
     names = {id(m): name for name, m in model.named_modules()}
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     records: list[tuple[str, str, tuple[int, ...], int]] = []
     modes = [(m, m.training) for m in model.modules()]
-    caches = [(m, m.__dict__["_cache"]) for m in model.modules() if "_cache" in m.__dict__]
 
     def hook(module: Module, forward: Callable) -> Callable:
         def recorded(*args, **kwargs):
@@ -79,14 +89,13 @@ def summary(
         for m in leaves:
             object.__setattr__(m, "forward", hook(m, m.forward))
         model.eval()
-        out = model(x)
+        with no_grad():
+            out = model(*xs)
     finally:
         for m in leaves:
             m.__dict__.pop("forward", None)
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
-        for m, cache in caches:
-            m.__dict__["_cache"] = cache
 
     total = sum(int(p.data.size) for p in params)
     param_bytes = sum(int(p.data.nbytes) for p in params)
@@ -115,7 +124,8 @@ def summary(
         "=" * total_width,
         *(line(r) for r in rows),
         "=" * total_width,
-        f"Input shape: {fmt_shape((batch_size, *shape))} {dtype}; output shape: {fmt_shape(tuple(out.shape))}",
+        f"Input shape{'s' if len(shapes) > 1 else ''}: {', '.join(fmt_shape((batch_size, *s)) for s in shapes)} "
+        f"{dtype}; output shape: {fmt_shape(tuple(out.shape))}",
         f"Total params: {total:,}",
         f"Trainable params: {total:,}",
         "Non-trainable params: 0",
