@@ -1,13 +1,19 @@
-"""Write your own layer: a Module with ``forward`` and ``backward``, checked with ``gl.gradcheck``.
+"""Write your own layers and models: Modules with ``forward`` and ``backward``, checked with ``gl.gradcheck``.
 
-Two examples:
+Three examples, using only the public API:
 
 - ``SiLU`` (also called Swish): ``y = x * sigmoid(x)``, no parameters;
   ``dy/dx = s + x * s * (1 - s)`` with ``s = sigmoid(x)``.
 - ``ChannelScale``: a learnable gain per channel, ``y[n, c] = x[n, c] * gain[c]``; its backward
   returns the input gradient and *adds* the gain's gradient into ``gain.grad``.
+- ``GatedResidual``: a model-level module, ``y = x + gate(x) * body(x)``. Its forward calls its
+  children in any order (one activation is shared by both branches); its backward calls their
+  backwards in the reverse order. This is the general route for any graph.
 
-Both are written against ``xp = gl.get_array_module(x)``, so they run on NumPy and CuPy alike.
+``forward`` keeps what ``backward`` needs with ``self.save_for_backward(...)`` and ``backward``
+takes it back with ``self.saved_for_backward(grad_output)``: each module keeps a stack, so a
+module may be called several times before its backwards (last in, first out). Everything is
+written against ``xp = gl.get_array_module(x)``, so it runs on NumPy and CuPy alike.
 
     python examples/custom_layer.py [--device cpu|cuda]
 """
@@ -32,24 +38,17 @@ class SiLU(nn.Module):
         - Output: (*), same shape
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None  # what backward needs; Module.to() resets it
-
     def forward(self, x: Any) -> Any:
         if not hasattr(x, "dtype") or np.dtype(x.dtype).kind != "f":
             raise TypeError(f"SiLU: expected a floating-point array, got {getattr(x, 'dtype', type(x).__name__)}")
         xp = gl.get_array_module(x)
         s = 1 / (1 + xp.exp(-x))  # stays float32 for float32 input
-        self._cache = (x, s)
-        return x * s
+        y = x * s
+        self.save_for_backward(x, s, output=y)  # output=y: backward checks the gradient's shape
+        return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError("SiLU.backward: called before forward (no saved input); run forward first")
-        x, s = self._cache
-        if grad_output.shape != x.shape:
-            raise ValueError(f"SiLU.backward: expected grad_output of shape {x.shape}, got {grad_output.shape}")
+        x, s = self.saved_for_backward(grad_output)  # raises RuntimeError when no forward is left
         return grad_output * (s * (1 + x * (1 - s)))
 
 
@@ -68,7 +67,6 @@ class ChannelScale(nn.Module):
         super().__init__()
         self.channels = channels
         self.gain = nn.Parameter(np.ones(channels, np.float32))
-        self._cache = None
 
     def _view(self, ndim: int) -> tuple[int, ...]:
         return (1, self.channels) + (1,) * (ndim - 2)
@@ -76,19 +74,50 @@ class ChannelScale(nn.Module):
     def forward(self, x: Any) -> Any:
         if x.ndim < 2 or x.shape[1] != self.channels:
             raise ValueError(f"ChannelScale: expected input with {self.channels} channels, got shape {tuple(x.shape)}")
-        self._cache = x
-        return x * self.gain.data.reshape(self._view(x.ndim))
+        y = x * self.gain.data.reshape(self._view(x.ndim))
+        self.save_for_backward(x, output=y)
+        return y
 
     def backward(self, grad_output: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError("ChannelScale.backward: called before forward; run forward first")
-        x = self._cache
+        (x,) = self.saved_for_backward(grad_output)
         axes = tuple(i for i in range(x.ndim) if i != 1)
-        self._accumulate(self.gain, (grad_output * x).sum(axis=axes))  # adds into gain.grad
+        self.gain.accumulate_grad((grad_output * x).sum(axis=axes))  # adds into gain.grad
         return grad_output * self.gain.data.reshape(self._view(x.ndim))
 
     def extra_repr(self) -> str:
         return str(self.channels)
+
+
+class GatedResidual(nn.Module):
+    """``y = x + gate(x) * body(x)`` over feature vectors.
+
+    ``body`` is Linear-Tanh-Linear-Tanh with the *same* Tanh used twice; ``gate`` is Linear-Sigmoid.
+
+    Args:
+        features: F, the size of each input vector.
+
+    Shape:
+        - Input: (N, F)
+        - Output: (N, F)
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        act = nn.Tanh()  # one module, called twice per forward: each call gets its own backward
+        self.body = nn.Sequential(nn.Linear(features, features), act, nn.Linear(features, features), act)
+        self.gate = nn.Sequential(nn.Linear(features, features), nn.Sigmoid())
+
+    def forward(self, x: Any) -> Any:
+        b = self.body(x)
+        a = self.gate(x)
+        self.save_for_backward(a, b)
+        return x + a * b
+
+    def backward(self, grad_output: Any) -> Any:
+        a, b = self.saved_for_backward()
+        dx_gate = self.gate.backward(grad_output * b)  # the gate ran last: its backward comes first
+        dx_body = self.body.backward(grad_output * a)
+        return grad_output + dx_gate + dx_body  # the identity path, then both branches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     model.double().to(args.device)
     gl.gradcheck(model, x)
     print(f"gradcheck of the whole model: ok\n{model}")
+
+    # 4. A model-level module: children in any order, a shared activation, backwards in reverse.
+    block = GatedResidual(5).double().to(args.device)
+    gl.gradcheck(block, gl.to_device(rng.standard_normal((3, 5)), args.device))
+    print(f"gradcheck of GatedResidual: ok ({len(list(block.parameters()))} parameters)")
     return 0
 
 

@@ -134,7 +134,7 @@ def gradcheck(
         analytic_params = {n: (None if p.grad is None else p.grad.copy()) for n, p in module.named_parameters()}
 
         problems = []
-        for i, (x, d) in enumerate(zip(xs, dxs)):
+        for i, (x, d) in enumerate(zip(xs, dxs, strict=True)):
             what = f"{name} input" if len(xs) == 1 else f"{name} input {i}"
             msg = _compare(what, d, _numeric_grad(loss, x, eps, xp), atol, rtol, xp)
             if msg:

@@ -64,6 +64,7 @@ def test_custom_layer():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gradcheck SiLU(): ok" in proc.stdout and "gradcheck ChannelScale(3): ok" in proc.stdout
     assert "gradcheck of the whole model: ok" in proc.stdout
+    assert "gradcheck of GatedResidual: ok" in proc.stdout
 
 
 def test_train_digits_short(tmp_path):

@@ -258,7 +258,7 @@ class Concat(Module):
         bounds = np.cumsum(sizes)[:-1].tolist()
         pieces = xp.split(grad_output, bounds, axis=axis)
         dx = None
-        for mod, piece in reversed(list(zip(self._modules.values(), pieces))):
+        for mod, piece in reversed(list(zip(self._modules.values(), pieces, strict=True))):
             d = mod.backward(xp.ascontiguousarray(piece))
             dx = d if dx is None else dx + d
         return dx

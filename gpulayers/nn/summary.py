@@ -25,7 +25,7 @@ def _shape(value: Any) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in value
     ):
-        raise TypeError(f"summary: expected each input shape to be an int or a tuple of ints, got {value!r}")
+        raise TypeError(f"summary: expected input_shape to be an int or a tuple of ints, got {value!r}")
     return tuple(int(s) for s in value)
 
 
