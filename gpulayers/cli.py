@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="digits", choices=list(DEFAULTS), help="data set (default: digits, no download)")
     p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST IDX files or cifar-10-batches-py")
-    p.add_argument("--model", default="small-cnn", choices=["small-cnn"])
+    p.add_argument(
+        "--model",
+        default="small-cnn",
+        choices=list(models.MODELS),
+        help="small-cnn (default; --width, --dropout) or resnet20 (He et al.'s CIFAR ResNet-20)",
+    )
     p.add_argument("--epochs", type=ck.epochs_int, help="epochs (default: per data set, 20 for digits)")
     p.add_argument("--batch-size", type=ck.positive_int, help="batch size (default: per data set, 32 for digits)")
     p.add_argument("--lr", type=ck.positive_float, help="peak learning rate (default: per data set, 0.05 for SGD)")
@@ -312,7 +317,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
     backend.manual_seed(args.seed)
     train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
     channels, size = train_set.x.shape[1], train_set.x.shape[2]
-    model = models.small_cnn(channels, 10, size, width=args.width, dropout=args.dropout).to(device)
+    if args.model == "resnet20":
+        model = models.resnet20(num_classes=10, in_channels=channels).to(device)
+    else:
+        model = models.small_cnn(channels, 10, size, width=args.width, dropout=args.dropout).to(device)
     if args.distributed:  # rank 0's initial weights on every rank, gradients averaged after backward
         model = distributed.DistributedDataParallel(model)
     stats = (train_set.mean, train_set.std)
@@ -341,7 +349,8 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, wall_start
         print(f"note: {args.checkpoint} exists and will be replaced after epoch 1 (--resume continues from it)")
     print(f"data: {args.data}: {len(train_set)} train / {len(test_set)} test images of {channels}x{size}x{size}")
     print(
-        f"model: {args.model} width {args.width}, {n_params:,} parameters; {args.optimizer} lr {args.lr} "
+        f"model: {args.model}{f' width {args.width}' if args.model == 'small-cnn' else ''}, {n_params:,} parameters; "
+        f"{args.optimizer} lr {args.lr} "
         f"wd {args.weight_decay}, {args.scheduler} schedule, batch {args.batch_size}, {args.epochs} epochs"
     )
     epoch_log = EpochLog(args.log_csv, args.early_stop)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from . import nn
+from .nn.init import kaiming_normal
 
-__all__ = ["small_cnn", "MODELS"]
+__all__ = ["small_cnn", "resnet20", "basic_block", "MODELS"]
 
 
 def small_cnn(
@@ -72,4 +74,74 @@ def small_cnn(
     )
 
 
-MODELS = {"small-cnn": small_cnn}
+def basic_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """A ResNet basic block: ``relu(body(x) + shortcut(x))``.
+
+    ``body`` is Conv3x3(stride)-BN-ReLU-Conv3x3-BN; the shortcut is the identity, or a 1x1
+    convolution with the block's stride followed by batch norm where the shape changes.
+
+    Returns:
+        ``Sequential(Residual(body, shortcut), ReLU())``: keys ``0.body.0.weight``, ``0.shortcut.0.weight``, ...
+    """
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+        )
+    return nn.Sequential(nn.Residual(body, shortcut), nn.ReLU())
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """The CIFAR ResNet-20 of He et al. (2016), "Deep Residual Learning for Image Recognition", section 4.2.
+
+    Conv3x3(16)-BN-ReLU, then three stages of three basic blocks with 16, 32 and 64 channels (the
+    first block of stages 2 and 3 halves the size with stride 2 and has a 1x1 convolution + batch
+    norm projection shortcut), global average pooling and a linear classifier: 19 convolutions and
+    one linear layer, 272,474 parameters for 10 classes. Convolution weights are drawn with
+    Kaiming-normal (fan_out, ReLU gain), batch norm starts at weight 1 and bias 0.
+
+    Keys: ``conv1``, ``bn1``, ``layer1`` .. ``layer3`` (each block ``layerK.J.0.body.*`` and
+    ``layerK.J.0.shortcut.*``), ``fc``.
+
+    Args:
+        num_classes: logits out. Defaults to 10.
+        in_channels: image channels (3 for CIFAR-10, 1 for digits/MNIST). Defaults to 3.
+
+    Shape:
+        Input (N, in_channels, H, W), any H, W >= 1 (32x32 for CIFAR-10, 8x8 digits work); output
+        (N, num_classes) logits.
+    """
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"resnet20: expected {name} to be an int >= 1, got {value!r}")
+
+    def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(basic_block(cin, cout, stride), basic_block(cout, cout), basic_block(cout, cout))
+
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
+            bn1=nn.BatchNorm2d(16),
+            relu=nn.ReLU(),
+            layer1=stage(16, 16, 1),
+            layer2=stage(16, 32, 2),
+            layer3=stage(32, 64, 2),
+            avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(64, num_classes),
+        )
+    )
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            mod.weight.data = kaiming_normal(mod.weight.shape, "fan_out")
+    return model
+
+
+MODELS = {"small-cnn": small_cnn, "resnet20": resnet20}

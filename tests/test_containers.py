@@ -201,3 +201,13 @@ def test_readme_residual_block_runs():
     assert y.shape == (2, 32, 4, 4) and (y >= 0).all()
     assert block.backward(np.ones_like(y)).shape == x.shape
     assert "0.shortcut.0.weight" in block.state_dict()
+
+
+def test_sequential_from_an_ordered_dict_keeps_names():
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(2, 3), act=nn.ReLU(), fc2=nn.Linear(3, 1)))
+    assert list(model.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert model[0] is model.fc1 and list(model[1:]._modules) == ["act", "fc2"]  # slices keep names
+    with pytest.raises(ValueError, match="Sequential: expected non-empty names without '.', got 'a.b'"):
+        nn.Sequential({"a.b": nn.ReLU()})

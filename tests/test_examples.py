@@ -112,3 +112,20 @@ def test_train_cifar10_missing_files(tmp_path):
     proc = run_example("train_cifar10.py", "--data-dir", str(tmp_path / "nothing"))
     assert proc.returncode == 2
     assert "cifar-10-python.tar.gz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_resnet_cifar10_smoke():
+    proc = run_example("train_resnet_cifar10.py", "--smoke", "--device", "cpu", "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model: ResNet-20, 272,474 parameters; 16 train / 8 test images" in proc.stdout
+    assert "CIFAR-10 test accuracy:" in proc.stdout
+
+
+def test_train_resnet_cifar10_on_cifar_batches(tmp_path):
+    write_cifar(tmp_path)
+    args = ["--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "8", "--limit", "8"]
+    proc = run_example("train_resnet_cifar10.py", *args, "--device", "cpu", "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 train / 8 test images" in proc.stdout and "CIFAR-10 test accuracy:" in proc.stdout
+    proc = run_example("train_resnet_cifar10.py", "--data-dir", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "cifar-10-python.tar.gz" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ several containers) and each use gets its own backward.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -39,15 +40,22 @@ class Sequential(Module):
     own backward.
 
     Args:
-        *modules: the layers, registered under the names "0", "1", ...
+        *modules: the layers, registered under the names "0", "1", ...; or one ``OrderedDict``
+            (a ``dict``) of name -> layer, registered under those names, as in PyTorch.
 
     Shape:
         - Input: what the first module takes
         - Output: what the last module gives
     """
 
-    def __init__(self, *modules: Module):
+    def __init__(self, *modules: Module | dict):
         super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            for name, mod in modules[0].items():
+                if not isinstance(name, str) or not name or "." in name:
+                    raise ValueError(f"Sequential: expected non-empty names without '.', got {name!r}")
+                self.add_module(name, _check_module("Sequential", mod, f"for {name!r}"))
+            return
         for i, mod in enumerate(modules):
             self.add_module(str(i), _check_module("Sequential", mod, f"at position {i}"))
 
@@ -69,9 +77,9 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, idx):
-        mods = list(self._modules.values())
         if isinstance(idx, slice):
-            return Sequential(*mods[idx])
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        mods = list(self._modules.values())
         return mods[_index("Sequential", idx, len(mods))]
 
     def append(self, module: Module) -> Sequential:

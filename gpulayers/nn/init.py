@@ -36,3 +36,15 @@ def default_weight_and_bias(
         fi = fan_in(weight_shape)
         b = uniform((out_features,), 1.0 / math.sqrt(fi) if fi > 0 else 0.0, dtype)
     return w, b
+
+
+def kaiming_normal(shape: tuple[int, ...], mode: str = "fan_out", dtype=np.float32) -> np.ndarray:
+    """PyTorch's ``kaiming_normal_`` for ReLU (gain sqrt(2)): N(0, 2 / fan), fan_in or fan_out.
+
+    ``fan_out`` is ``out * kh * kw`` for a conv weight, ``out`` for a linear one.
+    """
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"kaiming_normal: expected mode 'fan_in' or 'fan_out', got {mode!r}")
+    fan = fan_in(shape) if mode == "fan_in" else int(shape[0] * np.prod(shape[2:]))
+    std = math.sqrt(2.0 / max(fan, 1))
+    return (backend.cpu_rng().standard_normal(size=shape) * std).astype(dtype)
