@@ -44,8 +44,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def forward(self, x: Any) -> Any:
         if not self.training or pg.get_world_size() == 1:
-            self._synced = False
-            return super().forward(x)
+            return super().forward(x)  # saves one item: the batch-norm op's cache
         name = type(self).__name__
         check_input(name, x, self._ranks, self._layout)
         check_channels(name, x, self.num_features, axis=1, what="features (axis 1)")
@@ -83,14 +82,15 @@ class SyncBatchNorm(_BatchNorm):
         y = centred * scale.reshape(bshape)
         if self.bias is not None:
             y += self.bias.data.reshape(bshape)
-        self._synced = True
-        self._cache = ({"centred": centred, "invstd": invstd, "weight": weight, "count": count, "bshape": bshape}, y)
+        saved = {"centred": centred, "invstd": invstd, "weight": weight, "count": count, "bshape": bshape}
+        self.save_for_backward(saved, "synced", output=y)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        if not self.__dict__.get("_synced", False):
+        pending = self.__dict__["_saved"]
+        if not pending or len(pending[-1].items) != 2:  # nothing saved, or a forward that did not sync
             return super().backward(grad_output)
-        saved = self._saved_for_backward(grad_output)
+        saved, _ = self.saved_for_backward(grad_output)
         dy = grad_output
         xp = backend.get_array_module(dy)
         centred, invstd, weight = saved["centred"], saved["invstd"], saved["weight"]
@@ -100,8 +100,10 @@ class SyncBatchNorm(_BatchNorm):
             sum_dy, sum_dy_xmu = _channel_sum(dy), _channel_dot(dy, centred)
         else:
             sum_dy, sum_dy_xmu = xp.zeros(c, dtype=dy.dtype), xp.zeros(c, dtype=dy.dtype)
-        self._accumulate(self.weight, sum_dy_xmu * invstd)  # this rank's share
-        self._accumulate(self.bias, sum_dy)
+        if self.weight is not None:
+            self.weight.accumulate_grad(sum_dy_xmu * invstd)  # this rank's share
+        if self.bias is not None:
+            self.bias.accumulate_grad(sum_dy)
         both = xp.concatenate([sum_dy, sum_dy_xmu])
         pg.all_reduce(both, "sum")
         a = invstd if weight is None else weight * invstd
