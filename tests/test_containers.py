@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_torch, torch
+from helpers import requires_torch, torch
 from torch_twins import TorchConcat, TorchResidual, assert_parity, copy_weights
 
 import gpulayers as gl

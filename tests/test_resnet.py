@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import requires_torch, torch
+from helpers import requires_torch, torch
 from torch_twins import TorchResidual, assert_parity, copy_weights
 
 import gpulayers as gl

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import requires_torch, torch
+from helpers import requires_torch, torch
 from torch_twins import assert_parity, copy_weights
 
 import gpulayers as gl
