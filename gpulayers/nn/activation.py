@@ -37,7 +37,7 @@ class _Activation(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return self._backward_fn(grad_output, self._op_cache())
+        return self._backward_fn(grad_output, self._op_cache(grad_output))
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""

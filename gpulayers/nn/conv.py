@@ -85,7 +85,7 @@ class Conv2d(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.conv2d_backward(grad_output, self._op_cache())
+        dx, dw, db = ops.conv2d_backward(grad_output, self._op_cache(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx
@@ -220,7 +220,7 @@ class ConvTranspose2d(Module):
         return padding[0], padding[1]
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._op_cache())
+        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._op_cache(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

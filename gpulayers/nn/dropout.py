@@ -37,7 +37,7 @@ class Dropout(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return ops.dropout_backward(grad_output, self._op_cache())
+        return ops.dropout_backward(grad_output, self._op_cache(grad_output))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
@@ -69,7 +69,7 @@ class Dropout2d(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return ops.dropout2d_backward(grad_output, self._op_cache())
+        return ops.dropout2d_backward(grad_output, self._op_cache(grad_output))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"

@@ -51,7 +51,7 @@ class Linear(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.linear_backward(grad_output, self._op_cache())
+        dx, dw, db = ops.linear_backward(grad_output, self._op_cache(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -409,9 +409,9 @@ class Module:
         if param is not None:
             param.accumulate_grad(grad, copy=False)
 
-    def _op_cache(self) -> Any:
+    def _op_cache(self, grad_output: Any = None) -> Any:
         """Consume the most recent saved forward of a layer that saved one op cache; return it."""
-        (cache,) = self.saved_for_backward()
+        (cache,) = self.saved_for_backward(grad_output)
         return cache
 
     def _check_saved(self) -> None:

@@ -89,7 +89,7 @@ class _BatchNorm(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.batch_norm_backward(grad_output, self._op_cache())
+        dx, dw, db = ops.batch_norm_backward(grad_output, self._op_cache(grad_output))
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -28,7 +28,7 @@ class _Pool(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        return type(self)._backward_op(grad_output, self._op_cache())
+        return type(self)._backward_op(grad_output, self._op_cache(grad_output))
 
 
 class MaxPool2d(_Pool):
