@@ -8,7 +8,11 @@ training step captured once and replayed as a CUDA graph (:func:`graphed`).
   can be captured as a CUDA graph);
 * ``"im2col"``: a column matrix, cuBLAS GEMMs through CuPy, and ``col2im``;
 * ``"auto"`` (the default): ``"direct"`` kernels when every output channel reads a single
-  input channel (depthwise convolutions, one-channel inputs), else :data:`DEFAULT_GEMM`.
+  input channel (depthwise convolutions, one-channel inputs); else :data:`DEFAULT_GEMM` for
+  convolutions whose forward product is under :data:`IMPLICIT_GEMM_MAX_FLOPS`, and ``"im2col"``
+  for larger ones, where cuBLAS's tuned GEMMs win (measured on H100/H200 with
+  ``benchmarks/conv_algorithms.py``: implicit GEMM 0.97-1.7x cuDNN below 1 GFLOP, but 2.2-3.3x
+  at 5-40 GFLOP where im2col is 1.3-2.2x). Linear layers always take implicit GEMM under ``"auto"``.
 
 The choice is read at each forward; backward follows what its forward used.
 """
@@ -22,6 +26,7 @@ from . import backend
 __all__ = [
     "CONV_ALGORITHMS",
     "DEFAULT_GEMM",
+    "IMPLICIT_GEMM_MAX_FLOPS",
     "GraphedStep",
     "get_conv_algorithm",
     "graphed",
@@ -33,6 +38,9 @@ CONV_ALGORITHMS = ("auto", "implicit_gemm", "im2col", "direct")
 
 #: The GEMM ``"auto"`` uses for convolutions with several input channels per group, and for Linear.
 DEFAULT_GEMM = "implicit_gemm"
+
+#: Forward FLOPs (2 x multiply-adds) from which ``"auto"`` moves a convolution to ``"im2col"``.
+IMPLICIT_GEMM_MAX_FLOPS = 1e9
 
 _conv_algorithm = "auto"
 

@@ -120,6 +120,8 @@ def test_conv2d_kernels_match_torch_and_numpy_path(harness, name, dtype, algorit
 def test_conv2d_algorithm_choice(channels, groups, expected):
     assert gl_cuda.get_conv_algorithm() == "auto"
     assert conv2d_cuda.choose_algorithm(channels, groups) == expected
+    large = conv2d_cuda.choose_algorithm(channels, groups, gl_cuda.IMPLICIT_GEMM_MAX_FLOPS)
+    assert large == ("direct" if expected == "direct" else "im2col")  # big products go to cuBLAS
 
 
 @pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct"])

@@ -70,7 +70,7 @@ def test_cross_entropy_large_logits_stay_finite_and_match_torch(device, dtype, s
     logits[1, 3] = -scale
     target = np.array([0, 3, 9, 1, 2, 5])
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
-    loss = crit(gl.to_device(logits, device), gl.to_device(target, device))
+    loss = gl.to_numpy(crit(gl.to_device(logits, device), gl.to_device(target, device)))
     grad = gl.to_numpy(crit.backward())
     loss_ref, grad_ref = _torch_ce(logits, target, label_smoothing=0.1)
     assert np.isfinite(loss) and np.isfinite(grad).all()
@@ -244,7 +244,11 @@ def test_cross_entropy_label_range_checked_on_every_device(device, reduction):
     crit = nn.CrossEntropyLoss(reduction=reduction)
     logits = gl.to_device(np.zeros((3, 4), np.float32), device)
     with pytest.raises(ValueError, match=r"CrossEntropyLoss: expected class indices in \[0, 3\].*got 7"):
-        crit(logits, gl.to_device(np.array([0, 7, 1]), device))
+        # the CPU raises in forward; the GPU flags the batch on the device (the loss is NaN) and
+        # check_targets() raises on request, without a synchronisation in every step
+        bad = crit(logits, gl.to_device(np.array([0, 7, 1]), device))
+        assert np.isnan(gl.to_numpy(bad)).any()
+        crit.check_targets()
     loss = crit(logits, gl.to_device(np.array([0, 3, 1]), device))
     np.testing.assert_allclose(gl.to_numpy(loss), np.log(4.0) if reduction == "mean" else np.full(3, np.log(4.0)))
 

@@ -150,13 +150,21 @@ def _launch_direct_backward_weight(x, dy, partial, lanes: int, g: LaunchGeometry
 # ----------------------------------------------------------------------------------------------
 # The op
 # ----------------------------------------------------------------------------------------------
-def choose_algorithm(channels: int, groups: int) -> str:
+def choose_algorithm(channels: int, groups: int, flops: float = 0.0) -> str:
     """The algorithm set by :func:`gpulayers.cuda.set_conv_algorithm`; for ``"auto"``, ``"direct"``
-    when each output channel reads one input channel, else :data:`gpulayers.cuda.DEFAULT_GEMM`."""
+    when each output channel reads one input channel, else implicit GEMM for a forward product
+    under :data:`gpulayers.cuda.IMPLICIT_GEMM_MAX_FLOPS` and im2col + cuBLAS above it."""
     chosen = cuda.get_conv_algorithm()
     if chosen != "auto":
         return chosen
-    return "direct" if channels // groups == 1 else cuda.DEFAULT_GEMM
+    if channels // groups == 1:
+        return "direct"
+    return "im2col" if flops >= cuda.IMPLICIT_GEMM_MAX_FLOPS else cuda.DEFAULT_GEMM
+
+
+def _flops(g: LaunchGeometry) -> float:
+    """Multiply-adds times two of the forward product."""
+    return 2.0 * g.batch * g.out_h * g.out_w * g.out_channels * (g.channels // g.groups) * g.kernel_h * g.kernel_w
 
 
 def _batch_chunk(g: LaunchGeometry, itemsize: int) -> int:
@@ -204,7 +212,7 @@ def conv2d_forward(
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only, before any allocation
     g = LaunchGeometry.conv(x.shape, weight.shape, stride, padding, dilation, groups)
     n, oc, oh, ow = g.batch, g.out_channels, g.out_h, g.out_w
-    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
     if algorithm == "implicit_gemm" and not conv2d_igemm_cuda.fits(x.shape, (oh, ow)):
         algorithm = "im2col"  # beyond the kernels' 32-bit flat positions
     if algorithm not in ("implicit_gemm", "im2col", "direct"):
@@ -307,7 +315,7 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
     g = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
-    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
     with backend.device_scope(dy):
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups)
@@ -337,7 +345,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, group
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
     weight_shape = tuple(int(v) for v in weight_shape)
-    algorithm = algorithm or choose_algorithm(g.channels, g.groups)
+    algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
     with backend.device_scope(x):
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups)
