@@ -24,7 +24,8 @@ __device__ __forceinline__ T ce_nan() {
   return (T)__longlong_as_double(0x7ff8000000000000LL);
 }
 
-// Per sample: lse[i] = max_c z + log(sum_c exp(z - max)), per_sample[i] = loss_i (NaN for an
+// Per sample: lse[2i] = max_c z and lse[2i+1] = log(sum_c exp(z - max)) (kept apart: their sum
+// rounds away the second for large logits), per_sample[i] = loss_i (NaN for an
 // invalid target); then loss[0] = the reduction; scale[0] = 1 / sum_i w[t_i] for "mean" (else 1),
 // scale[1] = W; invalid[0] = 1 if any target was out of range (else 0).
 // reduction: 0 none, 1 mean, 2 sum.
@@ -50,7 +51,8 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const
     double sum_exp = 0.0;
     for (int k = 0; k < classes; ++k) sum_exp += exp((double)(row[k] - top));
     const double log_sum = (double)top + log(sum_exp);
-    lse[i] = (T)log_sum;
+    lse[2 * (long long)i] = top;
+    lse[2 * (long long)i + 1] = (T)log(sum_exp);
     const long long t = target[i];
     double value = 0.0, w_t = 0.0;
     if (has_ignore && t == ignore_index) {
@@ -115,7 +117,7 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
     } else if (t < 0 || t >= classes) {
       g = ce_nan<T>();
     } else {
-      const T p = exp(logits[index] - lse[i]);
+      const T p = exp((logits[index] - lse[2 * i]) - lse[2 * i + 1]);
       const T w_t = has_weight ? weight[t] : T(1);
       g = (T(1) - smoothing) * w_t * (p - (c == t ? T(1) : T(0)));
       if (smoothing != T(0)) {

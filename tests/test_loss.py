@@ -261,3 +261,21 @@ def test_losses_reject_mixed_devices():
         nn.CrossEntropyLoss()(logits, np.array([0, 1, 2]))
     with pytest.raises(RuntimeError, match="MSELoss: input is on cuda:0 but the target is on cpu"):
         nn.MSELoss()(logits, np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e30])
+def test_fused_cross_entropy_gradient_with_huge_logits(scale, harness_libraries, monkeypatch):
+    """The GPU kernels (on the CuPy stand-in and the host harness) keep the max logit and the log of
+    the sum of exponentials apart: their float32 sum would round the latter away."""
+    from cupy_standin import install
+
+    logits = (np.random.default_rng(0).standard_normal((6, 10)) * scale).astype(np.float32)
+    logits[0] = scale  # ties at the maximum
+    target = np.array([0, 3, 9, 1, 2, 5])
+    loss_ref, grad_ref = _torch_ce(logits, target, label_smoothing=0.1)
+    with install(harness_libraries["launcher"], monkeypatch) as cp:
+        crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+        loss = crit(cp.asarray(logits), cp.asarray(target))
+        grad = crit.backward().get()
+    np.testing.assert_allclose(float(loss.get()), float(loss_ref), rtol=1e-6)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-7)

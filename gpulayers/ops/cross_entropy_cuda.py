@@ -59,7 +59,7 @@ def cross_entropy_forward(
     dtype = logits.dtype
     with backend.device_scope(logits):
         target = xp.ascontiguousarray(target, dtype=np.int64)
-        lse = xp.empty(n, dtype=dtype)
+        lse = xp.empty(2 * n, dtype=dtype)  # per sample: the max logit and log(sum exp(z - max))
         per_sample = xp.empty(n, dtype=dtype)
         loss = xp.empty((), dtype=dtype)
         scale = xp.empty(2, dtype=dtype)
