@@ -305,11 +305,16 @@ class Module:
             mod._on_to()
         return self
 
-    def _on_to(self) -> None:
-        """Hook for modules that hold derived state (drops saved forwards and forward caches)."""
+    def discard_saved(self) -> None:
+        """Drop this module's saved forwards (not its children's): their backwards will not come,
+        e.g. after a step abandoned part way such as a CUDA-graph capture that failed."""
         self.__dict__["_saved"].clear()
         if "_cache" in self.__dict__:
             self.__dict__["_cache"] = None
+
+    def _on_to(self) -> None:
+        """Hook for modules that hold derived state (drops saved forwards and forward caches)."""
+        self.discard_saved()
 
     def float(self) -> Module:
         return self.to(dtype=np.float32)
