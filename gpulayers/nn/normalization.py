@@ -218,12 +218,9 @@ class GroupNorm(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        (cache,) = self.saved_for_backward(grad_output)
-        dx, dw, db = group_norm_backward(grad_output, cache)
-        if self.weight is not None:
-            self.weight.accumulate_grad(dw, copy=False)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db, copy=False)
+        dx, dw, db = group_norm_backward(grad_output, self._op_cache(grad_output))
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
         return dx
 
     def extra_repr(self) -> str:
@@ -287,12 +284,9 @@ class LayerNorm(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        (cache,) = self.saved_for_backward(grad_output)
-        dx, dw, db = layer_norm_backward(grad_output, cache)
-        if self.weight is not None:
-            self.weight.accumulate_grad(dw, copy=False)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db, copy=False)
+        dx, dw, db = layer_norm_backward(grad_output, self._op_cache(grad_output))
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
         return dx
 
     def extra_repr(self) -> str:
