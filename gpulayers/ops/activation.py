@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import backend
 from .._checks import check_floating, check_grad
+from . import activation_cuda
 from .special import normal_cdf
 
 __all__ = [
@@ -68,6 +69,9 @@ def relu_forward(x: Any, *, name: str = "relu") -> tuple[Any, ActivationCache]:
     class name), and returns ``(y, cache)`` with ``y`` of the input's shape and dtype.
     """
     check_floating(name, x)
+    if activation_cuda.supported(x):  # one kernel launch on the GPU
+        y = activation_cuda.relu_forward(x)
+        return y, ActivationCache(y, name)
     xp = backend.get_array_module(x)
     y = xp.maximum(x, _zero(x))
     return y, ActivationCache(y, name)
@@ -76,6 +80,8 @@ def relu_forward(x: Any, *, name: str = "relu") -> tuple[Any, ActivationCache]:
 def relu_backward(dy: Any, cache: ActivationCache) -> Any:
     """``dy`` where the output is > 0 (or NaN), else 0 (PyTorch's ``threshold_backward``)."""
     y = _saved(dy, cache)
+    if activation_cuda.supported(dy, y):  # one kernel launch on the GPU
+        return activation_cuda.relu_backward(dy, y)
     xp = backend.get_array_module(dy)
     if xp is np and np.isfinite(dy.sum()):
         # A multiply by the mask is ~4x faster than where() on NumPy; with finite dy it gives
