@@ -15,6 +15,10 @@ from .module import Module
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Softmax", "LogSoftmax"]
 
 
+# What a ReLU keeps for a use whose forward the BatchNorm before it did (see ReLU._record_fused).
+_FUSED = "applied by the preceding BatchNorm"
+
+
 class _Activation(Module):
     """An element-wise layer over one forward/backward op pair."""
 
@@ -56,6 +60,18 @@ class ReLU(_Activation):
 
     _forward_fn = staticmethod(ops.relu_forward)
     _backward_fn = staticmethod(ops.relu_backward)
+
+    def _record_fused(self, y: Any) -> None:
+        """Stand in for a forward whose ReLU the preceding ``BatchNorm`` applied (``Sequential``
+        fuses the pair): this use's backward passes the gradient on, and the BatchNorm's backward
+        masks it by the output."""
+        self.save_for_backward(_FUSED, output=y)
+
+    def backward(self, grad_output: Any) -> Any:
+        cache = self._op_cache(grad_output)
+        if cache is _FUSED:
+            return grad_output
+        return ops.relu_backward(grad_output, cache)
 
 
 class LeakyReLU(_Activation):

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .activation import ReLU
 from .module import Module
+from .normalization import _BatchNorm
 
 __all__ = ["Sequential", "ModuleList", "Residual", "Concat"]
 
@@ -31,6 +33,27 @@ def _index(name: str, idx: Any, length: int) -> int:
     if not -length <= idx < length:
         raise IndexError(f"{name}: index {idx} is out of range for {length} modules")
     return int(idx) % length
+
+
+def _plain(mod: Module, forward) -> bool:
+    """True when calling ``mod`` runs ``forward`` unchanged (not overridden or wrapped)."""
+    return "forward" not in mod.__dict__ and type(mod).forward is forward and type(mod).__call__ is Module.__call__
+
+
+def _fuses_relu(mod: Module, after: Module, x: Any) -> bool:
+    """Whether ``mod`` followed by ``after`` is a BatchNorm and a ReLU to run as one on the GPU.
+
+    Only exact ``ReLU`` modules after a ``BatchNorm1d``/``BatchNorm2d`` whose forwards are not
+    overridden or wrapped (``summary`` wraps them) qualify, for CuPy input. The results are those
+    of the two layers run one after the other: the ReLU's output is always a new array.
+    """
+    return (
+        isinstance(mod, _BatchNorm)
+        and type(after) is ReLU
+        and backend.is_cuda_array(x)
+        and _plain(mod, _BatchNorm.forward)
+        and _plain(after, ReLU.forward)
+    )
 
 
 class Sequential(Module):
@@ -60,8 +83,18 @@ class Sequential(Module):
             self.add_module(str(i), _check_module("Sequential", mod, f"at position {i}"))
 
     def forward(self, x):
-        for mod in self._modules.values():
+        mods = list(self._modules.values())
+        i = 0
+        while i < len(mods):
+            mod = mods[i]
+            if i + 1 < len(mods) and _fuses_relu(mod, mods[i + 1], x):
+                # BatchNorm then ReLU on the GPU: the ReLU runs inside the BatchNorm's kernels.
+                x = mod._forward(x, relu=True)
+                mods[i + 1]._record_fused(x)
+                i += 2
+                continue
             x = mod(x)
+            i += 1
         return x
 
     def backward(self, grad_output):

@@ -72,6 +72,11 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x: Any) -> Any:
+        return self._forward(x)
+
+    def _forward(self, x: Any, relu: bool = False) -> Any:
+        """The forward, optionally with a ReLU applied to the output (``Sequential`` fuses a
+        ``BatchNorm`` followed by ``ReLU`` this way); ``backward`` then masks the gradient too."""
         y, cache = ops.batch_norm_forward(
             x,
             self.weight.data if self.weight is not None else None,
@@ -84,6 +89,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked,
             name=type(self).__name__,
             ndim=self._ranks,
+            relu=relu,
         )
         self.save_for_backward(cache, output=y)
         return y

@@ -111,12 +111,15 @@ def batch_norm_forward(
             np.int32(update and track),
         )
         kernels.launch(_FILE, "batch_norm_apply_kernel", dtype, int(x.size), apply_args)
-    cache = {"x": x, "y": y, "mean": mean, "invstd": invstd, "weight": weight, "has_bias": bias is not None}
+    cache = {"x": x, "y": y, "mean": mean, "invstd": invstd, "weight": weight, "has_bias": bias is not None,
+             "relu": bool(relu)}  # fmt: skip
     return y, cache
 
 
-def batch_norm_backward(dy: Any, cache: dict, relu: bool = False) -> tuple[Any, Any, Any]:
-    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward` (same ``relu``)."""
+def batch_norm_backward(dy: Any, cache: dict, relu: bool | None = None) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`; with the forward's ``relu``
+    (None: the one recorded in ``cache``), ``dy`` is masked where the output is <= 0 first."""
+    relu = cache["relu"] if relu is None else relu
     xp = backend.get_array_module(dy)
     x, y, mean, invstd, weight = cache["x"], cache["y"], cache["mean"], cache["invstd"], cache["weight"]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)

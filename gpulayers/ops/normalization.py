@@ -39,6 +39,7 @@ class BatchNormCache:
     bshape: tuple
     count: int
     name: str
+    relu_out: Any = None  # the output, when a ReLU was applied to it (its mask is the gradient's)
 
 
 def _check_arrays(name: str, x: Any, ndim: tuple[int, ...], per_channel: dict[str, Any]) -> None:
@@ -139,6 +140,7 @@ def batch_norm_forward(
     *,
     name: str = "batch_norm",
     ndim: tuple[int, ...] = (2, 3, 4),
+    relu: bool = False,
 ) -> tuple[Any, BatchNormCache]:
     """Normalise ``x`` per channel, then scale by ``weight`` and shift by ``bias``.
 
@@ -161,6 +163,8 @@ def batch_norm_forward(
         num_batches_tracked: 0-d int64 counter (required when ``momentum`` is None).
         name: who is calling, for error messages (a layer passes its class name).
         ndim: the input ranks accepted (a layer narrows them).
+        relu: also apply ``max(y, 0)`` (NaN kept), fused into the GPU kernel; the backward then
+            masks ``dy`` where the output is <= 0, as ReLU's backward does.
 
     Returns:
         ``(y, cache)``; ``y`` has the shape and dtype of ``x``.
@@ -195,6 +199,7 @@ def batch_norm_forward(
             momentum,
             eps,
             num_batches_tracked if update else None,
+            relu=relu,
         )
         cache["fused"], cache["name"] = True, name
         return y, cache
@@ -236,7 +241,11 @@ def batch_norm_forward(
     y = centred * scale.reshape(bshape)
     if bias is not None:
         y += bias.reshape(bshape)
-    return y, BatchNormCache(centred, invstd, weight, bias is not None, use_batch_stats, bshape, count, name)
+    relu_out = None
+    if relu:
+        y = relu_out = xp.maximum(y, y.dtype.type(0))
+    cache = BatchNormCache(centred, invstd, weight, bias is not None, use_batch_stats, bshape, count, name, relu_out)
+    return y, cache
 
 
 def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
@@ -259,6 +268,9 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     centred, invstd, weight = cache.centred, cache.invstd, cache.weight
     bshape, count = cache.bshape, cache.count
     check_grad(cache.name, dy, centred.shape, centred)
+    if cache.relu_out is not None:
+        xp = backend.get_array_module(dy)
+        dy = xp.where(cache.relu_out <= 0, dy.dtype.type(0), dy)
     dbias_full = _channel_sum(dy)
     dy_centred = _channel_dot(dy, centred)  # sum(dy * (x - mean)) per channel
     dweight_full = dy_centred * invstd  # = sum(dy * xhat)
