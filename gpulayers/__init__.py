@@ -7,7 +7,7 @@ layouts and state_dict keys.
     from gpulayers import nn, optim, functional as F
 """
 
-from . import cuda, data, functional, models, nn, optim
+from . import cuda, data, functional, models, nn, optim, threads
 from .backend import (
     cuda_is_available,
     default_device,
@@ -19,6 +19,9 @@ from .backend import (
 from .debug import debug_mode, is_debug, set_debug
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .gradcheck import gradcheck
+from .threads import get_num_threads, set_num_threads
+
+threads.tune_allocator()
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,7 @@ __all__ = [
     "enable_grad",
     "functional",
     "get_array_module",
+    "get_num_threads",
     "gradcheck",
     "is_debug",
     "is_grad_enabled",
@@ -42,6 +46,7 @@ __all__ = [
     "optim",
     "set_debug",
     "set_grad_enabled",
+    "set_num_threads",
     "to_device",
     "to_numpy",
 ]

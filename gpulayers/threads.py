@@ -1,0 +1,196 @@
+"""The CPU path's thread pool: elementwise, pooling and normalisation passes split over the batch.
+
+NumPy's ufuncs and reductions release the GIL, so a few Python threads that each run the same
+NumPy calls on their own slice of the batch use several cores. The work is cut into blocks of
+whole samples whose size depends only on the shapes (never on the thread count), and every
+block is computed by the same calls whichever thread runs it, so one thread and N threads give
+bitwise the same results. Blocks are also small enough (about half a MiB per array) for the
+several passes an op makes over one block to stay in the core's cache.
+
+The number of threads defaults to the size of NumPy's BLAS pool (``threadpoolctl`` when it is
+installed, else ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, else the
+CPUs this process may run on); the environment variable ``GPULAYERS_NUM_THREADS`` or
+:func:`set_num_threads` overrides it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["get_num_threads", "set_num_threads", "batch_blocks", "run_blocks", "workspace", "clear_workspace"]
+
+# Bytes of one array per block: several passes over a block stay in a core's L2 cache.
+BLOCK_BYTES = 1 << 19
+
+_lock = threading.Lock()
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+
+
+def _blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415 - optional
+
+        counts = [int(info["num_threads"]) for info in threadpool_info() if info.get("user_api") == "blas"]
+        if counts:
+            return max(counts)
+    except Exception:  # noqa: BLE001 - threadpoolctl is optional and may fail to inspect a library
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _default_threads() -> int:
+    value = os.environ.get("GPULAYERS_NUM_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"GPULAYERS_NUM_THREADS: expected a positive integer, got {value!r}")
+        return int(value)
+    return _blas_threads()
+
+
+def get_num_threads() -> int:
+    """Threads the CPU path splits its elementwise, pooling and normalisation passes over."""
+    global _threads
+    if _threads is None:
+        with _lock:
+            if _threads is None:
+                _threads = _default_threads()
+    return _threads
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Set the CPU path's thread count (PyTorch's ``torch.set_num_threads``); 1 runs every pass inline.
+
+    Results do not depend on it: they are bitwise the same for any thread count.
+
+    Args:
+        num_threads: a positive int.
+    """
+    global _threads, _pool
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {num_threads!r}")
+    with _lock:
+        old, _pool = _pool, None
+        _threads = num_threads
+    if old is not None:
+        old.shutdown(wait=True)
+
+
+def _reset_after_fork() -> None:  # a forked child has the pool object but not its threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulayers-cpu")
+        return _pool
+
+
+def batch_blocks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)``: blocks of whole samples of about ``BLOCK_BYTES``."""
+    step = max(1, BLOCK_BYTES // max(int(bytes_per_sample), 1))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _run(fn: Callable[[int, int], None], blocks: list[tuple[int, int]]) -> None:
+    for start, stop in blocks:
+        fn(start, stop)
+
+
+def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int) -> None:
+    """Call ``fn(start, stop)`` for every block of :func:`batch_blocks`, the blocks shared over the threads.
+
+    ``fn`` must write only its own samples (reductions go to per-sample partial results that the
+    caller combines afterwards in a fixed order). The calling thread takes the first share.
+    """
+    blocks = batch_blocks(n, bytes_per_sample)
+    threads = min(get_num_threads(), len(blocks))
+    if threads <= 1 or threading.current_thread().name.startswith("gpulayers-cpu"):
+        _run(fn, blocks)
+        return
+    shares = [blocks[i * len(blocks) // threads : (i + 1) * len(blocks) // threads] for i in range(threads)]
+    pool = _executor(get_num_threads() - 1)
+    futures = [pool.submit(_run, fn, share) for share in shares[1:]]
+    try:
+        _run(fn, shares[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
+# -- reusable scratch arrays ---------------------------------------------------------------------------
+
+# Per thread, the last few scratch arrays by (tag, shape, dtype): the large temporaries of the CPU
+# ops (a convolution's columns and padded image) are reused from step to step instead of being
+# allocated afresh, which costs a page fault per 4 KiB page on many systems.
+WORKSPACE_ENTRIES = 8
+_local = threading.local()
+
+
+def workspace(tag: str, shape: tuple, dtype) -> np.ndarray:
+    """A scratch array (contents undefined) for this thread; valid until the next call with the same key.
+
+    Only for temporaries that never leave the op that asked for them.
+    """
+    cache = getattr(_local, "arrays", None)
+    if cache is None:
+        cache = _local.arrays = OrderedDict()
+    key = (tag, tuple(int(v) for v in shape), np.dtype(dtype).str)
+    arr = cache.pop(key, None)
+    if arr is None:
+        arr = np.empty(key[1], dtype=dtype)
+        while len(cache) >= WORKSPACE_ENTRIES:
+            cache.popitem(last=False)
+    cache[key] = arr
+    return arr
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory of up to 32 MiB blocks in the process heap (glibc only); True when applied.
+
+    glibc returns large freed blocks to the system at once (``mmap`` threshold, heap trimming), so
+    the next activation of the same size is faulted in page by page again: on virtual machines that
+    costs more than the arithmetic of a ReLU. Called once at import; the environment variable
+    ``GPULAYERS_MALLOC_TUNING=0`` turns it off (glibc's ``MALLOC_*`` variables then apply unchanged).
+    """
+    if os.environ.get("GPULAYERS_MALLOC_TUNING", "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    if any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ):
+        return False  # the user tunes glibc's allocator themselves
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD))
+
+
+MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value
+MALLOC_TRIM_THRESHOLD = 256 << 20
+
+
+def clear_workspace() -> None:
+    """Drop this thread's scratch arrays."""
+    _local.arrays = OrderedDict()

@@ -1,0 +1,113 @@
+"""The CPU thread pool (gl.set_num_threads): results bitwise the same for any thread count, and its settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import small_cnn
+
+import gpulayers as gl
+from gpulayers import nn, optim, threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = gl.get_num_threads()
+    yield
+    gl.set_num_threads(before)
+
+
+def _train_steps(num_threads: int, steps: int = 2) -> list[np.ndarray]:
+    """Parameters and input gradient after a few SGD steps of a small CNN with batch norm, on ``num_threads``."""
+    gl.set_num_threads(num_threads)
+    gl.manual_seed(3)
+    model = small_cnn(image_size=12, width=8, hidden=16)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 1, 12, 12)).astype(np.float32)  # an odd batch: uneven blocks
+    y = rng.integers(0, 10, size=37)
+    dx = None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        dx = model.backward(loss_fn.backward())
+        opt.step()
+    return [p.data.copy() for p in model.parameters()] + [dx, model[1].running_var.copy()]
+
+
+@pytest.mark.parametrize("num_threads", [2, 3])
+def test_training_is_bitwise_the_same_on_one_and_several_threads(restore_threads, monkeypatch, num_threads):
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 4096)  # many blocks even at this small size
+    one = _train_steps(1)
+    several = _train_steps(num_threads)
+    for a, b in zip(one, several, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_runs_are_bitwise_reproducible(restore_threads):
+    for a, b in zip(_train_steps(2), _train_steps(2), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n,per_sample", [(64, 100352), (64, 1 << 22), (5, 8), (0, 8)])
+def test_blocks_cover_the_batch_once(n, per_sample):
+    blocks = threads.batch_blocks(n, per_sample)
+    covered = [i for start, stop in blocks for i in range(start, stop)]
+    assert covered == list(range(n))
+    assert all(stop > start for start, stop in blocks)
+
+
+def test_run_blocks_raises_a_worker_error(restore_threads):
+    gl.set_num_threads(2)
+
+    def fail(start, stop):
+        if start > 0:
+            raise ValueError("block failed")
+
+    with pytest.raises(ValueError, match="block failed"):
+        threads.run_blocks(fail, 64, threads.BLOCK_BYTES)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="set_num_threads: expected a positive int"):
+        gl.set_num_threads(bad)
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"GPULAYERS_NUM_THREADS": "3"}, "3"),
+        ({"GPULAYERS_NUM_THREADS": "", "OPENBLAS_NUM_THREADS": "1"}, "1"),
+    ],
+)
+def test_thread_count_from_the_environment(env, expected):
+    code = "import gpulayers as gl; print(gl.get_num_threads())"
+    base = {k: v for k, v in __import__("os").environ.items() if not k.endswith("NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_bad_thread_count_in_the_environment_is_named():
+    code = "import gpulayers as gl; gl.get_num_threads()"
+    env = {**__import__("os").environ, "GPULAYERS_NUM_THREADS": "many"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "GPULAYERS_NUM_THREADS: expected a positive integer, got 'many'" in out.stderr
+
+
+def test_workspace_is_reused_per_key_and_never_returned_by_an_op():
+    a = threads.workspace("test.scratch", (3, 4), np.float32)
+    assert threads.workspace("test.scratch", (3, 4), np.float32) is a
+    assert threads.workspace("test.scratch", (3, 4), np.float64) is not a
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    conv = nn.Conv2d(3, 4, 3)  # no padding: the column gradient's image is the input's own shape
+    conv(x)
+    dx1 = conv.backward(np.ones((2, 4, 3, 3), np.float32))
+    keep = dx1.copy()
+    conv(x)
+    conv.backward(np.full((2, 4, 3, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(dx1, keep)  # the second backward did not write into the first's result
