@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import backend
 from .._checks import check_channels, check_grad, check_input, check_same_device
-from . import batch_norm_cuda
+from . import batch_norm_cpu, batch_norm_cuda
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -118,6 +118,16 @@ def _batch_stats(x: Any, count: int, bshape: tuple[int, ...]) -> tuple[Any, Any,
         return _safe_stats(x, count, bshape)
 
 
+def _cpu_batch_stats(x: np.ndarray, count: int, bshape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and biased variance of a NumPy input; the overflow-safe reductions when float32 overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, var = batch_norm_cpu.channel_mean_var(x, count)
+        if np.isfinite(mean).all() and np.isfinite(var).all():
+            return mean, var
+        mean, _, var = _safe_stats(x, count, bshape)
+    return mean, var
+
+
 def _fusable(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, counter: Any) -> bool:
     """True when the fused GPU kernels take this call (CuPy, contiguous, matching parameter arrays)."""
     if not batch_norm_cuda.supported(x, weight, bias, running_mean, running_var):
@@ -204,11 +214,18 @@ def batch_norm_forward(
         cache["fused"], cache["name"] = True, name
         return y, cache
 
-    if use_batch_stats:
-        if count == 1:
-            raise ValueError(
-                f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
-            )
+    if use_batch_stats and count == 1:
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+        )
+    on_cpu = not backend.is_cuda_array(x) and count > 0
+    if on_cpu:
+        x = np.ascontiguousarray(x)
+        if use_batch_stats:
+            mean, var = _cpu_batch_stats(x, count, bshape)
+        else:
+            mean, var = running_mean.copy(), running_var
+    elif use_batch_stats:
         if count == 0:  # empty batch: nothing to normalise, running statistics left as they are
             mean = xp.zeros(x.shape[1], dtype=x.dtype)
             var = xp.ones(x.shape[1], dtype=x.dtype)
@@ -238,6 +255,10 @@ def batch_norm_forward(
     invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
     # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
     scale = invstd if weight is None else weight * invstd
+    if on_cpu:  # block-wise passes that keep the input, not the centred copy
+        y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count)
+        saved = batch_norm_cpu.CpuBatchNormCache(x, mean, invstd, weight, bias is not None, use_batch_stats, count, name)
+        return y, saved
     y = centred * scale.reshape(bshape)
     if bias is not None:
         y += bias.reshape(bshape)
@@ -265,6 +286,10 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     if isinstance(cache, dict) and cache.get("fused"):
         check_grad(cache["name"], dy, cache["x"].shape, cache["x"])
         return batch_norm_cuda.batch_norm_backward(dy, cache)
+    if isinstance(cache, batch_norm_cpu.CpuBatchNormCache):
+        check_grad(cache.name, dy, cache.x.shape, cache.x)
+        dx, dweight, dbias = batch_norm_cpu.backward(np.ascontiguousarray(dy, dtype=cache.x.dtype), cache)
+        return dx, dweight if cache.weight is not None else None, dbias if cache.has_bias else None
     centred, invstd, weight = cache.centred, cache.invstd, cache.weight
     bshape, count = cache.bshape, cache.count
     check_grad(cache.name, dy, centred.shape, centred)
