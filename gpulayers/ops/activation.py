@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from .._checks import check_floating, check_grad
 from . import activation_cuda
 from .special import normal_cdf
@@ -73,8 +73,35 @@ def relu_forward(x: Any, *, name: str = "relu") -> tuple[Any, ActivationCache]:
         y = activation_cuda.relu_forward(x)
         return y, ActivationCache(y, name)
     xp = backend.get_array_module(x)
+    if xp is np and x.ndim > 1 and x.flags.c_contiguous:  # block-wise over the batch (gpulayers.threads)
+        y = np.empty_like(x)
+        threads.run_blocks(lambda a, b: np.maximum(x[a:b], _zero(x), out=y[a:b]), x.shape[0], _row_bytes(x))
+        return y, ActivationCache(y, name)
     y = xp.maximum(x, _zero(x))
     return y, ActivationCache(y, name)
+
+
+def _row_bytes(x: Any) -> int:
+    return x.itemsize * (x.size // max(x.shape[0], 1))
+
+
+def _relu_backward_cpu(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Block-wise ``relu_backward``: ``dy`` times the mask ``not (y <= 0)``, one pass per array in cache."""
+    dx = np.empty_like(dy)
+
+    def block(a: int, b: int) -> None:
+        g, out = dy[a:b], dx[a:b]
+        keep = np.less_equal(y[a:b], 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(np.add.reduce(g, axis=None))
+        if finite:  # a multiply by the mask: with finite dy the same values as where()
+            np.logical_not(keep, out=keep)
+            np.multiply(g, keep, out=out)
+        else:  # inf * 0 would be NaN: where() keeps PyTorch's zeros
+            np.copyto(out, np.where(keep, _zero(g), g))
+
+    threads.run_blocks(block, dy.shape[0], _row_bytes(dy))
+    return dx
 
 
 def relu_backward(dy: Any, cache: ActivationCache) -> Any:
@@ -83,6 +110,8 @@ def relu_backward(dy: Any, cache: ActivationCache) -> Any:
     if activation_cuda.supported(dy, y):  # one kernel launch on the GPU
         return activation_cuda.relu_backward(dy, y)
     xp = backend.get_array_module(dy)
+    if xp is np and dy.ndim > 1 and dy.shape[0] > 0 and dy.flags.c_contiguous and y.flags.c_contiguous:
+        return _relu_backward_cpu(dy, y)
     if xp is np and np.isfinite(dy.sum()):
         # A multiply by the mask is ~4x faster than where() on NumPy; with finite dy it gives
         # the same result (where() must stay when dy holds inf or NaN: inf * 0 would be NaN).
