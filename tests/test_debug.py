@@ -40,7 +40,9 @@ CASES = {
     "Tanh-output": (lambda: nn.Tanh(), (4, 3), _edit_output),
     "LeakyReLU-input": (lambda: nn.LeakyReLU(), (4, 3), _edit_input),
     "Conv2d-weight": (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5), None),
+    "Conv2d-input": (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5), _edit_input),
     "BatchNorm2d-weight": (lambda: nn.BatchNorm2d(2), (3, 2, 4, 4), None),
+    "BatchNorm2d-input": (lambda: nn.BatchNorm2d(2), (3, 2, 4, 4), _edit_input),
     "GELU-input": (lambda: nn.GELU(), (4, 3), _edit_input),
     "SiLU-input": (lambda: nn.SiLU(), (4, 3), _edit_input),
     "Softmax-output": (lambda: nn.Softmax(1), (4, 3), _edit_output),
@@ -102,9 +104,9 @@ def test_bce_with_logits_input_edit_is_caught():
 
 
 def test_layers_that_keep_nothing_of_yours_do_not_complain():
-    """Pooling, dropout and the CPU convolution keep their own arrays: editing the input is harmless."""
+    """Pooling and dropout keep their own arrays: editing the input is harmless."""
     gl.set_debug(True)
-    for layer in (nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Conv2d(2, 3, 3), nn.Dropout(0.5), nn.Flatten()):
+    for layer in (nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Dropout(0.5), nn.Flatten()):
         x = _data((2, 2, 4, 4))
         y = layer(x)
         x[...] = 0.0

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
 from ._window import offset_views
 
@@ -36,6 +36,8 @@ __all__ = [
 
 # Sample-major columns while C/groups*kh*kw times this stays below OH*OW (see _use_sample_major).
 SAMPLE_MAJOR_MAX_RATIO = 2.0
+# Forward takes per-sample GEMMs from this many output pixels on.
+FORWARD_SAMPLE_MAJOR_MIN_PIXELS = 128
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,10 @@ def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
 
 @dataclass(frozen=True, slots=True)
 class _CpuCache:
-    cols: np.ndarray
+    x: np.ndarray  # the input (its columns are rebuilt in backward, not kept)
     weight: np.ndarray
     has_bias: bool
     a: ConvArgs
-    x_shape: tuple
-    sample_major: bool
 
 
 def _use_sample_major(rows: int, pixels: int) -> bool:
@@ -222,42 +222,56 @@ def _use_sample_major(rows: int, pixels: int) -> bool:
     return rows * SAMPLE_MAJOR_MAX_RATIO < pixels
 
 
+def _forward_sample_major(rows: int, pixels: int) -> bool:
+    """Forward needs no ``dW``: per-sample GEMMs (NCHW output, no transpose) unless the images are tiny."""
+    return _use_sample_major(rows, pixels) or pixels >= FORWARD_SAMPLE_MAJOR_MIN_PIXELS
+
+
 def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs):
     n = x.shape[0]
     out_c, cg, kh, kw = weight.shape
     (oh, ow), g = a.out_size, a.groups
     rows, pixels = cg * kh * kw, oh * ow
-    sample_major = _use_sample_major(rows, pixels)
+    sample_major = _forward_sample_major(rows, pixels)
     cols = _im2col_cpu(x, (kh, kw), a, sample_major)
     w_mat = weight.reshape(g, out_c // g, rows)
+    y = np.empty((n, out_c, oh, ow), dtype=x.dtype)
     if sample_major:
         # (G, O/G, rows) @ (N, G, rows, OH*OW) -> (N, G, O/G, OH*OW): NCHW directly.
-        y = np.matmul(w_mat, cols.reshape(n, g, rows, pixels)).reshape(n, out_c, oh, ow)
+        np.matmul(w_mat, cols.reshape(n, g, rows, pixels), out=y.reshape(n, g, out_c // g, pixels))
         if bias is not None:
             y += bias.reshape(1, out_c, 1, 1)
     else:
         # (G, O/G, rows) @ (G, rows, N*OH*OW) -> (O, N, OH, OW), then to NCHW (adding the bias on the way).
-        y_t = np.matmul(w_mat, cols.reshape(g, rows, n * pixels)).reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
-        y = np.empty((n, out_c, oh, ow), dtype=x.dtype)
+        prod = threads.workspace("conv2d.product", (g, out_c // g, n * pixels), x.dtype)
+        np.matmul(w_mat, cols.reshape(g, rows, n * pixels), out=prod)
+        y_t = prod.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
         if bias is not None:
             np.add(y_t, bias.reshape(1, out_c, 1, 1), out=y)
         else:
             np.copyto(y, y_t)
-    return y, _CpuCache(cols, weight, bias is not None, a, x.shape, sample_major)
+    return y, _CpuCache(x, weight, bias is not None, a)
 
 
 def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
-    weight, a, sample_major = cache.weight, cache.a, cache.sample_major
+    weight, a, x = cache.weight, cache.a, cache.x
+    _, cg, kh, kw = weight.shape
+    sample_major = _use_sample_major(cg * kh * kw, a.out_size[0] * a.out_size[1])
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     grad = None if sample_major else _channel_major(dy, a.groups)  # shared by both products
-    dw = _weight_grad_cpu(cache.cols, dy, weight.shape, a, sample_major, grad)
-    dx = _input_grad_cpu(dy, weight, cache.x_shape, a, sample_major, grad)
+    cols = _im2col_cpu(x, (kh, kw), a, sample_major)
+    dw = _weight_grad_cpu(cols, dy, weight.shape, a, sample_major, grad)
+    # The columns are no longer needed: their scratch array takes the column gradient.
+    dx = _input_grad_cpu(dy, weight, x.shape, a, sample_major, grad)
     return dx, dw, db
 
 
 def _channel_major(dy: np.ndarray, groups: int) -> np.ndarray:
     """``dy`` as ``(G, O/G, N*OH*OW)``: the output gradient in the channel-major column order."""
-    return np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(groups, dy.shape[1] // groups, -1)
+    n, out_c = dy.shape[:2]
+    grad = threads.workspace("conv2d.grad", (out_c, n) + dy.shape[2:], dy.dtype)
+    np.copyto(grad, dy.transpose(1, 0, 2, 3))
+    return grad.reshape(groups, out_c // groups, -1)
 
 
 def _weight_grad_cpu(
@@ -289,26 +303,51 @@ def _input_grad_cpu(
     rows, pixels = cg * kh * kw, oh * ow
     w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
     if sample_major:
-        dcols = np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels)).reshape(n, c, kh, kw, oh, ow)
+        dcols = threads.workspace("conv2d.cols", (n, c, kh, kw, oh, ow), dy.dtype)
+        np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels), out=dcols.reshape(n, g, rows, pixels))
     else:
         grad = _channel_major(dy, g) if grad is None else grad
-        dcols = np.matmul(w_t, grad).reshape(c, kh, kw, n, oh, ow)
+        dcols = threads.workspace("conv2d.cols", (c, kh, kw, n, oh, ow), dy.dtype)
+        np.matmul(w_t, grad, out=dcols.reshape(g, rows, n * pixels))
     return _col2im_cpu(dcols, x_shape, (kh, kw), a, sample_major)
 
 
-def _im2col_cpu(x: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_major: bool) -> np.ndarray:
-    """The columns ``(N, C, kh, kw, OH, OW)`` (sample-major) or ``(C, kh, kw, N, OH, OW)`` of ``x``."""
+def _padded_image(x: np.ndarray, a: ConvArgs, sample_major: bool) -> np.ndarray:
+    """``x`` zero-padded, with the batch and channel axes in the order of the columns (a scratch array)."""
     n, c, h, w = x.shape
-    (ph, pw), (oh, ow) = a.padding, a.out_size
-    # The padded image, with the batch and channel axes in the order of the columns.
-    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype)
+    ph, pw = a.padding
+    if sample_major and not (ph or pw):
+        return x
+    image = threads.workspace(
+        "conv2d.image", (n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype
+    )
+    image[:, :, :ph] = 0
+    image[:, :, h + ph :] = 0
+    image[:, :, ph : h + ph, :pw] = 0
+    image[:, :, ph : h + ph, w + pw :] = 0
     image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
-    cols = np.empty((n, c, *kernel, oh, ow) if sample_major else (c, *kernel, n, oh, ow), dtype=x.dtype)
-    for i, j, view in offset_views(image, kernel, a.stride, a.dilation, a.out_size):
-        if sample_major:
-            cols[:, :, i, j] = view
-        else:
-            cols[:, i, j] = view
+    return image
+
+
+def _im2col_cpu(x: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_major: bool) -> np.ndarray:
+    """The columns ``(N, C, kh, kw, OH, OW)`` (sample-major) or ``(C, kh, kw, N, OH, OW)`` of ``x``.
+
+    One copy from a strided view of the padded image (every window of every offset), into a
+    scratch array that stays valid until the next convolution of the same shape on this thread.
+    """
+    n, c = x.shape[:2]
+    (oh, ow), (sh, sw), (dh, dw) = a.out_size, a.stride, a.dilation
+    image = _padded_image(x, a, sample_major)
+    s0, s1, s2, s3 = image.strides
+    windows = np.lib.stride_tricks.as_strided(
+        image, (image.shape[0], image.shape[1], *kernel, oh, ow), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw)
+    )
+    if sample_major:
+        cols = threads.workspace("conv2d.cols", (n, c, *kernel, oh, ow), x.dtype)
+        np.copyto(cols, windows)
+    else:
+        cols = threads.workspace("conv2d.cols", (c, *kernel, n, oh, ow), x.dtype)
+        np.copyto(cols, windows.transpose(0, 2, 3, 1, 4, 5))
     return cols
 
 
@@ -317,11 +356,14 @@ def _col2im_cpu(dcols: np.ndarray, x_shape: tuple, kernel: tuple[int, int], a: C
     n, c, h, w = x_shape
     ph, pw = a.padding
     # Each offset's positions are distinct, so a strided += per offset is exact.
-    image = np.zeros((n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dcols.dtype)
+    image = threads.workspace(
+        "conv2d.image", (n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dcols.dtype
+    )
+    image.fill(0)
     for i, j, view in offset_views(image, kernel, a.stride, a.dilation, a.out_size):
         view += dcols[:, :, i, j] if sample_major else dcols[:, i, j]
     inner = image[:, :, ph : ph + h, pw : pw + w]
-    return np.ascontiguousarray(inner if sample_major else inner.transpose(1, 0, 2, 3))
+    return np.array(inner if sample_major else inner.transpose(1, 0, 2, 3), order="C")  # a copy: never the scratch
 
 
 # -- the two halves of backward on their own (the forward and backward of ConvTranspose2d) -----------
