@@ -8,6 +8,9 @@ is timed by the CPU time of the calling thread (``time.thread_time``), with NumP
 PyTorch both limited to one thread: the figures are the work each layer costs, and they stay
 comparable when other processes load the machine (wall-clock step times do not). The two
 libraries take turns layer by layer; medians of ``--repeats`` calls are printed with the ratio.
+A timed gpulayers forward drops what it saved for backward (``Module.discard_saved``), as
+PyTorch frees the graph of an output nobody keeps: repeated forwards of one layer in training
+mode would otherwise pile up their saved arrays, which is not what a training step does.
 """
 
 from __future__ import annotations
@@ -25,11 +28,18 @@ import numpy as np  # noqa: E402
 from _reference import build_models  # noqa: E402
 
 
-def cpu_ms(fn, repeats: int) -> float:
-    """Median thread-CPU milliseconds of ``fn()`` over ``repeats`` calls (after one untimed call)."""
+def cpu_ms(fn, repeats: int, setup=None) -> float:
+    """Median thread-CPU milliseconds of ``fn()`` over ``repeats`` calls (after one untimed call).
+
+    ``setup()``, when given, runs untimed before every call.
+    """
+    if setup is not None:
+        setup()
     fn()
     times = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         start = time.thread_time_ns()
         fn()
         times.append((time.thread_time_ns() - start) / 1e6)
@@ -65,17 +75,22 @@ def main() -> int:
         def torch_backward(twin=twin, tx=tx, tdy=tdy, inputs=inputs):
             return torch.autograd.grad(twin(tx), inputs, tdy)
 
+        def ours_forward(mine=mine, x=x):
+            y = mine(x)
+            mine.discard_saved()  # as PyTorch frees the graph of an output nobody keeps
+            return y
+
         def ours_backward(mine=mine, x=x, dy=dy):
             mine.zero_grad()
             return mine.backward(dy)
 
         name = f"{index:2d} {twin!r}"[:34]
         for which, ours_fn, torch_fn in (
-            ("forward", lambda mine=mine, x=x: mine(x), torch_forward),
+            ("forward", ours_forward, torch_forward),
             ("backward", ours_backward, torch_backward),
         ):
-            mine(x)  # the backward below uses this forward's cache
-            o = cpu_ms(ours_fn, args.repeats)
+            # Each timed backward consumes the forward run (untimed) just before it.
+            o = cpu_ms(ours_fn, args.repeats, setup=(lambda mine=mine, x=x: mine(x)) if which == "backward" else None)
             p = cpu_ms(torch_fn, args.repeats)
             if which == "backward":
                 p -= cpu_ms(torch_forward, args.repeats)  # PyTorch's backward re-runs its forward

@@ -32,7 +32,7 @@ import time
 import numpy as np
 from _reference import build_models
 
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.5
 
 
 def blas_threads() -> int:
