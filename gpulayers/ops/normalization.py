@@ -218,7 +218,7 @@ def batch_norm_forward(
         raise ValueError(
             f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
         )
-    on_cpu = not backend.is_cuda_array(x) and count > 0
+    on_cpu = not backend.is_cuda_array(x) and count > 0 and not relu  # the fused ReLU: the generic path
     if on_cpu:
         x = np.ascontiguousarray(x)
         if use_batch_stats:
@@ -257,8 +257,8 @@ def batch_norm_forward(
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
         y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count)
-        saved = batch_norm_cpu.CpuBatchNormCache(x, mean, invstd, weight, bias is not None, use_batch_stats, count, name)
-        return y, saved
+        has_bias = bias is not None
+        return y, batch_norm_cpu.CpuBatchNormCache(x, mean, invstd, weight, has_bias, use_batch_stats, count, name)
     y = centred * scale.reshape(bshape)
     if bias is not None:
         y += bias.reshape(bshape)
