@@ -31,6 +31,7 @@ class CpuBatchNormCache:
     batch_stats: bool
     count: int
     name: str
+    relu_out: np.ndarray | None = None  # the output, when a ReLU was applied to it
 
 
 def _view3(x: np.ndarray) -> np.ndarray:

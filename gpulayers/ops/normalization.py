@@ -218,7 +218,7 @@ def batch_norm_forward(
         raise ValueError(
             f"{name}: expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
         )
-    on_cpu = not backend.is_cuda_array(x) and count > 0 and not relu  # the fused ReLU: the generic path
+    on_cpu = not backend.is_cuda_array(x) and count > 0
     if on_cpu:
         x = np.ascontiguousarray(x)
         if use_batch_stats:
@@ -257,8 +257,12 @@ def batch_norm_forward(
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
         y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count)
-        has_bias = bias is not None
-        return y, batch_norm_cpu.CpuBatchNormCache(x, mean, invstd, weight, has_bias, use_batch_stats, count, name)
+        if relu:
+            np.maximum(y, y.dtype.type(0), out=y)
+        saved = batch_norm_cpu.CpuBatchNormCache(
+            x, mean, invstd, weight, bias is not None, use_batch_stats, count, name, y if relu else None
+        )
+        return y, saved
     y = centred * scale.reshape(bshape)
     if bias is not None:
         y += bias.reshape(bshape)
@@ -288,6 +292,8 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
         return batch_norm_cuda.batch_norm_backward(dy, cache)
     if isinstance(cache, batch_norm_cpu.CpuBatchNormCache):
         check_grad(cache.name, dy, cache.x.shape, cache.x)
+        if cache.relu_out is not None:
+            dy = np.where(cache.relu_out <= 0, dy.dtype.type(0), dy)
         dx, dweight, dbias = batch_norm_cpu.backward(np.ascontiguousarray(dy, dtype=cache.x.dtype), cache)
         return dx, dweight if cache.weight is not None else None, dbias if cache.has_bias else None
     centred, invstd, weight = cache.centred, cache.invstd, cache.weight
