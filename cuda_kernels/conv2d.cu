@@ -200,6 +200,9 @@ __global__ void conv2d_direct_backward_data_kernel(const T* __restrict__ dy, con
 // from the shape alone) keeps the result independent of the launch grid. Neighbouring
 // threads take neighbouring lanes, so their loads of dy and x are coalesced. A thread steps
 // q by `lanes` as a mixed-radix (n, h_out, w_out) addition, with no division in the loop.
+// Rows past the weight's out_channels * in_per_group * kernel_h * kernel_w elements (when the
+// caller allocates them) are bias rows: partial[weight_size + oc][lane] sums dy[n][oc] over the
+// same positions, so one reduction over the lanes gives the bias gradient too.
 template <typename T>
 __global__ void conv2d_direct_backward_weight_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                                                      T* __restrict__ partial, long long total, int lanes, int batch,
@@ -213,10 +216,18 @@ __global__ void conv2d_direct_backward_weight_kernel(const T* __restrict__ x, co
   const int step_w = lanes % out_w;  // `lanes` in the radix (n, h_out, w_out)
   const int step_h = (lanes / out_w) % out_h;
   const int step_n = (lanes / out_w) / out_h;
+  const long long weight_size = (long long)out_channels * in_per_group * kernel_h * kernel_w;
   GRID_STRIDE_LOOP(index, total) {
     const int lane = (int)(index % lanes);
+    const long long row = index / lanes;
+    const bool bias_row = row >= weight_size;
     int oc, cg, i, j;
-    unravel4(index / lanes, in_per_group, kernel_h, kernel_w, oc, cg, i, j);
+    if (bias_row) {
+      oc = (int)(row - weight_size);
+      cg = i = j = 0;
+    } else {
+      unravel4(row, in_per_group, kernel_h, kernel_w, oc, cg, i, j);
+    }
 
     const int c = (oc / out_per_group) * in_per_group + cg;
     const int h_offset = i * dilation_h - pad_h;
@@ -226,11 +237,14 @@ __global__ void conv2d_direct_backward_weight_kernel(const T* __restrict__ x, co
     int n = (lane / out_w) / out_h;
     T sum = T(0);
     while (n < batch) {
-      const int h_in = h_out * stride_h + h_offset;
-      const int w_in = w_out * stride_w + w_offset;
-      if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width) {
-        sum += dy[((long long)n * out_channels + oc) * plane_out + (long long)h_out * out_w + w_out] *
-               x[(((long long)n * channels + c) * height + h_in) * width + w_in];
+      const T g = dy[((long long)n * out_channels + oc) * plane_out + (long long)h_out * out_w + w_out];
+      if (bias_row) {
+        sum += g;
+      } else {
+        const int h_in = h_out * stride_h + h_offset;
+        const int w_in = w_out * stride_w + w_offset;
+        if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width)
+          sum += g * x[(((long long)n * channels + c) * height + h_in) * width + w_in];
       }
       w_out += step_w;
       int carry = 0;

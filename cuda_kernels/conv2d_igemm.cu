@@ -203,13 +203,17 @@ __global__ void conv2d_igemm_backward_data_kernel(const T* __restrict__ dy, cons
 
 // partial[s][g*out_per_group + o][k] = sum over the s-th chunk of (n, p, q) of
 // dy[n][g*out_per_group + o][p][q] * x_col[k][(n, p, q)], k = (c, i, j); chunk = `chunk` positions.
+// With has_bias, each split's slab of out_channels * K weight values is followed by out_channels
+// bias values, partial[s][out_channels * K + channel] = the chunk's sum of dy[n][channel][p][q]:
+// the blocks of the first column tile add up the dy tile they load anyway (in the same fixed
+// order), so the bias gradient costs no launch of its own.
 template <typename T>
 __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                                                     T* __restrict__ partial, int batch, int in_channels, int height,
                                                     int width, int out_channels, int out_h, int out_w, int kernel_h,
                                                     int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
                                                     int dilation_h, int dilation_w, int groups, int splits,
-                                                    long long chunk) {
+                                                    long long chunk, int has_bias) {
   __shared__ T As[IGEMM_BK][IGEMM_BM];
   __shared__ T Bs[IGEMM_BK][IGEMM_BN];
   const int in_per_group = in_channels / groups, out_per_group = out_channels / groups;
@@ -233,7 +237,9 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
     const int split = (int)(rest / groups);
     const long long begin = split * chunk;
     const int end = (int)(begin + chunk < positions ? begin + chunk : positions);
+    const bool bias_sums = has_bias && col0 == 0 && tx == 0;  // rows ty + 16 i of this tile
     T acc[4][4];
+    T bias_acc[4] = {T(0), T(0), T(0), T(0)};
     igemm_zero<T>(acc);
 
     for (int l0 = (int)begin; l0 < end; l0 += IGEMM_BK) {
@@ -263,10 +269,14 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
+      if (bias_sums)
+        for (int kk = 0; kk < IGEMM_BK; ++kk)
+          for (int i = 0; i < 4; ++i) bias_acc[i] += As[kk][ty + 16 * i];
       __syncthreads();
     }
 
-    T* out = partial + (long long)split * out_channels * depth;
+    const long long weight_size = (long long)out_channels * depth;
+    T* out = partial + (long long)split * (weight_size + (has_bias ? out_channels : 0));
     for (int i = 0; i < 4; ++i) {
       const int o = row0 + ty + 16 * i;
       if (o >= out_per_group) continue;
@@ -274,6 +284,7 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
         const int k = col0 + tx + 16 * j;
         if (k < depth) out[((long long)g * out_per_group + o) * depth + k] = acc[i][j];
       }
+      if (bias_sums) out[weight_size + g * out_per_group + o] = bias_acc[i];
     }
   }
 }

@@ -62,15 +62,21 @@ def test_conv2d_igemm_matches_torch_and_numpy_path(harness, name, dtype):
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = igemm.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
     dw = igemm.conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation, groups)
+    dw_b, db = igemm.conv2d_backward_weight_bias(x, dy, w.shape, stride, padding, dilation, groups, bias=b is not None)
+    assert np.array_equal(dw_b, dw)  # the bias sums leave the weight gradient's bits alone
+    assert (db is None) == (b is None)
 
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
-    bt = None if b is None else torch.tensor(b)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
     yt = torch.nn.functional.conv2d(xt, wt, bt, stride, padding, dilation, groups)
     yt.backward(torch.tensor(dy))
     np.testing.assert_allclose(y, yt.detach().numpy(), **_tol(dtype))
     np.testing.assert_allclose(dx, xt.grad.numpy(), **_tol(dtype))
     np.testing.assert_allclose(dw, wt.grad.numpy(), **_tol(dtype))
+    if b is not None:
+        want_db = bt.grad.numpy() if bt.grad is not None else np.zeros_like(b)
+        np.testing.assert_allclose(db, want_db, **_tol(dtype))
 
     # The NumPy path (the CPU implementation of the same op) agrees as well.
     y_cpu, cache = F.conv2d_forward(x, w, b, stride, padding, dilation, groups)
@@ -92,8 +98,8 @@ def test_conv2d_igemm_is_bitwise_independent_of_the_grid(harness_libraries, monk
         monkeypatch.setattr(kernels, "get_function", library.get_function)
         y = igemm.conv2d_forward(x, w, b, stride, padding, dilation, groups)
         dx = igemm.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
-        dw = igemm.conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation, groups)
-        results.append((y, dx, dw))
+        dw, db = igemm.conv2d_backward_weight_bias(x, dy, w.shape, stride, padding, dilation, groups)
+        results.append((y, dx, dw, db))
     for a, b_ in zip(results[0], results[1], strict=True):
         assert np.array_equal(a, b_)
 
@@ -116,11 +122,13 @@ def test_linear_on_the_igemm_kernels(harness, dtype, shape):
     b = rng.standard_normal(o).astype(dtype)
     dy = rng.standard_normal((n, o)).astype(dtype)
     y = igemm.linear_forward(x, w, b)
-    dx, dw = igemm.linear_backward(dy, x, w)
+    dx, dw, db = igemm.linear_backward(dy, x, w, bias=True)
     ref = x.astype(np.float64) @ w.astype(np.float64).T + b
     np.testing.assert_allclose(y, ref, **_tol(dtype))
     np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, **_tol(dtype))
     np.testing.assert_allclose(dw, dy.astype(np.float64).T @ x, **_tol(dtype))
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), **_tol(dtype))
+    assert igemm.linear_backward(dy, x, w)[2] is None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -251,25 +251,38 @@ def conv2d_backward(dy, cache: _ConvCache):
     xp = backend.get_array_module(dy)
     x, weight, g = cache.x, cache.weight, cache.geometry
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+    db = None
     with backend.device_scope(x):
         if g.batch == 0:
             dx = xp.empty_like(x)
             dw = xp.zeros_like(weight)
+            db = xp.zeros(g.out_channels, dtype=x.dtype) if cache.has_bias else None
         elif cache.algorithm == "implicit_gemm":
             window = ((g.stride_h, g.stride_w), (g.pad_h, g.pad_w), (g.dilation_h, g.dilation_w), g.groups)
             dx = conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x.shape, *window)
-            dw = conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight.shape, *window)
+            dw, db = conv2d_igemm_cuda.conv2d_backward_weight_bias(x, dy, weight.shape, *window, bias=cache.has_bias)
         elif cache.algorithm == "direct":
             dx = xp.empty_like(x)
             _launch_direct_backward_data(dy, weight, dx, g)
-            lanes = _direct_lanes(g, x.dtype.itemsize)
-            partial = xp.empty((weight.size, lanes), dtype=x.dtype)
-            _launch_direct_backward_weight(x, dy, partial, lanes, g)
-            dw = partial.sum(axis=1).reshape(weight.shape)
+            dw, db = _direct_weight_bias(xp, x, dy, weight.shape, g, cache.has_bias)
         else:
             dx, dw = _gemm_backward(xp, dy, cache)
-        db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+            db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dw, db
+
+
+def _direct_weight_bias(xp, x, dy, weight_shape, g: LaunchGeometry, bias: bool):
+    """``(dW, db)`` on the direct path: per-lane partial sums, then one reduction over the lanes.
+
+    With ``bias``, the kernel's rows past the weight's elements hold the per-lane sums of ``dy``
+    per output channel, so the same reduction gives the bias gradient.
+    """
+    lanes = _direct_lanes(g, x.dtype.itemsize)
+    weight_size = int(np.prod(weight_shape))
+    partial = xp.empty((weight_size + (g.out_channels if bias else 0), lanes), dtype=x.dtype)
+    _launch_direct_backward_weight(x, dy, partial, lanes, g)
+    sums = partial.sum(axis=1)
+    return sums[:weight_size].reshape(weight_shape), (sums[weight_size:] if bias else None)
 
 
 def _gemm_backward(xp, dy, cache: _ConvCache):
@@ -352,10 +365,7 @@ def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, group
         if g.batch == 0:
             return xp.zeros(weight_shape, dtype=x.dtype)
         if algorithm == "direct":
-            lanes = _direct_lanes(g, x.dtype.itemsize)
-            partial = xp.empty((int(np.prod(weight_shape)), lanes), dtype=x.dtype)
-            _launch_direct_backward_weight(x, dy, partial, lanes, g)
-            return partial.sum(axis=1).reshape(weight_shape)
+            return _direct_weight_bias(xp, x, dy, weight_shape, g, False)[0]
         k = g.in_per_group * g.kernel_h * g.kernel_w
         dw = None
         chunk = _batch_chunk(g, x.dtype.itemsize)

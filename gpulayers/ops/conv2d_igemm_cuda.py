@@ -22,6 +22,7 @@ __all__ = [
     "TILE",
     "conv2d_backward_data",
     "conv2d_backward_weight",
+    "conv2d_backward_weight_bias",
     "conv2d_forward",
     "fits",
     "linear_backward",
@@ -132,24 +133,36 @@ def conv2d_backward_data(dy, weight, x_shape, stride=(1, 1), padding=(0, 0), dil
 
 def conv2d_backward_weight(x, dy, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """``dW`` of a convolution: chunked reduction, chunks added in a fixed order."""
+    return conv2d_backward_weight_bias(x, dy, weight_shape, stride, padding, dilation, groups, bias=False)[0]
+
+
+def conv2d_backward_weight_bias(
+    x, dy, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, *, bias=True
+):
+    """``(dW, db)`` of a convolution in the same launches (``db`` None without ``bias``): the
+    weight kernel's first column tiles also sum ``dy`` per channel, chunks added in a fixed order."""
     xp = backend.get_array_module(x)
     x = xp.ascontiguousarray(x)
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     s = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
     depth = s.channels // s.groups * s.kernel_h * s.kernel_w
+    weight_shape = tuple(int(v) for v in weight_shape)
+    weight_size = s.out_channels * depth
     with backend.device_scope(x):
         if s.batch * s.out_h * s.out_w == 0:
-            return xp.zeros(tuple(int(v) for v in weight_shape), dtype=x.dtype)
+            db = xp.zeros(s.out_channels, dtype=x.dtype) if bias else None
+            return xp.zeros(weight_shape, dtype=x.dtype), db
         splits, chunk = weight_split(s, x.dtype.itemsize)
-        dw = xp.empty(tuple(int(v) for v in weight_shape), dtype=x.dtype)
-        partial = dw if splits == 1 else xp.empty((splits, *dw.shape), dtype=x.dtype)
+        out = xp.empty(weight_size + (s.out_channels if bias else 0), dtype=x.dtype)  # dW, then db
+        partial = out if splits == 1 else xp.empty((splits, out.size), dtype=x.dtype)
         tiles = splits * _tiles(s.out_channels // s.groups, depth, s.groups)
-        args = (x, dy, partial, *_shape_args(s), np.int32(splits), np.int64(chunk))
+        args = (x, dy, partial, *_shape_args(s), np.int32(splits), np.int64(chunk), np.int32(bias))
         _launch("conv2d_igemm_backward_weight_kernel", x.dtype, tiles, args)
         if splits > 1:
-            args = (partial, dw, np.int64(dw.size), np.int32(splits))
-            kernels.launch(_FILE, "conv2d_igemm_reduce_kernel", x.dtype, dw.size, args)
-    return dw
+            args = (partial, out, np.int64(out.size), np.int32(splits))
+            kernels.launch(_FILE, "conv2d_igemm_reduce_kernel", x.dtype, out.size, args)
+    dw = out[:weight_size].reshape(weight_shape)
+    return dw, (out[weight_size:] if bias else None)
 
 
 # A linear layer is a 1x1 convolution of a 1x1 image: (N, in) is (N, in, 1, 1) in memory.
@@ -164,13 +177,14 @@ def linear_forward(x, weight, bias):
     return y.reshape(n, o)
 
 
-def linear_backward(dy, x, weight, need_input_grad: bool = True):
-    """``(dx, dW)`` of :func:`linear_forward` (``db`` is the column sum of ``dy``); dx None if not needed."""
+def linear_backward(dy, x, weight, need_input_grad: bool = True, bias: bool = False):
+    """``(dx, dW, db)`` of :func:`linear_forward`; ``dx`` None if not needed, ``db`` (the column sum
+    of ``dy``, from the weight gradient's launches) None without ``bias``."""
     n, i = (int(v) for v in x.shape)
     o = int(weight.shape[0])
     dy4 = dy.reshape(n, o, 1, 1)
     dx = None
     if need_input_grad:
         dx = conv2d_backward_data(dy4, weight.reshape(o, i, 1, 1), (n, i, 1, 1), *_ONE).reshape(n, i)
-    dw = conv2d_backward_weight(x.reshape(n, i, 1, 1), dy4, (o, i, 1, 1), *_ONE).reshape(o, i)
-    return dx, dw
+    dw, db = conv2d_backward_weight_bias(x.reshape(n, i, 1, 1), dy4, (o, i, 1, 1), *_ONE, bias=bias)
+    return dx, dw.reshape(o, i), db

@@ -108,10 +108,11 @@ def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
     if cache.igemm:
         from . import conv2d_igemm_cuda  # noqa: PLC0415
 
-        dx2, dweight = conv2d_igemm_cuda.linear_backward(dy2.astype(x.dtype, copy=False), x2, weight)
-        dx = dx2.reshape(x.shape)
-    else:
-        dx = dy @ weight
-        dweight = dy2.T @ x2
+        dx2, dweight, dbias = conv2d_igemm_cuda.linear_backward(
+            dy2.astype(x.dtype, copy=False), x2, weight, bias=cache.has_bias
+        )
+        return dx2.reshape(x.shape), dweight, dbias
+    dx = dy @ weight
+    dweight = dy2.T @ x2
     dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias
