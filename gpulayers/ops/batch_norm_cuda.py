@@ -122,10 +122,10 @@ def batch_norm_backward(dy: Any, cache: dict, relu: bool | None = None) -> tuple
     relu = cache["relu"] if relu is None else relu
     xp = backend.get_array_module(dy)
     x, y, mean, invstd, weight = cache["x"], cache["y"], cache["mean"], cache["invstd"], cache["weight"]
-    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     n, c, plane = _layout(x)
     dtype = x.dtype
     with backend.device_scope(x):
+        dy = xp.ascontiguousarray(dy, dtype=dtype)
         dweight = xp.empty(c, dtype=dtype)
         dbias = xp.empty(c, dtype=dtype)
         coef_b = xp.empty(c, dtype=dtype)

@@ -206,9 +206,6 @@ def conv2d_forward(
         y: ``(N, out_channels, (H + 2 p - d (k - 1) - 1) // s + 1, ...)`` per axis.
     """
     xp = backend.get_array_module(x)
-    x = xp.ascontiguousarray(x)
-    weight = xp.ascontiguousarray(weight, dtype=x.dtype)
-    bias = None if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only, before any allocation
     g = LaunchGeometry.conv(x.shape, weight.shape, stride, padding, dilation, groups)
     n, oc, oh, ow = g.batch, g.out_channels, g.out_h, g.out_w
@@ -219,7 +216,10 @@ def conv2d_forward(
         raise ValueError(f"conv2d: expected algorithm 'implicit_gemm', 'im2col' or 'direct', got {algorithm!r}")
 
     col = None
-    with backend.device_scope(x):
+    with backend.device_scope(x):  # first: contiguous copies land on x's device
+        x = xp.ascontiguousarray(x)
+        weight = xp.ascontiguousarray(weight, dtype=x.dtype)
+        bias = None if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
         if algorithm == "implicit_gemm":
             y = conv2d_igemm_cuda.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
             return y, _ConvCache(x, weight, bias is not None, g, algorithm, None)
@@ -250,9 +250,9 @@ def conv2d_backward(dy, cache: _ConvCache):
     """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward` for ``dy``; ``db`` is None without bias."""
     xp = backend.get_array_module(dy)
     x, weight, g = cache.x, cache.weight, cache.geometry
-    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     db = None
     with backend.device_scope(x):
+        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         if g.batch == 0:
             dx = xp.empty_like(x)
             dw = xp.zeros_like(weight)
@@ -322,14 +322,14 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
     ``dy`` must have the convolution's output size; the algorithm as :func:`choose_algorithm`.
     """
     xp = backend.get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
-    weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
     kernels.name_expression("conv2d", dy.dtype)  # float32 / float64 only
     g = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
     algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
-    with backend.device_scope(dy):
+    with backend.device_scope(dy):  # first: contiguous copies land on dy's device
+        dy = xp.ascontiguousarray(dy)
+        weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups)
         dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
@@ -351,15 +351,15 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
 def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups, *, algorithm=None):
     """``dW`` of a convolution of ``x`` for ``dy``, without the forward's cache."""
     xp = backend.get_array_module(x)
-    x = xp.ascontiguousarray(x)
-    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     kernels.name_expression("conv2d", x.dtype)
     g = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
     if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
         raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
     weight_shape = tuple(int(v) for v in weight_shape)
     algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
-    with backend.device_scope(x):
+    with backend.device_scope(x):  # first: contiguous copies land on x's device
+        x = xp.ascontiguousarray(x)
+        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         if algorithm == "implicit_gemm":
             return conv2d_igemm_cuda.conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, groups)
         if g.batch == 0:

@@ -103,11 +103,11 @@ def weight_split(s: LaunchGeometry, itemsize: int) -> tuple[int, int]:
 def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """``y`` of a convolution (bias added in the kernel's epilogue)."""
     xp = backend.get_array_module(x)
-    x = xp.ascontiguousarray(x)
     kernels.name_expression("conv2d", x.dtype)  # float32 / float64 only
-    weight = xp.ascontiguousarray(weight, dtype=x.dtype)
     s = LaunchGeometry.conv(x.shape, weight.shape, stride, padding, dilation, groups)
-    with backend.device_scope(x):
+    with backend.device_scope(x):  # first: contiguous copies land on x's device
+        x = xp.ascontiguousarray(x)
+        weight = xp.ascontiguousarray(weight, dtype=x.dtype)
         has_bias = bias is not None
         bias = xp.ascontiguousarray(bias, dtype=x.dtype) if has_bias else weight  # never read without bias
         y = xp.empty((s.batch, s.out_channels, s.out_h, s.out_w), dtype=x.dtype)
@@ -121,10 +121,10 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 
 def conv2d_backward_data(dy, weight, x_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """``dx`` of a convolution, as a gather (every element written once, no atomics)."""
     xp = backend.get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
-    weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
     s = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
     with backend.device_scope(dy):
+        dy = xp.ascontiguousarray(dy)
+        weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
         dx = xp.empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
         tiles = _tiles(s.channels // s.groups, s.batch * s.height * s.width, s.groups)
         _launch("conv2d_igemm_backward_data_kernel", dy.dtype, tiles, (dy, weight, dx, *_shape_args(s)))
@@ -142,13 +142,13 @@ def conv2d_backward_weight_bias(
     """``(dW, db)`` of a convolution in the same launches (``db`` None without ``bias``): the
     weight kernel's first column tiles also sum ``dy`` per channel, chunks added in a fixed order."""
     xp = backend.get_array_module(x)
-    x = xp.ascontiguousarray(x)
-    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     s = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
     depth = s.channels // s.groups * s.kernel_h * s.kernel_w
     weight_shape = tuple(int(v) for v in weight_shape)
     weight_size = s.out_channels * depth
     with backend.device_scope(x):
+        x = xp.ascontiguousarray(x)
+        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         if s.batch * s.out_h * s.out_w == 0:
             db = xp.zeros(s.out_channels, dtype=x.dtype) if bias else None
             return xp.zeros(weight_shape, dtype=x.dtype), db

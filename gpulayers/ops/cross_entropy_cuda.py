@@ -102,12 +102,11 @@ def cross_entropy_backward(cache: dict, upstream: Any = None) -> Any:
     logits, target, weight = cache["logits"], cache["target"], cache["weight"]
     xp = backend.get_array_module(logits)
     dtype = logits.dtype
-    mode = 0
-    if upstream is not None:
-        mode = 2 if cache["reduction"] == "none" else 1
-        upstream = xp.ascontiguousarray(upstream, dtype=dtype)
+    mode = 0 if upstream is None else 2 if cache["reduction"] == "none" else 1
     ignore_index = cache["ignore_index"]
     with backend.device_scope(logits):
+        if upstream is not None:
+            upstream = xp.ascontiguousarray(upstream, dtype=dtype)
         grad = xp.empty_like(logits)
         args = (
             logits,

@@ -70,14 +70,14 @@ def max_pool2d_forward(
         y: ``(N, C, out_h, out_w)``.
     """
     xp = backend.get_array_module(x)
-    x = xp.ascontiguousarray(x)
     kernels.name_expression("max_pool2d", x.dtype)  # float32 / float64 only
     n, c, h, w = (int(v) for v in x.shape)
     g = LaunchGeometry.pool(x.shape, kernel, stride, padding, dilation, out_size)
     # The argmax is an int32 plane index (an empty window's index may lie a little past the plane).
     if (h + g.pad_h + g.dilation_h + 1) * (w + g.pad_w + g.dilation_w + 1) > _INT32_MAX:
         raise ValueError(f"max_pool2d: an input plane of {h}x{w} is too large for the CUDA kernel's int32 indices")
-    with backend.device_scope(x):
+    with backend.device_scope(x):  # first: a contiguous copy of a strided x lands on x's device
+        x = xp.ascontiguousarray(x)
         y = xp.empty((n, c, g.out_h, g.out_w), dtype=x.dtype)
         argmax = xp.empty((n, c, g.out_h, g.out_w), dtype=np.int32)
         _launch_forward(x, y, argmax, g)
@@ -87,8 +87,8 @@ def max_pool2d_forward(
 def max_pool2d_backward(dy, cache: _PoolCache):
     """Gradient w.r.t. the input of :func:`max_pool2d_forward` for ``dy``."""
     xp = backend.get_array_module(dy)
-    dy = xp.ascontiguousarray(dy, dtype=cache.dtype)
     with backend.device_scope(dy):
+        dy = xp.ascontiguousarray(dy, dtype=cache.dtype)
         dx = xp.empty(cache.x_shape, dtype=cache.dtype)
         _launch_backward(dy, cache.argmax, dx, cache.geometry)
     return dx
