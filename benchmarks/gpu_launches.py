@@ -68,6 +68,7 @@ def count_step(build, image_shape, classes: int, batch: int, harness=None, monke
         gl.manual_seed(0)
         model = build().to("cuda")
         model.train()
+        model.needs_input_grad = False  # the images need no gradient (PyTorch's input data)
         rng = np.random.default_rng(0)
         x = cp.asarray(rng.standard_normal((batch, *image_shape)).astype(np.float32))
         y = cp.asarray(rng.integers(0, classes, batch).astype(np.int64))

@@ -177,9 +177,9 @@ def test_sgd_updates_every_parameter_in_one_launch_per_16(cp, options):
 # Launches of one step of the reference CNN, batch 64, counted on the stand-in (custom kernels,
 # CuPy kernels, cuBLAS calls and device copies): the budget, and per phase what is reached (one
 # launch per kernel: BatchNorm+ReLU fused, ReLU in one launch each way, bias gradients in the
-# weight gradients' launches).
+# weight gradients' launches, no input gradient for the images: ``needs_input_grad = False``).
 STEP_LAUNCH_BUDGET = 40
-PHASE_LAUNCHES = {"forward": 12, "loss": 1, "backward": 21, "optimizer": 1}
+PHASE_LAUNCHES = {"forward": 12, "loss": 1, "backward": 20, "optimizer": 1}
 
 
 def test_step_launches_within_the_budget(reference_step):
@@ -197,6 +197,11 @@ def test_relu_runs_in_the_batch_norm_kernels_or_its_own(reference_step):
     names = {e.name for e in reference_step if e.kind in LAUNCHES}
     assert not names & {"maximum", "less_equal", "where"}
     assert sum(1 for e in reference_step if e.name.startswith("relu_")) == 2
+
+
+def test_no_input_gradient_for_the_images(reference_step):
+    """The first convolution's input is data: its data-gradient kernel is not launched."""
+    assert not [e for e in reference_step if e.name.startswith("conv2d_direct_backward_data")]
 
 
 def test_bias_gradients_take_no_launch_of_their_own(reference_step):

@@ -98,9 +98,18 @@ class Sequential(Module):
         return x
 
     def backward(self, grad_output):
+        return self._backward(grad_output, self.needs_input_grad)
+
+    def _backward_without_input(self, grad_output):
+        return self._backward(grad_output, False)
+
+    def _backward(self, grad_output, input_grad: bool):
+        """The children's backwards in reverse; the first child's without its input gradient
+        unless ``input_grad``."""
         g = grad_output
-        for mod in reversed(list(self._modules.values())):
-            g = mod.backward(g)
+        mods = list(self._modules.values())
+        for k in range(len(mods) - 1, -1, -1):
+            g = mods[k].backward(g) if k or input_grad else mods[k]._backward_without_input(g)
         return g
 
     def __len__(self) -> int:

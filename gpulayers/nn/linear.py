@@ -51,7 +51,13 @@ class Linear(Module):
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.linear_backward(grad_output, self._op_cache(grad_output))
+        return self._backward(grad_output, self.needs_input_grad)
+
+    def _backward_without_input(self, grad_output: Any) -> Any:
+        return self._backward(grad_output, False)
+
+    def _backward(self, grad_output: Any, input_grad: bool) -> Any:
+        dx, dw, db = ops.linear_backward(grad_output, self._op_cache(grad_output), input_grad)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -65,7 +65,17 @@ def _is_float(arr: Any) -> bool:
 
 
 class Module:
-    """Base class of every layer. Subclasses implement ``forward`` and ``backward``."""
+    """Base class of every layer. Subclasses implement ``forward`` and ``backward``.
+
+    Attributes:
+        needs_input_grad: whether ``backward`` must return the gradient w.r.t. the input (True by
+            default). Set it to False on a model whose input is data that needs no gradient (as a
+            PyTorch input without ``requires_grad``): ``backward`` then returns None and the layer
+            that sees the input (``Conv2d``, ``Linear``; a ``Sequential`` passes it to its first
+            child) skips that computation. Parameter gradients are unchanged.
+    """
+
+    needs_input_grad: bool = True
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -129,6 +139,11 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def _backward_without_input(self, grad_output):
+        """``backward`` for a caller that needs no input gradient (the result may be None): a
+        layer that can skip that work overrides this; the default runs ``backward``."""
+        return self.backward(grad_output)
 
     # -- what forward keeps for backward ------------------------------------------------------
     def save_for_backward(self, *items: Any, output: Any = None) -> None:

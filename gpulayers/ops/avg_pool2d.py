@@ -160,11 +160,12 @@ def adaptive_avg_pool2d_forward(
     oh, ow = adaptive_output_size(name, output_size, x.shape[2:])
     xp = backend.get_array_module(x)
     with backend.device_scope(x):
-        ah = xp.asarray(_adaptive_matrix(h, oh, x.dtype))
-        aw = xp.asarray(_adaptive_matrix(w, ow, x.dtype))
-        if (oh, ow) == (1, 1):  # global average pool: a plain mean is faster and exact
+        if (oh, ow) == (1, 1):  # global average pool: a plain mean is faster and exact (no matrices)
+            ah = aw = None
             y = x.mean(axis=(2, 3), keepdims=True)
         else:
+            ah = xp.asarray(_adaptive_matrix(h, oh, x.dtype))
+            aw = xp.asarray(_adaptive_matrix(w, ow, x.dtype))
             y = xp.matmul(xp.matmul(ah, x), aw.T)
     return y, PoolCache((ah, aw), None, tuple(x.shape), tuple(y.shape), grad_marker(x), name)
 
@@ -175,7 +176,6 @@ def adaptive_avg_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     xp = backend.get_array_module(dy)
     ah, aw = cache.data
     with backend.device_scope(dy):
-        if cache.out_shape[2:] == (1, 1):
-            share = dy / (cache.in_shape[2] * cache.in_shape[3])
-            return xp.ascontiguousarray(xp.broadcast_to(share, cache.in_shape))
+        if cache.out_shape[2:] == (1, 1):  # each input's share, written straight into a new array
+            return xp.divide(xp.broadcast_to(dy, cache.in_shape), cache.in_shape[2] * cache.in_shape[3])
         return xp.ascontiguousarray(xp.matmul(xp.matmul(ah.T, dy), aw))

@@ -171,31 +171,34 @@ def conv2d_forward(
     return y, ConvCache(inner, True, in_shape, tuple(y.shape), grad_marker(x), name)
 
 
-def conv2d_backward(dy: Any, cache: ConvCache | None) -> tuple[Any, Any, Any]:
+def conv2d_backward(dy: Any, cache: ConvCache | None, input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients of :func:`conv2d_forward`.
 
     Args:
         dy: gradient w.r.t. ``y``, shape ``(N, out_channels, OH, OW)``.
         cache: what :func:`conv2d_forward` returned.
+        input_grad: compute ``dx``; False skips it (the input needs no gradient).
 
     Returns:
-        ``(dx, dw, db)``; ``db`` is None when the forward had no bias.
+        ``(dx, dw, db)``; ``db`` is None when the forward had no bias, ``dx`` without ``input_grad``.
     """
     if cache is None:
         raise RuntimeError("conv2d.backward: called before forward (no saved input); run forward first")
     check_grad(cache.name, dy, cache.out_shape, cache.x_like)
     h, w = cache.in_shape[2], cache.in_shape[3]
     if not cache.on_gpu:
-        dx, dw, db = _backward_cpu(np.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
-        if dx.shape[2:] != (h, w):  # undo the extra "same" row/column
+        dx, dw, db = _backward_cpu(np.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner, input_grad)
+        if dx is not None and dx.shape[2:] != (h, w):  # undo the extra "same" row/column
             dx = np.ascontiguousarray(dx[:, :, :h, :w])
         return dx, dw, db
     from . import conv2d_cuda  # noqa: PLC0415
 
     xp = backend.get_array_module(dy)
     with dy.device:
-        dx, dw, db = conv2d_cuda.conv2d_backward(xp.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner)
-        if dx.shape[2:] != (h, w):
+        dx, dw, db = conv2d_cuda.conv2d_backward(
+            xp.ascontiguousarray(dy, dtype=cache.x_like.dtype), cache.inner, input_grad
+        )
+        if dx is not None and dx.shape[2:] != (h, w):
             dx = xp.ascontiguousarray(dx[:, :, :h, :w])
     return dx, dw, db
 
@@ -253,7 +256,7 @@ def _forward_cpu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: 
     return y, _CpuCache(x, weight, bias is not None, a)
 
 
-def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
+def _backward_cpu(dy: np.ndarray, cache: _CpuCache, input_grad: bool = True):
     weight, a, x = cache.weight, cache.a, cache.x
     _, cg, kh, kw = weight.shape
     sample_major = _use_sample_major(cg * kh * kw, a.out_size[0] * a.out_size[1])
@@ -262,7 +265,7 @@ def _backward_cpu(dy: np.ndarray, cache: _CpuCache):
     cols = _im2col_cpu(x, (kh, kw), a, sample_major)
     dw = _weight_grad_cpu(cols, dy, weight.shape, a, sample_major, grad)
     # The columns are no longer needed: their scratch array takes the column gradient.
-    dx = _input_grad_cpu(dy, weight, x.shape, a, sample_major, grad)
+    dx = _input_grad_cpu(dy, weight, x.shape, a, sample_major, grad) if input_grad else None
     return dx, dw, db
 
 

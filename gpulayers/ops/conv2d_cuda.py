@@ -246,8 +246,9 @@ def _gemm_forward(xp, x, weight, bias, y, g: LaunchGeometry):
     return col if chunk >= g.batch else None
 
 
-def conv2d_backward(dy, cache: _ConvCache):
-    """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward` for ``dy``; ``db`` is None without bias."""
+def conv2d_backward(dy, cache: _ConvCache, input_grad: bool = True):
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward` for ``dy``; ``db`` is None without bias,
+    ``dx`` without ``input_grad`` (its launches skipped)."""
     xp = backend.get_array_module(dy)
     x, weight, g = cache.x, cache.weight, cache.geometry
     db = None
@@ -259,16 +260,18 @@ def conv2d_backward(dy, cache: _ConvCache):
             db = xp.zeros(g.out_channels, dtype=x.dtype) if cache.has_bias else None
         elif cache.algorithm == "implicit_gemm":
             window = ((g.stride_h, g.stride_w), (g.pad_h, g.pad_w), (g.dilation_h, g.dilation_w), g.groups)
-            dx = conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x.shape, *window)
+            dx = conv2d_igemm_cuda.conv2d_backward_data(dy, weight, x.shape, *window) if input_grad else None
             dw, db = conv2d_igemm_cuda.conv2d_backward_weight_bias(x, dy, weight.shape, *window, bias=cache.has_bias)
         elif cache.algorithm == "direct":
-            dx = xp.empty_like(x)
-            _launch_direct_backward_data(dy, weight, dx, g)
+            dx = None
+            if input_grad:
+                dx = xp.empty_like(x)
+                _launch_direct_backward_data(dy, weight, dx, g)
             dw, db = _direct_weight_bias(xp, x, dy, weight.shape, g, cache.has_bias)
         else:
             dx, dw = _gemm_backward(xp, dy, cache)
             db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    return dx, dw, db
+    return (dx if input_grad else None), dw, db
 
 
 def _direct_weight_bias(xp, x, dy, weight_shape, g: LaunchGeometry, bias: bool):

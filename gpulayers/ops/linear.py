@@ -87,15 +87,17 @@ def linear_forward(x: Any, weight: Any, bias: Any = None, *, name: str = "linear
     return y, LinearCache(x, weight, bias is not None, False, name)
 
 
-def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
+def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients of :func:`linear_forward`.
 
     Args:
         dy: gradient w.r.t. the output, shape (*, out_features).
         cache: the cache returned by the forward pass.
+        input_grad: compute ``dx``; False skips it (the input needs no gradient).
 
     Returns:
-        ``(dx, dweight, dbias)``; ``dbias`` is None when the forward had no bias.
+        ``(dx, dweight, dbias)``; ``dbias`` is None when the forward had no bias, ``dx`` without
+        ``input_grad``.
     """
     if not isinstance(cache, LinearCache):
         raise TypeError(f"linear.backward: expected the cache returned by linear_forward, got {type(cache).__name__}")
@@ -109,10 +111,10 @@ def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
         from . import conv2d_igemm_cuda  # noqa: PLC0415
 
         dx2, dweight, dbias = conv2d_igemm_cuda.linear_backward(
-            dy2.astype(x.dtype, copy=False), x2, weight, bias=cache.has_bias
+            dy2.astype(x.dtype, copy=False), x2, weight, need_input_grad=input_grad, bias=cache.has_bias
         )
-        return dx2.reshape(x.shape), dweight, dbias
-    dx = dy @ weight
+        return (dx2.reshape(x.shape) if input_grad else None), dweight, dbias
+    dx = dy @ weight if input_grad else None
     dweight = dy2.T @ x2
     dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias
