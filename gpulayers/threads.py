@@ -19,7 +19,6 @@ import ctypes
 import os
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -142,29 +141,28 @@ def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int) ->
 
 # -- reusable scratch arrays ---------------------------------------------------------------------------
 
-# Per thread, the last few scratch arrays by (tag, shape, dtype): the large temporaries of the CPU
-# ops (a convolution's columns and padded image) are reused from step to step instead of being
-# allocated afresh, which costs a page fault per 4 KiB page on many systems.
-WORKSPACE_ENTRIES = 8
+# Per thread, one scratch buffer per (tag, dtype), grown to the largest size asked for: the large
+# temporaries of the CPU ops (a convolution's columns and padded image) are reused from layer to
+# layer and step to step instead of being allocated afresh, which costs a page fault per 4 KiB
+# page on many systems.
 _local = threading.local()
 
 
 def workspace(tag: str, shape: tuple, dtype) -> np.ndarray:
-    """A scratch array (contents undefined) for this thread; valid until the next call with the same key.
+    """A scratch array (contents undefined) for this thread; valid until the next call with the same tag.
 
     Only for temporaries that never leave the op that asked for them.
     """
     cache = getattr(_local, "arrays", None)
     if cache is None:
-        cache = _local.arrays = OrderedDict()
-    key = (tag, tuple(int(v) for v in shape), np.dtype(dtype).str)
-    arr = cache.pop(key, None)
-    if arr is None:
-        arr = np.empty(key[1], dtype=dtype)
-        while len(cache) >= WORKSPACE_ENTRIES:
-            cache.popitem(last=False)
-    cache[key] = arr
-    return arr
+        cache = _local.arrays = {}
+    shape = tuple(int(v) for v in shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    key = (tag, np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
 
 
 def tune_allocator() -> bool:
@@ -193,4 +191,4 @@ MALLOC_TRIM_THRESHOLD = 256 << 20
 
 def clear_workspace() -> None:
     """Drop this thread's scratch arrays."""
-    _local.arrays = OrderedDict()
+    _local.arrays = {}

@@ -305,6 +305,8 @@ def _input_grad_cpu(
     g, (oh, ow) = a.groups, a.out_size
     rows, pixels = cg * kh * kw, oh * ow
     w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
+    if not sample_major and a.stride == (1, 1):
+        return _input_grad_wide(dy, w_t, x_shape, (kh, kw), a)
     if sample_major:
         dcols = threads.workspace("conv2d.cols", (n, c, kh, kw, oh, ow), dy.dtype)
         np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels), out=dcols.reshape(n, g, rows, pixels))
@@ -313,6 +315,37 @@ def _input_grad_cpu(
         dcols = threads.workspace("conv2d.cols", (c, kh, kw, n, oh, ow), dy.dtype)
         np.matmul(w_t, grad, out=dcols.reshape(g, rows, n * pixels))
     return _col2im_cpu(dcols, x_shape, (kh, kw), a, sample_major)
+
+
+def _input_grad_wide(dy: np.ndarray, w_t: np.ndarray, x_shape: tuple, kernel: tuple[int, int], a: ConvArgs):
+    """``dx`` of a stride-1 convolution, channel-major: col2im by contiguous adds over whole rows.
+
+    The column gradient is computed on output rows as wide as the padded image (the extra
+    columns of ``dy`` are zero, so their column gradients are exact zeros). Then every kernel
+    offset adds one contiguous run per image plane into the flat padded image, at a fixed shift
+    (``i*dh*Wp + j*dw``), instead of short strided rows. The zeros of the last runs spill at most
+    ``(kw-1)*dw`` values past a plane, into the next plane's first values or a slack at the end.
+    """
+    n, c, h, w = x_shape
+    g, out_per_group = w_t.shape[0], w_t.shape[2]
+    (kh, kw), (oh, ow), (ph, pw), (dh, dw) = kernel, a.out_size, a.padding, a.dilation
+    hp, wp = h + 2 * ph, w + 2 * pw
+    grad = threads.workspace("conv2d.grad_wide", (dy.shape[1], n, oh, wp), dy.dtype)
+    grad[..., ow:] = 0
+    np.copyto(grad[..., :ow], dy.transpose(1, 0, 2, 3))
+    dcols = threads.workspace("conv2d.cols", (c, kh, kw, n, oh, wp), dy.dtype)
+    np.matmul(w_t, grad.reshape(g, out_per_group, -1), out=dcols.reshape(g, w_t.shape[1], -1))
+    plane, span = hp * wp, oh * wp
+    flat = threads.workspace("conv2d.image", (c * n * plane + (kw - 1) * dw,), dy.dtype)
+    flat.fill(0)
+    item = flat.itemsize
+    for i in range(kh):
+        for j in range(kw):
+            shift = i * dh * wp + j * dw
+            runs = np.lib.stride_tricks.as_strided(flat[shift:], (c, n, span), (n * plane * item, plane * item, item))
+            runs += dcols[:, i, j].reshape(c, n, span)
+    image = flat[: c * n * plane].reshape(c, n, hp, wp)
+    return np.array(image[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3), order="C")
 
 
 def _padded_image(x: np.ndarray, a: ConvArgs, sample_major: bool) -> np.ndarray:
