@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from .._checks import check_bool, check_grad, check_input, grad_marker, no_forward, pair, pooled_size
 from ._window import offset_views
 
@@ -171,10 +171,12 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
         return max_pool2d_cuda.max_pool2d_backward(dy, cache.data)
     a, argmax = cache.a, cache.data
     (kh, kw), (oh, ow) = a.kernel, cache.out_shape[2:]
-    disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
     shape = _padded_shape(cache.in_shape, a, (oh, ow))
     # Windows that tile the whole buffer write every element below: no need to zero it first.
     tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
+    if tiles and dy.shape[0] > 0:
+        return _max_backward_tiles(dy, argmax, a, shape)
+    disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
     dx = (np.empty if tiles else np.zeros)(shape, dtype=dy.dtype)
     # dy * hit is fast but would turn a non-finite dy into NaN where hit is False.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -194,6 +196,30 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
         else:
             view += share
     return _crop(dx, a, cache.in_shape)
+
+
+def _max_backward_tiles(dy: np.ndarray, argmax: np.ndarray, a: PoolArgs, shape: tuple) -> np.ndarray:
+    """Backward of windows that tile the input exactly (stride = kernel, no padding or dilation).
+
+    Block-wise over the batch (:mod:`gpulayers.threads`): per kernel offset, the gradient times a
+    0/1 mask of the windows it won, straight into that offset's strided view of ``dx``.
+    """
+    dx = np.empty(shape, dtype=dy.dtype)
+
+    def block(start: int, stop: int) -> None:
+        g, arg, out = dy[start:stop], argmax[start:stop], dx[start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.isfinite(np.add.reduce(g, axis=None)))
+        mask = np.empty(g.shape, dtype=g.dtype if finite else bool)
+        for t, (_, _, view) in enumerate(offset_views(out, a.kernel, a.stride, a.dilation, g.shape[2:])):
+            np.equal(arg, t, out=mask, casting="unsafe")
+            if finite:  # dy * hit is fast but would turn a non-finite dy into NaN where hit is False
+                np.multiply(g, mask, out=view)
+            else:
+                np.copyto(view, np.where(mask, g, g.dtype.type(0)))
+
+    threads.run_blocks(block, dy.shape[0], dy.itemsize * (dy.size // dy.shape[0]) * a.kernel[0] * a.kernel[1])
+    return dx
 
 
 def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list[np.ndarray]:
