@@ -175,7 +175,7 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     # Windows that tile the whole buffer write every element below: no need to zero it first.
     tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
     if tiles and dy.shape[0] > 0:
-        return _max_backward_tiles(dy, argmax, a, shape)
+        return _crop(_max_backward_tiles(dy, argmax, a, shape), a, cache.in_shape)
     disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
     dx = (np.empty if tiles else np.zeros)(shape, dtype=dy.dtype)
     # dy * hit is fast but would turn a non-finite dy into NaN where hit is False.
