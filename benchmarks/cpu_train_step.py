@@ -62,6 +62,7 @@ def step_functions(batch: int):
     from gpulayers import nn, optim
 
     ours, theirs = build_models()
+    ours.needs_input_grad = False  # the images need no gradient, as in PyTorch (x.requires_grad is False)
     x, y = make_batch(batch)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     crit_ours, crit_torch = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
