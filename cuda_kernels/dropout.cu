@@ -10,6 +10,10 @@
 // mask depends only on (seed, offset, i): the same on any grid, reproducible, and independent of
 // every other launch (each launch advances the offset by one). u = (word >> 8) * 2^-24 in [0, 1);
 // the element is kept when u >= p.
+//
+// The seed and the offset are read from device memory: state = {seed, base}, offset = base +
+// increment, where the increment is a launch argument. A CUDA graph records the pointer and the
+// increment; writing a new base into the state before each replay gives every replay fresh masks.
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -42,10 +46,10 @@ __device__ __forceinline__ void philox4x32_10(unsigned int c[4], unsigned int k0
 // group of four consecutive elements (one Philox call), a grid-stride loop over the groups.
 template <typename T>
 __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask, long long n,
-                                       long long seed, long long offset, T p, T scale) {
+                                       const long long* __restrict__ state, long long increment, T p, T scale) {
   const long long groups = (n + 3) / 4;
-  const unsigned long long key = (unsigned long long)seed;
-  const unsigned long long position = (unsigned long long)offset;
+  const unsigned long long key = (unsigned long long)state[0];
+  const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
   for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
        group += (long long)blockDim.x * gridDim.x) {
     unsigned int words[4] = {(unsigned int)group, (unsigned int)((unsigned long long)group >> 32),

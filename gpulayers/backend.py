@@ -30,6 +30,8 @@ __all__ = [
     "get_rng_state",
     "set_rng_state",
     "philox_next",
+    "philox_capture",
+    "philox_replay",
     "parse_device",
 ]
 
@@ -191,6 +193,8 @@ _seed: int | None = None
 _cpu_rng = np.random.Generator(np.random.PCG64())
 _gpu_rngs: dict[int, Any] = {}
 _philox_offsets: dict[int, int] = {}  # per device: launches of the counter-based generator so far
+_philox_states: dict[int, tuple[Any, int]] = {}  # per device: device array [seed, base] and its base
+_philox_captures: dict[int, PhiloxGraphState] = {}  # per device: the capture under way
 _unseeded_gpu_seed: int | None = None  # drawn once per process when manual_seed was never called
 
 
@@ -206,6 +210,7 @@ def manual_seed(seed: int) -> None:
     _cpu_rng = np.random.Generator(np.random.PCG64(seed))
     _gpu_rngs.clear()  # re-created lazily from the new seed, per device
     _philox_offsets.clear()
+    _philox_states.clear()
 
 
 def cpu_rng() -> np.random.Generator:
@@ -242,16 +247,80 @@ def _gpu_seed() -> int:
     return _unseeded_gpu_seed
 
 
-def philox_next(device_id: int) -> tuple[int, int]:
-    """``(seed, offset)`` for the next launch of a counter-based generator on ``device_id``.
+def _philox_seed(device_id: int) -> int:
+    return (_gpu_seed() + 7919 * device_id) % 2**63
 
-    The seed is the GPU seed of the device (as :func:`rng_for`'s); the offset counts the launches
-    so far on that device and is advanced by one. Both are plain numbers: no GPU work, and they
-    are part of :func:`get_rng_state`, so checkpoints resume the same masks.
+
+def _philox_array(device_id: int, offset: int):
+    """A new device array ``[seed, offset]`` (int64) on ``device_id``: one host-to-device copy."""
+    cp = _cupy
+    with cp.cuda.Device(device_id):
+        return cp.asarray(np.array([_philox_seed(device_id), offset], dtype=np.int64))
+
+
+class PhiloxGraphState:
+    """The generator state one captured CUDA graph reads: a device array ``[seed, base]``.
+
+    Made by :func:`philox_capture`; :func:`philox_replay` writes the next base into it before
+    each replay and advances the device's offset by :attr:`consumed`.
+    """
+
+    def __init__(self, device_id: int, state: Any, start: int) -> None:
+        self.device_id, self.state, self.start = device_id, state, start
+        self.consumed = 0  # offsets the captured work takes per replay
+
+
+def philox_next(device_id: int) -> tuple[Any, int]:
+    """``(state, increment)`` for the next launch of the counter-based generator on ``device_id``.
+
+    ``state`` is an int64 device array ``[seed, base]``; the launch's offset is ``base +
+    increment`` (the kernel adds them), and the device's offset advances by one. Eagerly ``state``
+    is the device's own array, written once (after ``manual_seed``/``set_rng_state``), so a launch
+    costs no transfer and no synchronisation; under :func:`philox_capture` it is the graph's array
+    and the increment counts from the capture's first offset. The offsets are plain numbers, part
+    of :func:`get_rng_state`, so checkpoints resume the same masks.
     """
     offset = _philox_offsets.get(device_id, 0)
     _philox_offsets[device_id] = offset + 1
-    return (_gpu_seed() + 7919 * device_id) % 2**63, offset
+    capture = _philox_captures.get(device_id)
+    if capture is not None:
+        return capture.state, offset - capture.start
+    entry = _philox_states.get(device_id)
+    if entry is None:
+        entry = _philox_states[device_id] = (_philox_array(device_id, offset), offset)
+    state, base = entry
+    return state, offset - base
+
+
+@contextlib.contextmanager
+def philox_capture(device_id: int):
+    """Around a CUDA graph capture on ``device_id``: launches read a new graph state (made here,
+    before the capture) with increments from the device's current offset.
+
+    Nothing runs during a capture, so the offset is put back on exit; the returned
+    :class:`PhiloxGraphState` knows how many offsets a replay takes (:func:`philox_replay`).
+    """
+    start = _philox_offsets.get(device_id, 0)
+    graph_state = PhiloxGraphState(device_id, _philox_array(device_id, start), start)
+    _philox_captures[device_id] = graph_state
+    try:
+        yield graph_state
+    finally:
+        del _philox_captures[device_id]
+        graph_state.consumed = _philox_offsets.get(device_id, 0) - start
+        _philox_offsets[device_id] = start
+
+
+def philox_replay(graph_state: PhiloxGraphState, stream: Any = None) -> None:
+    """Before a replay: write ``[seed, offset]`` into the graph's state with one asynchronous
+    host-to-device copy on ``stream`` (no synchronisation), and advance the device's offset by
+    what the graph consumes. Nothing to do for a graph that draws no random numbers."""
+    if graph_state.consumed == 0:
+        return
+    dev = graph_state.device_id
+    offset = _philox_offsets.get(dev, 0)
+    graph_state.state.set(np.array([_philox_seed(dev), offset], dtype=np.int64), stream=stream)
+    _philox_offsets[dev] = offset + graph_state.consumed
 
 
 def get_rng_state() -> dict:
@@ -271,5 +340,6 @@ def set_rng_state(state: dict) -> None:
     gen.bit_generator.state = state["cpu"]
     _cpu_rng = gen
     _gpu_rngs.clear()
+    _philox_states.clear()
     _philox_offsets.clear()
     _philox_offsets.update({int(k): int(v) for k, v in (state.get("gpu_offsets") or {}).items()})

@@ -93,9 +93,12 @@ class GraphedStep:
 
     Capture records kernels with the arguments they had, so what the step reads from Python
     is frozen in the graph. The optimiser's Python scalars (learning rates, momenta, step
-    counts, which state exists) and the GPU random generator's offsets are compared before
-    every call, and a change captures the step anew; when they change at every step (Adam's
-    step count, dropout's fresh masks), the step runs eagerly rather than replay stale values.
+    counts, which state exists) are compared before every call, and a change captures the step
+    anew; when they change at every step (Adam's step count), the step runs eagerly rather than
+    replay stale values. Dropout needs no recapture: its kernel reads the generator's seed and
+    offset from device memory, and each replay first writes the device's next offset there (one
+    asynchronous host-to-device copy) and advances the offset by what the step draws, so every
+    replay has fresh masks, the same as an eager step from the same random state.
     Parameters must keep their arrays (optimisers and ``load_state_dict`` update in place).
 
     Where capture cannot work the step runs eagerly and :attr:`reason` says why in one line
@@ -124,6 +127,7 @@ class GraphedStep:
         self._outputs = None
         self._stream = None
         self._pool = None
+        self._rng = None  # the graph's random-generator state (backend.philox_capture)
         self._noted: set[str] = set()
         if sample_inputs:
             self._check_device(sample_inputs)
@@ -144,12 +148,11 @@ class GraphedStep:
         self._note(f"{why}; the step runs eagerly")
 
     def _scalars_key(self):
-        """What the captured kernels took from Python: the optimiser's scalars and the offsets of
-        the GPU random generator (dropout masks), which a replay would otherwise freeze."""
-        offsets = _scalars(backend.get_rng_state().get("gpu_offsets"))
+        """What the captured kernels took from Python: the optimiser's scalars, which a replay
+        would otherwise freeze (the random generator's offset lives in device memory)."""
         if self.optimizer is None:
-            return offsets
-        return offsets, _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
+            return None
+        return _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
 
     @property
     def captured(self) -> bool:
@@ -173,10 +176,7 @@ class GraphedStep:
             if self._graph is not None:
                 self._short_lived = self._short_lived + 1 if self._graph_replays <= 1 else 0
                 if self._short_lived >= 2:
-                    self._eager_for_good(
-                        "the step's Python scalars change at every step (an optimiser's step count, "
-                        "or the dropout generator's offset)"
-                    )
+                    self._eager_for_good("the step's Python scalars change at every step (an optimiser's step count)")
                     return self.step(*inputs)
             if not self._capture(inputs, key):
                 return self.step(*inputs)
@@ -188,7 +188,12 @@ class GraphedStep:
         self._stream = self._stream or cupy.cuda.Stream()
         self._pool = cupy.cuda.MemoryPool()  # intermediates stay reserved for the graph's lifetime
         saved = self.optimizer.state_dict() if self.optimizer is not None else None
-        with inputs[0].device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
+        with (
+            inputs[0].device,
+            backend.philox_capture(inputs[0].device.id) as rng,
+            cupy.cuda.using_allocator(self._pool.malloc),
+            self._stream,
+        ):
             self._static = [cupy.empty_like(x) for x in inputs]
             self._stream.begin_capture()
             try:
@@ -203,7 +208,7 @@ class GraphedStep:
                 self._eager_for_good(f"capture failed ({type(exc).__name__}: {first_line})")
                 return False
             self._graph = self._stream.end_capture()
-        self._outputs, self._key = outputs, key
+        self._outputs, self._key, self._rng = outputs, key, rng
         self._graph_replays = 0
         self.captures += 1
         return True
@@ -221,6 +226,7 @@ class GraphedStep:
         with inputs[0].device, self._stream:
             for static, x in zip(self._static, inputs, strict=True):
                 static[...] = x
+            backend.philox_replay(self._rng, self._stream)
             self._graph.launch(stream=self._stream)
         self.replays += 1
         self._graph_replays += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import weakref
 from collections import Counter as _Tally
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,8 +121,10 @@ class Stream:
 
     While a stream captures, the counter's phase is ``"capture"`` and what CuPy refuses under
     capture raises as CuPy does: host synchronisations (a CUDA runtime error), cuBLAS
-    (``NotImplementedError``) and cuRAND draws. The returned :class:`Graph` counts one
-    ``graph`` launch per replay; it does not recompute the captured work.
+    (``NotImplementedError``) and cuRAND draws. As on a GPU, the capture leaves the arrays that
+    existed before it as they were (their contents are put back at ``end_capture``), and the
+    returned :class:`Graph` counts one ``graph`` launch per replay and recomputes the captured
+    work in place, in order (kernels and array operations, into the same buffers).
     """
 
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
@@ -142,6 +145,10 @@ class Stream:
         if _CAPTURING[0]:
             raise RuntimeError("cudaErrorIllegalState: the stream is already capturing")
         _CAPTURING[0] = True
+        _RECORDING[0] = []
+        live = [ref() for ref in list(_LIVE.values())]
+        roots = {id(r): r for r in (_root(a._a) for a in live if a is not None) if r.flags.writeable}
+        self._snapshot = [(r, r.copy()) for r in roots.values()]
         self._phase = COUNTER.phase
         COUNTER.phase = "capture"
 
@@ -152,16 +159,45 @@ class Stream:
         if not _CAPTURING[0]:
             raise RuntimeError("cudaErrorIllegalState: the stream is not capturing")
         _CAPTURING[0] = False
+        work, _RECORDING[0] = _RECORDING[0], None
+        for root, saved in self._snapshot:
+            root[...] = saved  # nothing ran during the capture
+        self._snapshot = []
         COUNTER.phase = self._phase
-        return Graph()
+        return Graph(work)
 
 
 class Graph:
+    def __init__(self, work=()) -> None:
+        self._work = list(work)
+
     def launch(self, stream=None) -> None:
         COUNTER.add("graph", "Graph.launch")
+        for again in self._work:
+            again()
 
 
 _CAPTURING = [False]
+_RECORDING: list = [None]  # under capture: how to redo each captured operation
+_LIVE: dict[int, weakref.ref] = {}  # every device array, for the capture's snapshot
+
+
+def _track(arr: ndarray) -> None:
+    key = id(arr)
+    _LIVE[key] = weakref.ref(arr, lambda _ref: _LIVE.pop(key, None))
+
+
+def _record(again) -> None:
+    """Under capture: remember ``again()``, which redoes an operation in place, for each replay."""
+    if _RECORDING[0] is not None:
+        _RECORDING[0].append(again)
+
+
+def _record_result(compute, result) -> None:
+    """Under capture: each replay recomputes ``compute()`` into ``result``'s buffer."""
+    target = result._a if isinstance(result, ndarray) else result
+    if _RECORDING[0] is not None and isinstance(target, np.ndarray):
+        _record(lambda: np.copyto(target, compute(), casting="unsafe"))
 
 
 def _refuse_under_capture(what: str, error=RuntimeError) -> None:
@@ -269,7 +305,9 @@ def _binary(name: str, reflected: bool = False):
             raise TypeError(f"Unsupported type {type(other)} (a host array in a device operation)")
         COUNTER.add("launch", name)
         a, b = (_unwrap(other), self._a) if reflected else (self._a, _unwrap(other))
-        return ndarray._of(np.asarray(op(a, b)), self.device.id)
+        result = ndarray._of(np.asarray(op(a, b)), self.device.id)
+        _record_result(lambda: op(a, b), result)
+        return result
 
     return method
 
@@ -281,7 +319,9 @@ def _inplace(name: str):
         if isinstance(other, np.ndarray) and other.ndim > 0:
             raise TypeError(f"Unsupported type {type(other)} (a host array in a device operation)")
         COUNTER.add("launch", name)
-        op(self._a, _unwrap(other), out=self._a)
+        a, b = self._a, _unwrap(other)
+        op(a, b, out=a)
+        _record(lambda: op(a, b, out=a))
         return self
 
     return method
@@ -301,12 +341,14 @@ class ndarray:  # noqa: N801 - CuPy's name
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C") -> None:
         self._a = np.empty(shape, dtype=dtype, order=order)
         self.device = Device(_current[0])
+        _track(self)
 
     @classmethod
     def _of(cls, arr: np.ndarray, device: int | None = None) -> ndarray:
         obj = cls.__new__(cls)
         obj._a = arr
         obj.device = Device(_current[0] if device is None else device)
+        _track(obj)
         return obj
 
     # -- attributes
@@ -388,7 +430,13 @@ class ndarray:  # noqa: N801 - CuPy's name
         if isinstance(value, np.ndarray) and value.ndim > 0:
             COUNTER.add("h2d", "setitem from host")
         COUNTER.add("launch", "setitem")
-        self._a[_unwrap(key)] = _unwrap(value)
+        a, k, v = self._a, _unwrap(key), _unwrap(value)
+        a[k] = v
+
+        def again():
+            a[k] = v
+
+        _record(again)
 
     # -- shape and copies
     def reshape(self, *shape, order="C"):
@@ -420,18 +468,26 @@ class ndarray:  # noqa: N801 - CuPy's name
     def copy(self, order="C"):
         if self._a.size:
             COUNTER.add("copy", "ndarray.copy")
-        return ndarray._of(self._a.copy(order=order), self.device.id)
+        a = self._a
+        result = ndarray._of(a.copy(order=order), self.device.id)
+        _record_result(lambda: a, result)
+        return result
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and np.dtype(dtype) == self._a.dtype:
             return self
         if self._a.size:
             COUNTER.add("copy", "astype")
-        return ndarray._of(self._a.astype(dtype, order=order), self.device.id)
+        a = self._a
+        result = ndarray._of(a.astype(dtype, order=order), self.device.id)
+        _record_result(lambda: a, result)
+        return result
 
     def fill(self, value):
         COUNTER.add("launch", "fill")
-        self._a.fill(_unwrap(value))
+        a, v = self._a, _unwrap(value)
+        a.fill(v)
+        _record(lambda: a.fill(v))
 
     def set(self, arr, stream=None):
         COUNTER.add("h2d", "ndarray.set")
@@ -451,8 +507,11 @@ def _method(name: str, kind: str = "launch"):
     def method(self, *args, **kwargs):
         COUNTER.add(kind, f"ndarray.{name}")
         out = kwargs.get("out")
-        result = getattr(self._a, name)(*_unwrap(args), **_unwrap(kwargs))
-        return out if isinstance(out, ndarray) else _wrap(result, self.device.id)
+        a, args, kwargs = self._a, _unwrap(args), _unwrap(kwargs)
+        result = getattr(a, name)(*args, **kwargs)
+        wrapped = out if isinstance(out, ndarray) else _wrap(result, self.device.id)
+        _record_result(lambda: getattr(a, name)(*args, **kwargs), wrapped)
+        return wrapped
 
     method.__name__ = name
     return method
@@ -488,7 +547,10 @@ def _unary(name: str):
 
     def method(self):
         COUNTER.add("launch", name)
-        return ndarray._of(np.asarray(op(self._a)), self.device.id)
+        a = self._a
+        result = ndarray._of(np.asarray(op(a)), self.device.id)
+        _record_result(lambda: op(a), result)
+        return result
 
     return method
 
@@ -598,15 +660,17 @@ def _function(name: str, fn):
     def wrapper(*args, **kwargs):
         dev = _device_of(args)
         out = kwargs.get("out")
-        result = fn(*_unwrap(args), **_unwrap(kwargs))
+        raw_args, raw_kwargs = _unwrap(args), _unwrap(kwargs)
+        result = fn(*raw_args, **raw_kwargs)
         if name in _MEMSET:
             COUNTER.add("launch", f"{name} (memset)")
         elif name not in _VIEWS and name not in _ALLOC and not _is_view(result, args):
             if isinstance(result, (np.ndarray, np.generic, tuple, list)):
                 COUNTER.add("launch", name)
-        if isinstance(out, ndarray):
-            return out
-        return _wrap(result, dev)
+        wrapped = out if isinstance(out, ndarray) else _wrap(result, dev)
+        if name not in _VIEWS and name not in _ALLOC and not _is_view(result, args):
+            _record_result(lambda: fn(*raw_args, **raw_kwargs), wrapped)
+        return wrapped
 
     wrapper.__name__ = name
     return wrapper
@@ -688,7 +752,9 @@ class _CountingKernel:
     def __call__(self, grid, block, args, shared_mem: int = 0, stream=None):
         COUNTER.add("kernel", self.name)
         if self.run is not None:
-            self.run(grid, block, tuple(_unwrap(a) for a in args))
+            raw = tuple(_unwrap(a) for a in args)
+            self.run(grid, block, raw)
+            _record(lambda: self.run(grid, block, raw))
 
 
 @contextlib.contextmanager
@@ -715,6 +781,7 @@ def install(harness=None, monkeypatch=None):
         (backend, "_cuda_ok", True),
         (backend, "_cuda_reason", "CuPy stand-in (NumPy on the CPU)"),
         (backend, "_gpu_rngs", {}),
+        (backend, "_philox_states", {}),
         (kernels, "get_function", get_function),
     ]
     saved = []
@@ -733,6 +800,7 @@ def install(harness=None, monkeypatch=None):
             setattr(target, key, value)
     COUNTER.reset()
     _CAPTURING[0] = False
+    _RECORDING[0] = None
     try:
         yield module
     finally:

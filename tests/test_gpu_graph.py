@@ -57,28 +57,41 @@ def test_graphed_steps_equal_eager_steps_bitwise(dtype):
         gl_cuda.set_conv_algorithm("auto")
 
 
-def test_reference_cnn_step_under_a_graph(capsys):
-    """Prints whether the reference CNN's whole step captures; equal to eager where it does."""
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_reference_cnn_step_under_a_graph_equals_eager_bitwise(capsys, dropout):
+    """The reference CNN's whole step (with Dropout: its offset lives in device memory) stays
+    captured, and each replay equals the eager step from the same random state bit for bit."""
     import cupy
 
+    from gpulayers import backend
     from gpulayers.models import small_cnn
 
     gl.manual_seed(0)
-    models = [small_cnn(image_size=8, dropout=0.0).to("cuda") for _ in range(2)]
+    models = [small_cnn(image_size=8, dropout=dropout).to("cuda") for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     criterion = [nn.CrossEntropyLoss() for _ in models]
     opts = [optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
     rng = np.random.default_rng(0)
-    x = cupy.asarray(rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
-    y = cupy.asarray(rng.integers(0, 10, 16))
+    batches = [
+        (cupy.asarray(rng.standard_normal((16, 1, 8, 8)).astype(np.float32)), cupy.asarray(rng.integers(0, 10, 16)))
+        for _ in range(5)
+    ]
     lines = []
     graphed = gl_cuda.graphed(
-        train_step(models[0], criterion[0], opts[0]), x, y, optimizer=opts[0], model=models[0], log=lines.append
+        train_step(models[0], criterion[0], opts[0]), *batches[0], optimizer=opts[0], model=models[0], log=lines.append
     )
     eager = train_step(models[1], criterion[1], opts[1])
-    for _ in range(4):
-        loss_a, _ = graphed(x, y)
-        loss_b, _ = eager(x, y)
-        assert float(loss_a) == float(loss_b)
+    start = backend.get_rng_state()
+    got = [tuple(cupy.asnumpy(v).copy() for v in graphed(x, y)) for x, y in batches]
+    offsets = backend.get_rng_state()["gpu_offsets"]
+    backend.set_rng_state(start)  # the eager twin draws the same offsets
+    want = [tuple(cupy.asnumpy(v) for v in eager(x, y)) for x, y in batches]
     with capsys.disabled():
-        print(f"\nreference CNN under a CUDA graph: captured={graphed.captured} reason={graphed.reason}")
+        print(f"\nreference CNN (dropout={dropout}) graphed: captured={graphed.captured} reason={graphed.reason}")
+    assert graphed.captured and graphed.captures == 1 and graphed.replays == 4, lines
+    assert backend.get_rng_state()["gpu_offsets"] == offsets
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), i
+    assert len({g[0].tobytes() for g in got}) == len(got)  # every step moved the loss
+    for (key, va), vb in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        assert np.array_equal(gl.to_numpy(va), gl.to_numpy(vb)), key

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cupy_standin import COUNTER, install
+from kernel_harness.fixtures import run_asan
 from kernel_harness.harness import HarnessLibrary
 
 import gpulayers as gl
@@ -46,6 +47,7 @@ def libraries(tmp_path_factory):
 @pytest.fixture(params=list(GRIDS))
 def cp(request, libraries, monkeypatch):
     monkeypatch.setattr(backend, "_philox_offsets", {})
+    monkeypatch.setattr(backend, "_philox_states", {})
     with install(libraries[request.param], monkeypatch) as module:
         yield module
 
@@ -73,6 +75,37 @@ def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
     np.testing.assert_array_equal(y.get(), x * want)
     _, second = ops.dropout_forward(cp.asarray(x), 0.3, True)  # the next offset: another mask
     np.testing.assert_array_equal(second.mask.get(), _expected_mask(203, seed, 1, 0.3, dtype))
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize(("base", "increment"), [(0, 0), (5, 2), (2**32 - 1, 1), (2**40 + 3, 2**33)])
+def test_kernel_offset_is_the_state_base_plus_the_increment(libraries, grid, base, increment):
+    """Seed and offset base come from device memory, the increment is a launch argument: a graph
+    replays the same launch with a new base."""
+    seed, n = 0x0123456789ABCDEF, 4099
+    x = np.random.default_rng(2).standard_normal(n)
+    y, mask = np.empty_like(x), np.empty_like(x)
+    state = np.array([seed, base], np.int64)
+    kernel = libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)
+    kernel((5,), (128,), (x, y, mask, np.int64(n), state, np.int64(increment), np.float64(0.4), np.float64(1 / 0.6)))
+    want = _expected_mask(n, seed, base + increment, 0.4, np.float64)
+    np.testing.assert_array_equal(mask, want)
+    np.testing.assert_array_equal(y, x * want)
+    np.testing.assert_array_equal(state, [seed, base])  # read, never written
+
+
+def test_dropout_kernel_is_clean_under_address_sanitizer(asan_build):
+    result = run_asan(asan_build, "dropout-clean")
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "ASAN_CLEAN_RUN_OK" in result.stdout
+    assert "runtime error" not in result.stderr and "AddressSanitizer" not in result.stderr
+
+
+def test_address_sanitizer_catches_a_dropout_launch_past_the_arrays(asan_build):
+    """Negative control: the same build aborts when the kernel is told of more elements."""
+    result = run_asan(asan_build, "dropout-overflow")
+    assert "OVERFLOW_NOT_DETECTED" not in result.stdout
+    assert "AddressSanitizer: heap-buffer-overflow" in result.stderr
 
 
 def test_rng_state_replays_the_masks(cp):

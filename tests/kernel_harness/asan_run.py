@@ -10,6 +10,8 @@ is at least 16 KB so that NumPy takes it from malloc, where ASan places redzones
   correct sanitizer build must abort the process (the negative controls).
 * ``optim-clean`` / ``optim-overflow``: the fused optimiser steps through ``gpulayers.optim`` (both grids),
   and an update kernel told of more elements than its arrays hold.
+* ``dropout-clean`` / ``dropout-overflow``: the fused dropout kernel with its state in an array
+  (both grids, sizes not multiples of four), and a launch told of more elements than it has.
 * ``shared-overflow`` runs ``coop_controls.cu`` in the mode where one thread writes past its
   ``__shared__`` array: the cooperative harness's shared memory must be guarded too.
 """
@@ -161,6 +163,35 @@ def run_optim_overflow(build_dir: Path) -> None:
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
 
+def _dropout_args(x, n, base, increment):
+    state = np.zeros(2048, np.int64)  # [seed, base] at the front; 16 KB so that ASan guards it
+    state[:2] = (12345, base)
+    y, mask = np.empty_like(x), np.empty_like(x)
+    t = x.dtype.type
+    return (x, y, mask, np.int64(n), state, np.int64(increment), t(0.3), t(1 / 0.7)), mask
+
+
+def run_dropout_clean(build_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    for grid in (None, (3, 4)):
+        kernels.get_function = HarnessLibrary(build_dir, sanitize=True, grid_override=grid).get_function
+        for dtype, n in ((np.float32, 4099), (np.float64, 2051), (np.float32, 8192)):
+            x = _big(rng, (n,), dtype)
+            args, mask = _dropout_args(x, n, 7, 3)
+            kernels.launch("dropout.cu", "dropout_forward_kernel", dtype, (n + 3) // 4, args)
+            assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
+    print("ASAN_CLEAN_RUN_OK", flush=True)
+
+
+def run_dropout_overflow(build_dir: Path) -> None:
+    """The dropout kernel told of eight more elements than its arrays hold."""
+    kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
+    x = np.ones(4096)
+    args, _ = _dropout_args(x, 4096 + 8, 0, 0)
+    kernels.launch("dropout.cu", "dropout_forward_kernel", np.float64, (4096 + 8 + 3) // 4, args)
+    print("OVERFLOW_NOT_DETECTED", flush=True)
+
+
 CONTROLS = Path(__file__).resolve().parent / "coop_controls.cu"
 
 
@@ -194,6 +225,10 @@ if __name__ == "__main__":
         run_optim_clean(directory)
     elif mode == "optim-overflow":
         run_optim_overflow(directory)
+    elif mode == "dropout-clean":
+        run_dropout_clean(directory)
+    elif mode == "dropout-overflow":
+        run_dropout_overflow(directory)
     elif mode == "shared-overflow":
         run_control(directory, 3, sanitize=True)
         print("OVERFLOW_NOT_DETECTED", flush=True)
