@@ -1,6 +1,8 @@
 // Dropout masks from a counter-based generator (Philox4x32-10) for gpulayers: one launch draws the
 // mask and applies it.
 //
+// Channel dropout draws its per-(sample, channel) mask with dropout_mask_kernel.
+//
 // Compiled at run time by NVRTC through cupy.RawModule (gpulayers/kernels.py): no #include,
 // templates instantiated for float and double by name expression. Launched by
 // gpulayers/ops/dropout_cuda.py.
@@ -42,6 +44,20 @@ __device__ __forceinline__ void philox4x32_10(unsigned int c[4], unsigned int k0
   }
 }
 
+// The four scaled mask values (0 or scale, u >= p keeps) of group `group` at stream position
+// `position` under key `key`.
+template <typename T>
+__device__ __forceinline__ void dropout_group_mask(T m[4], long long group, unsigned long long position,
+                                                   unsigned long long key, T p, T scale) {
+  unsigned int words[4] = {(unsigned int)group, (unsigned int)((unsigned long long)group >> 32), (unsigned int)position,
+                           (unsigned int)(position >> 32)};
+  philox4x32_10(words, (unsigned int)key, (unsigned int)(key >> 32));
+  for (int lane = 0; lane < 4; ++lane) {
+    const T u = (T)(words[lane] >> 8) * (T)(1.0 / 16777216.0);
+    m[lane] = (u >= p) ? scale : T(0);
+  }
+}
+
 // mask[i] = (u_i >= p) ? scale : 0 and y[i] = x[i] * mask[i], over n elements; one thread per
 // group of four consecutive elements (one Philox call), a grid-stride loop over the groups.
 template <typename T>
@@ -52,16 +68,33 @@ __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ 
   const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
   for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
        group += (long long)blockDim.x * gridDim.x) {
-    unsigned int words[4] = {(unsigned int)group, (unsigned int)((unsigned long long)group >> 32),
-                             (unsigned int)position, (unsigned int)(position >> 32)};
-    philox4x32_10(words, (unsigned int)key, (unsigned int)(key >> 32));
+    T m[4];
+    dropout_group_mask(m, group, position, key, p, scale);
     for (int lane = 0; lane < 4; ++lane) {
       const long long i = group * 4 + lane;
       if (i >= n) break;
-      const T u = (T)(words[lane] >> 8) * (T)(1.0 / 16777216.0);
-      const T m = (u >= p) ? scale : T(0);
-      mask[i] = m;
-      y[i] = x[i] * m;
+      mask[i] = m[lane];
+      y[i] = x[i] * m[lane];
+    }
+  }
+}
+
+// The mask alone, over n elements (channel dropout: one value per (sample, channel) plane, the
+// same values dropout_forward_kernel would draw for n elements at that position).
+template <typename T>
+__global__ void dropout_mask_kernel(T* __restrict__ mask, long long n, const long long* __restrict__ state,
+                                    long long increment, T p, T scale) {
+  const long long groups = (n + 3) / 4;
+  const unsigned long long key = (unsigned long long)state[0];
+  const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
+  for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
+       group += (long long)blockDim.x * gridDim.x) {
+    T m[4];
+    dropout_group_mask(m, group, position, key, p, scale);
+    for (int lane = 0; lane < 4; ++lane) {
+      const long long i = group * 4 + lane;
+      if (i >= n) break;
+      mask[i] = m[lane];
     }
   }
 }

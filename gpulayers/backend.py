@@ -187,11 +187,12 @@ def device_of(x: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Random sources. One NumPy Generator serves everything on the CPU (initialisation always
-# happens on the CPU, as new modules start there); CuPy's generator serves arrays on the GPU.
+# happens on the CPU, as new modules start there); per GPU, a NumPy generator serves the small
+# draws about its arrays and a counter-based generator (Philox, in the kernels) draws the masks.
 # ----------------------------------------------------------------------------------------------
 _seed: int | None = None
 _cpu_rng = np.random.Generator(np.random.PCG64())
-_gpu_rngs: dict[int, Any] = {}
+_gpu_rngs: dict[int, np.random.Generator] = {}  # per device: host generator of its draws
 _philox_offsets: dict[int, int] = {}  # per device: launches of the counter-based generator so far
 _philox_states: dict[int, tuple[Any, int]] = {}  # per device: device array [seed, base] and its base
 _philox_captures: dict[int, PhiloxGraphState] = {}  # per device: the capture under way
@@ -218,18 +219,23 @@ def cpu_rng() -> np.random.Generator:
     return _cpu_rng
 
 
-def rng_for(xp, device_id: int | None = None):
-    """The generator for arrays of ``xp``: a NumPy ``Generator`` or a CuPy ``Generator``."""
+def rng_for(xp, device_id: int | None = None) -> np.random.Generator:
+    """The generator for random draws about arrays of ``xp`` (augmentation offsets, flips, masks
+    outside the fused dropout kernel).
+
+    NumPy: the CPU generator. CuPy: a NumPy generator of the device (``device_id``, default the
+    current one), seeded from ``manual_seed``'s seed and the device index. Its few draws per batch
+    go to the device with one transfer, which costs far less than a cuRAND generator's set-up (a
+    quarter of a million states), and its state is plain data, saved by :func:`get_rng_state`.
+    Made lazily, on the device's first draw after a seeding.
+    """
     if xp is np:
         return _cpu_rng
-    cp = xp
-    dev = cp.cuda.Device().id if device_id is None else device_id
+    dev = xp.cuda.Device().id if device_id is None else int(device_id)
     gen = _gpu_rngs.get(dev)
     if gen is None:
-        # Derive the GPU seed from the CPU generator's seed so one manual_seed covers both.
-        with cp.cuda.Device(dev):
-            gen = cp.random.default_rng(_gpu_seed() + 7919 * dev)
-        _gpu_rngs[dev] = gen
+        # a seed sequence of its own: not the CPU generator's stream, nor another device's
+        gen = _gpu_rngs[dev] = np.random.Generator(np.random.PCG64([_gpu_seed(), 1, dev]))
     return gen
 
 
@@ -325,21 +331,34 @@ def philox_replay(graph_state: PhiloxGraphState, stream: Any = None) -> None:
 
 def get_rng_state() -> dict:
     """A JSON-serialisable snapshot of the random state (checkpoints store it): the seed, the CPU
-    generator and the counter-based GPU generator's offset per device."""
+    generator, and per device the counter-based GPU generator's offset and the state of the
+    device's generator of small draws (:func:`rng_for`) once it was used."""
     offsets = {str(k): v for k, v in _philox_offsets.items()}
-    return {"seed": _seed, "cpu": _cpu_rng.bit_generator.state, "gpu_offsets": offsets}
+    gpu = {str(k): g.bit_generator.state for k, g in _gpu_rngs.items()}
+    return {"seed": _seed, "cpu": _cpu_rng.bit_generator.state, "gpu_offsets": offsets, "gpu": gpu}
+
+
+def _pcg64(state: dict, name: str) -> np.random.Generator:
+    gen = np.random.Generator(np.random.PCG64())
+    try:
+        gen.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"set_rng_state: {name} is not a PCG64 generator state ({exc})") from None
+    return gen
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore a snapshot taken by :func:`get_rng_state`."""
+    """Restore a snapshot taken by :func:`get_rng_state` (one saved before the per-device
+    generators were stored restores the rest, and those start afresh from the seed)."""
     global _seed, _cpu_rng
     if isinstance(state, (str, bytes)):
         state = json.loads(state)
+    if not isinstance(state, dict) or "cpu" not in state:
+        raise ValueError(f"set_rng_state: expected a dict from get_rng_state(), got {type(state).__name__}")
     _seed = state.get("seed")
-    gen = np.random.Generator(np.random.PCG64())
-    gen.bit_generator.state = state["cpu"]
-    _cpu_rng = gen
+    _cpu_rng = _pcg64(state["cpu"], "'cpu'")
     _gpu_rngs.clear()
+    _gpu_rngs.update({int(k): _pcg64(v, f"'gpu' of device {k}") for k, v in (state.get("gpu") or {}).items()})
     _philox_states.clear()
     _philox_offsets.clear()
     _philox_offsets.update({int(k): int(v) for k, v in (state.get("gpu_offsets") or {}).items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import sys
 import types
 from pathlib import Path
@@ -102,19 +103,6 @@ def test_the_scan_sees_the_gpu_paths():
     assert {"matmul", "take_along_axis", "pad", "where", "ascontiguousarray"} <= names
 
 
-@pytest.mark.parametrize(
-    ("method", "kwargs"),
-    [("random", {"size", "dtype"}), ("integers", {"size"})],
-)
-def test_generator_methods_used_on_gpu_exist_in_cupy(method, kwargs):
-    """Dropout draws ``random(shape, dtype=x.dtype)``; the augmentations ``integers``/``random``."""
-    cupy = pytest.importorskip("cupy")
-    func = getattr(cupy.random.Generator, method, None)
-    assert func is not None, f"cupy.random.Generator has no {method}"
-    accepted = _accepted_keywords(func)
-    assert accepted is None or kwargs <= accepted
-
-
 # -- the backend recognises CuPy arrays that the caller made --------------------------------------
 
 
@@ -178,26 +166,48 @@ def test_cupy_arrays_are_recognised_before_the_backend_imports_cupy(fake_cupy):
 
 
 def test_gpu_generator_replays_after_set_rng_state_without_manual_seed(fake_cupy, monkeypatch):
-    """gradcheck replays dropout masks with set_rng_state: the GPU seed must not be redrawn."""
+    """gradcheck replays random draws with set_rng_state: the GPU seed must not be redrawn."""
     monkeypatch.setattr(backend, "_seed", None)
     monkeypatch.setattr(backend, "_unseeded_gpu_seed", None)
     state = backend.get_rng_state()
     first = backend.rng_for(fake_cupy, 0)
     assert backend.rng_for(fake_cupy, 0) is first  # cached per device
+    draws = first.random(4)
     backend.set_rng_state(state)
-    assert backend.rng_for(fake_cupy, 0) == first  # re-created from the same seed
-    assert fake_cupy.seeds[0] == fake_cupy.seeds[1]
-    backend.rng_for(fake_cupy, 1)
-    assert fake_cupy.seeds[2] == fake_cupy.seeds[0] + 7919
+    np.testing.assert_array_equal(backend.rng_for(fake_cupy, 0).random(4), draws)  # the same seed again
 
 
-def test_manual_seed_still_sets_the_gpu_seed(fake_cupy, monkeypatch):
-    monkeypatch.setattr(backend, "_seed", None)
+def test_gpu_generators_need_no_curand_and_differ_per_device(fake_cupy, monkeypatch):
+    """A seeding builds nothing on the GPU; a device's generator is a NumPy one of its own stream."""
     state = backend.get_rng_state()
     try:
         gl.manual_seed(5)
-        backend.rng_for(fake_cupy, 0)
-        assert fake_cupy.seeds == [5]
+        gens = [backend.rng_for(fake_cupy, d) for d in (0, 1)]
+        assert fake_cupy.seeds == []  # cupy.random (cuRAND states) never asked for
+        assert all(isinstance(g, np.random.Generator) for g in gens)
+        cpu = np.random.Generator(np.random.PCG64(5)).random(8)
+        draws = [g.random(8) for g in gens]
+        assert not np.array_equal(draws[0], draws[1]) and not np.array_equal(draws[0], cpu)
+        gl.manual_seed(5)
+        np.testing.assert_array_equal(backend.rng_for(fake_cupy, 1).random(8), draws[1])
+    finally:
+        backend.set_rng_state(state)
+
+
+def test_gpu_generator_state_is_in_the_rng_state(fake_cupy):
+    """Checkpoints store each device's generator: a resumed run draws what the first run drew next."""
+    state = backend.get_rng_state()
+    try:
+        gl.manual_seed(9)
+        backend.rng_for(fake_cupy, 1).random(3)
+        saved = json.loads(json.dumps(backend.get_rng_state()))
+        assert set(saved["gpu"]) == {"1"}
+        want = backend.rng_for(fake_cupy, 1).integers(0, 100, 6)
+        gl.manual_seed(0)
+        backend.set_rng_state(saved)
+        np.testing.assert_array_equal(backend.rng_for(fake_cupy, 1).integers(0, 100, 6), want)
+        with pytest.raises(ValueError, match="set_rng_state: 'gpu' of device 1"):
+            backend.set_rng_state({**saved, "gpu": {"1": {"bit_generator": "MT19937"}}})
     finally:
         backend.set_rng_state(state)
 

@@ -108,6 +108,34 @@ def test_address_sanitizer_catches_a_dropout_launch_past_the_arrays(asan_build):
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 4, 4), (7, 2, 3)])
+def test_channel_dropout_mask_is_philox_without_curand(cp, shape):
+    """Dropout2d on the GPU: one launch draws the per-channel mask (the values the element kernel
+    draws for N*C elements at that offset), one multiply applies it; nothing from cuRAND."""
+    gl.manual_seed(21)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    x_gpu = cp.asarray(x)
+    COUNTER.reset()
+    y, cache = ops.dropout2d_forward(x_gpu, 0.4, True)
+    assert COUNTER.launches() == 2 and COUNTER.syncs() == 0 and COUNTER.count("h2d") == 1  # [seed, base]
+    assert "random.default_rng (generator setup)" not in COUNTER.names("launch")
+    planes = shape[:-2]
+    want = _expected_mask(int(np.prod(planes)), 21, 0, 0.4, np.float32).reshape(planes + (1, 1))
+    np.testing.assert_array_equal(cache.mask.get(), want)
+    np.testing.assert_array_equal(y.get(), x * want)
+    assert backend.get_rng_state()["gpu_offsets"] == {"0": 1}
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_mask_kernel_draws_what_the_forward_kernel_draws(libraries, grid):
+    seed, n, base, increment = 987654321, 1031, 2**33 + 1, 5
+    state = np.array([seed, base], np.int64)
+    alone = np.empty(n, np.float32)
+    kernel = libraries[grid].kernel("dropout.cu", "dropout_mask_kernel", np.float32)
+    kernel((3,), (64,), (alone, np.int64(n), state, np.int64(increment), np.float32(0.25), np.float32(1 / 0.75)))
+    np.testing.assert_array_equal(alone, _expected_mask(n, seed, base + increment, 0.25, np.float32))
+
+
 def test_rng_state_replays_the_masks(cp):
     x = cp.asarray(np.ones((64, 50), np.float32))
     gl.manual_seed(7)

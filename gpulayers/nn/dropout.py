@@ -11,11 +11,36 @@ from .module import Module
 __all__ = ["Dropout", "Dropout2d"]
 
 
-class Dropout(Module):
+class _DropoutNd(Module):
+    """What Dropout and Dropout2d share: ``p``, ``inplace`` and the forward/backward plumbing."""
+
+    _forward = staticmethod(ops.dropout_forward)
+    _backward = staticmethod(ops.dropout_backward)
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.p = ops.check_p(name, p)
+        self.inplace = check_bool(name, "inplace", inplace)
+
+    def forward(self, x: Any) -> Any:
+        y, cache = self._forward(x, self.p, self.training, name=type(self).__name__)
+        self.save_for_backward(cache, output=y)
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        return self._backward(grad_output, self._op_cache(grad_output))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout(_DropoutNd):
     """Zero each element with probability ``p`` in training and scale the rest by ``1 / (1 - p)``.
 
-    The mask is drawn from the library's generator for the input's device, so
-    ``gl.manual_seed`` makes it reproducible. In eval mode the layer is the identity.
+    The mask is drawn from the library's generator for the input's device (on the GPU a
+    counter-based generator inside the fused kernel), so ``gl.manual_seed`` makes it
+    reproducible. In eval mode the layer is the identity.
 
     Args:
         p: probability of zeroing an element, in [0, 1]. Defaults to 0.5.
@@ -26,24 +51,8 @@ class Dropout(Module):
         - Output: (*), same shape
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        self.p = ops.check_p("Dropout", p)
-        self.inplace = check_bool("Dropout", "inplace", inplace)
 
-    def forward(self, x: Any) -> Any:
-        y, cache = ops.dropout_forward(x, self.p, self.training, name="Dropout")
-        self.save_for_backward(cache, output=y)
-        return y
-
-    def backward(self, grad_output: Any) -> Any:
-        return ops.dropout_backward(grad_output, self._op_cache(grad_output))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
-
-
-class Dropout2d(Module):
+class Dropout2d(_DropoutNd):
     """Zero whole channels with probability ``p`` in training and scale the rest by ``1 / (1 - p)``.
 
     Each ``(sample, channel)`` plane is kept or dropped as one, as ``torch.nn.Dropout2d`` does for
@@ -58,18 +67,5 @@ class Dropout2d(Module):
         - Output: same as the input
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        self.p = ops.check_p("Dropout2d", p)
-        self.inplace = check_bool("Dropout2d", "inplace", inplace)
-
-    def forward(self, x: Any) -> Any:
-        y, cache = ops.dropout2d_forward(x, self.p, self.training, name="Dropout2d")
-        self.save_for_backward(cache, output=y)
-        return y
-
-    def backward(self, grad_output: Any) -> Any:
-        return ops.dropout2d_backward(grad_output, self._op_cache(grad_output))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
+    _forward = staticmethod(ops.dropout2d_forward)
+    _backward = staticmethod(ops.dropout2d_backward)

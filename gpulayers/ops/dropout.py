@@ -2,7 +2,8 @@
 
 On the CPU the mask comes from the library's generator (``backend.rng_for``); on the GPU from a
 counter-based generator inside one fused kernel (:mod:`.dropout_cuda`), keyed by the device's
-``(seed, offset)``. ``gl.manual_seed`` makes both reproducible.
+``(seed, offset)`` (channel dropout too, for its per-channel mask). ``gl.manual_seed`` makes both
+reproducible.
 """
 
 from __future__ import annotations
@@ -36,16 +37,6 @@ def check_p(name: str, p: Any) -> float:
     return float(p)
 
 
-def _uniform(x: Any, shape: tuple[int, ...] | None = None) -> Any:
-    """U[0, 1) samples of ``shape`` (default ``x``'s) in ``x``'s dtype, from the generator of ``x``'s device."""
-    xp = backend.get_array_module(x)
-    shape = tuple(x.shape) if shape is None else shape
-    if backend.is_cuda_array(x):
-        with xp.cuda.Device(x.device.id):
-            return backend.rng_for(xp, x.device.id).random(shape, dtype=x.dtype)
-    return backend.rng_for(xp).random(shape, dtype=x.dtype)
-
-
 def dropout_forward(x: Any, p: float, training: bool, *, name: str = "dropout") -> tuple[Any, DropoutCache]:
     """Inverted dropout.
 
@@ -76,12 +67,22 @@ def dropout_forward(x: Any, p: float, training: bool, *, name: str = "dropout") 
 
 
 def _scaled_mask(x: Any, p: float, shape: tuple[int, ...]) -> Any:
-    """0 with probability ``p``, else ``1 / (1 - p)``, of ``shape`` in ``x``'s dtype and device."""
+    """0 with probability ``p``, else ``1 / (1 - p)``, of ``shape`` in ``x``'s dtype and device.
+
+    On the GPU the fused kernel's counter-based generator draws it (no cuRAND, so a CUDA graph can
+    hold it); on the CPU, or for a dtype the kernels lack, the device's generator
+    (``backend.rng_for``).
+    """
     xp = backend.get_array_module(x)
     if p == 1.0:
         return xp.zeros(shape, dtype=x.dtype)
-    # keep with probability 1 - p: u ~ U[0, 1) is >= p with exactly that probability
-    return (_uniform(x, shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
+    if dropout_cuda.supported(x, contiguous=False):
+        return dropout_cuda.dropout_mask(x, shape, p)
+    with backend.device_scope(x):
+        dev = x.device.id if backend.is_cuda_array(x) else None
+        u = xp.asarray(backend.rng_for(xp, dev).random(shape, dtype=x.dtype))  # host draws for a GPU x
+        # keep with probability 1 - p: u ~ U[0, 1) is >= p with exactly that probability
+        return (u >= p).astype(x.dtype) * (1.0 / (1.0 - p))
 
 
 def dropout_backward(dy: Any, cache: DropoutCache) -> Any:

@@ -180,6 +180,9 @@ def run_dropout_clean(build_dir: Path) -> None:
             args, mask = _dropout_args(x, n, 7, 3)
             kernels.launch("dropout.cu", "dropout_forward_kernel", dtype, (n + 3) // 4, args)
             assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
+            alone = np.empty_like(x)
+            kernels.launch("dropout.cu", "dropout_mask_kernel", dtype, (n + 3) // 4, (alone, *args[3:]))
+            assert np.array_equal(alone, mask)
     print("ASAN_CLEAN_RUN_OK", flush=True)
 
 
