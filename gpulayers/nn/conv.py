@@ -10,12 +10,12 @@ from .._checks import check_bool, check_input, check_int, pair
 from ..ops import conv2d as ops
 from ..ops import conv_transpose2d as transpose_ops
 from .init import default_weight_and_bias
-from .module import Module, Parameter
+from .module import Module, Parameter, WeightBiasLayer
 
 __all__ = ["Conv2d", "ConvTranspose2d"]
 
 
-class Conv2d(Module):
+class Conv2d(WeightBiasLayer):
     """2-D convolution over an NCHW batch, PyTorch's ``nn.Conv2d``.
 
     Args:
@@ -76,6 +76,8 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
 
+    _backward_op = staticmethod(ops.conv2d_backward)
+
     def forward(self, x: Any) -> Any:
         bias = None if self.bias is None else self.bias.data
         y, cache = ops.conv2d_forward(
@@ -83,18 +85,6 @@ class Conv2d(Module):
         )
         self.save_for_backward(cache, output=y)
         return y
-
-    def backward(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, self.needs_input_grad)
-
-    def _backward_without_input(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, False)
-
-    def _backward(self, grad_output: Any, input_grad: bool) -> Any:
-        dx, dw, db = ops.conv2d_backward(grad_output, self._op_cache(grad_output), input_grad)
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -9,12 +9,12 @@ import numpy as np
 from .._checks import check_bool, check_int
 from ..ops import linear as ops
 from .init import default_weight_and_bias
-from .module import Module, Parameter
+from .module import Module, Parameter, WeightBiasLayer
 
 __all__ = ["Linear", "Flatten", "Identity"]
 
 
-class Linear(Module):
+class Linear(WeightBiasLayer):
     """``y = x @ weight.T + bias`` over the last axis.
 
     Args:
@@ -44,23 +44,13 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
 
+    _backward_op = staticmethod(ops.linear_backward)
+
     def forward(self, x: Any) -> Any:
         bias = self.bias.data if self.bias is not None else None
         y, cache = ops.linear_forward(x, self.weight.data, bias, name="Linear")
         self.save_for_backward(cache, output=y)
         return y
-
-    def backward(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, self.needs_input_grad)
-
-    def _backward_without_input(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, False)
-
-    def _backward(self, grad_output: Any, input_grad: bool) -> Any:
-        dx, dw, db = ops.linear_backward(grad_output, self._op_cache(grad_output), input_grad)
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
