@@ -17,8 +17,27 @@ from .module import Module, Parameter
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm"]
 
 
-class _BatchNorm(Module):
+class _Affine(Module):
+    """A normalisation layer with an optional per-element ``weight`` (ones) and ``bias`` (zeros),
+    whose op's backward gives ``(dx, dweight, dbias)`` (``_backward_op``, set by each subclass)."""
+
+    _backward_op: Any
+
+    def _affine_parameters(self, shape: Any, weight: bool, bias: bool) -> None:
+        self.register_parameter("weight", Parameter(np.ones(shape, dtype=np.float32)) if weight else None)
+        self.register_parameter("bias", Parameter(np.zeros(shape, dtype=np.float32)) if weight and bias else None)
+
+    def backward(self, grad_output: Any) -> Any:
+        dx, dw, db = type(self)._backward_op(grad_output, self._op_cache(grad_output))
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+
+class _BatchNorm(_Affine):
     """Shared state and logic; subclasses fix the accepted input ranks."""
+
+    _backward_op = staticmethod(ops.batch_norm_backward)
 
     _ranks: tuple[int, ...] = ()
     _layout = ""
@@ -49,12 +68,7 @@ class _BatchNorm(Module):
         self.affine = check_bool(name, "affine", affine)
         self.track_running_stats = check_bool(name, "track_running_stats", track_running_stats)
         c = self.num_features
-        if self.affine:
-            self.weight = Parameter(np.ones(c, dtype=np.float32))
-            self.bias = Parameter(np.zeros(c, dtype=np.float32))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._affine_parameters(c, self.affine, True)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(c, dtype=np.float32))
             self.register_buffer("running_var", np.ones(c, dtype=np.float32))
@@ -93,12 +107,6 @@ class _BatchNorm(Module):
         )
         self.save_for_backward(cache, output=y)
         return y
-
-    def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = ops.batch_norm_backward(grad_output, self._op_cache(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
 
     def extra_repr(self) -> str:
         return (
@@ -166,7 +174,7 @@ def _count(name: str, arg: str, value: Any) -> int:
     return int(value)
 
 
-class GroupNorm(Module):
+class GroupNorm(_Affine):
     """Group normalisation: per sample, each group of channels normalised over its channels and positions.
 
     Unlike batch normalisation there are no running statistics, so training and eval agree
@@ -184,6 +192,8 @@ class GroupNorm(Module):
         - Output: same as the input
     """
 
+    _backward_op = staticmethod(group_norm_backward)
+
     def __init__(
         self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, bias: bool = True
     ) -> None:
@@ -199,15 +209,7 @@ class GroupNorm(Module):
         self.eps = _check_eps(name, eps)
         self.affine = check_bool(name, "affine", affine)
         self.use_bias = check_bool(name, "bias", bias)
-        if self.affine:
-            self.weight = Parameter(np.ones(self.num_channels, dtype=np.float32))
-            if self.use_bias:
-                self.bias = Parameter(np.zeros(self.num_channels, dtype=np.float32))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._affine_parameters(self.num_channels, self.affine, self.use_bias)
 
     def forward(self, x: Any) -> Any:
         if hasattr(x, "ndim") and x.ndim >= 2:
@@ -223,17 +225,11 @@ class GroupNorm(Module):
         self.save_for_backward(cache, output=y)
         return y
 
-    def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = group_norm_backward(grad_output, self._op_cache(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
-
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.use_bias}"
 
 
-class LayerNorm(Module):
+class LayerNorm(_Affine):
     """Layer normalisation over the trailing ``normalized_shape`` axes of each sample (``torch.nn.LayerNorm``).
 
     Args:
@@ -246,6 +242,8 @@ class LayerNorm(Module):
         - Input: (*, *normalized_shape)
         - Output: same as the input
     """
+
+    _backward_op = staticmethod(layer_norm_backward)
 
     def __init__(
         self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True
@@ -267,15 +265,7 @@ class LayerNorm(Module):
         self.eps = _check_eps(name, eps)
         self.elementwise_affine = check_bool(name, "elementwise_affine", elementwise_affine)
         self.use_bias = check_bool(name, "bias", bias)
-        if self.elementwise_affine:
-            self.weight = Parameter(np.ones(self.normalized_shape, dtype=np.float32))
-            if self.use_bias:
-                self.bias = Parameter(np.zeros(self.normalized_shape, dtype=np.float32))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._affine_parameters(self.normalized_shape, self.elementwise_affine, self.use_bias)
 
     def forward(self, x: Any) -> Any:
         y, cache = layer_norm_forward(
@@ -288,12 +278,6 @@ class LayerNorm(Module):
         )
         self.save_for_backward(cache, output=y)
         return y
-
-    def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = layer_norm_backward(grad_output, self._op_cache(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
 
     def extra_repr(self) -> str:
         return (

@@ -236,13 +236,17 @@ def _shifted(x: Any, axis: int) -> Any:
     return x - x.max(axis=axis, keepdims=True)
 
 
-def softmax_forward(x: Any, dim: int | None = None, *, name: str = "softmax") -> tuple[Any, ActivationCache]:
-    """``exp(x) / sum(exp(x))`` along ``dim``, stabilised by the maximum (PyTorch's ``F.softmax``)."""
+def _along_dim(name: str, x: Any, dim: int | None) -> tuple[Any, int, tuple, Any]:
+    """``(x, axis, shape, xp)`` for a softmax: ``x`` checked, a 0-D input as one element."""
     check_floating(name, x)
     axis = softmax_dim(name, x.ndim, dim)
     shape = tuple(x.shape)
-    x = x.reshape(shape or (1,))
-    xp = backend.get_array_module(x)
+    return x.reshape(shape or (1,)), axis, shape, backend.get_array_module(x)
+
+
+def softmax_forward(x: Any, dim: int | None = None, *, name: str = "softmax") -> tuple[Any, ActivationCache]:
+    """``exp(x) / sum(exp(x))`` along ``dim``, stabilised by the maximum (PyTorch's ``F.softmax``)."""
+    x, axis, shape, xp = _along_dim(name, x, dim)
     e = xp.exp(_shifted(x, axis))
     y = (e / e.sum(axis=axis, keepdims=True)).reshape(shape)
     return y, ActivationCache(y, name, param=axis)
@@ -264,11 +268,7 @@ def softmax_backward(dy: Any, cache: ActivationCache) -> Any:
 
 def log_softmax_forward(x: Any, dim: int | None = None, *, name: str = "log_softmax") -> tuple[Any, ActivationCache]:
     """``x - logsumexp(x)`` along ``dim`` (PyTorch's ``F.log_softmax``)."""
-    check_floating(name, x)
-    axis = softmax_dim(name, x.ndim, dim)
-    shape = tuple(x.shape)
-    x = x.reshape(shape or (1,))
-    xp = backend.get_array_module(x)
+    x, axis, shape, xp = _along_dim(name, x, dim)
     shifted = _shifted(x, axis)
     y = (shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))).reshape(shape)
     return y, ActivationCache(y, name, param=axis)
