@@ -130,6 +130,18 @@ def test_adamw_fused_matches_numpy_path(harness, dtype, options):
     _fused_vs_numpy(harness, lambda ps: optim.AdamW(ps, lr=0.02, **options), dtype)
 
 
+RMSPROP_OPTIONS = [
+    dict(alpha=a, eps=e, weight_decay=wd, momentum=m, centered=c)
+    for a, e, wd, m, c in itertools.product([0.99, 0.3], [1e-8, 1e-2], [0.0, 0.1], [0.0, 0.9], [False, True])
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", RMSPROP_OPTIONS, ids=option_ids(RMSPROP_OPTIONS))
+def test_rmsprop_fused_matches_numpy_path(harness, dtype, options):
+    _fused_vs_numpy(harness, lambda ps: optim.RMSprop(ps, lr=0.01, **options), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_param_groups_and_lr_changes(harness, dtype):
     """Per-group options, and an lr changed between steps (a scheduler's way), reach the kernels."""
@@ -154,13 +166,14 @@ def test_param_groups_and_lr_changes(harness, dtype):
     )
 
 
-@pytest.mark.parametrize("make", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("make", ["sgd", "adam", "adamw", "rmsprop"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_and_inf_propagate_as_on_the_numpy_path(harness, make, dtype):
     factories = {
         "sgd": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
         "adam": lambda ps: optim.Adam(ps, weight_decay=0.1, amsgrad=True),
         "adamw": lambda ps: optim.AdamW(ps, amsgrad=True),
+        "rmsprop": lambda ps: optim.RMSprop(ps, weight_decay=0.1, momentum=0.9, centered=True),
     }
     grads = _grads(dtype, steps=3)
     grads[1][0][0, :3] = [np.nan, np.inf, -np.inf]
@@ -189,6 +202,10 @@ TORCH_CASES = {
         lambda ps: optim.AdamW(ps, lr=0.02, betas=(0.6, 0.95), weight_decay=0.5),
         lambda ps: torch.optim.AdamW(ps, lr=0.02, betas=(0.6, 0.95), weight_decay=0.5),
     ),
+    "rmsprop_centered_momentum": (
+        lambda ps: optim.RMSprop(ps, lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, centered=True),
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, centered=True),
+    ),
 }
 TORCH_TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
 
@@ -211,10 +228,8 @@ def test_fused_matches_torch(harness, case, dtype):
 
 
 def _launches_per_step(optimizer, params: int) -> int:
-    """SGD: one multi-tensor launch per group and MULTI_TENSORS parameters; Adam/AdamW: one per parameter."""
-    if isinstance(optimizer, optim.SGD):
-        return sum(-(-len(g["params"]) // optim_cuda.MULTI_TENSORS) for g in optimizer.param_groups)
-    return params
+    """One multi-tensor launch per parameter group (the parameters of a group share a step count)."""
+    return len(optimizer.param_groups)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,15 +256,25 @@ def test_grid_stride_loop_covers_more_than_the_grid(harness_libraries, monkeypat
     assert [grid for _, grid, _ in library.launches] == [(2, 1, 1)] * 4
 
 
-def test_one_fused_launch_per_parameter_and_step(harness):
-    params, _ = _params(np.float32)
-    opt = optim.Adam(params, amsgrad=True)
-    for step_grads in _grads(np.float32, steps=3):
+@pytest.mark.parametrize(
+    ("make", "kernel"),
+    [
+        (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), "sgd"),
+        (lambda ps: optim.Adam(ps, amsgrad=True), "adam"),
+        (lambda ps: optim.AdamW(ps), "adam"),
+        (lambda ps: optim.RMSprop(ps, momentum=0.5, centered=True), "rmsprop"),
+    ],
+    ids=["sgd", "adam", "adamw", "rmsprop"],
+)
+def test_one_fused_launch_per_step(harness, make, kernel):
+    params, _ = _params(np.float32, shapes=SHAPES * 9)  # 36 parameters
+    opt = make(params)
+    for step_grads in _grads(np.float32, steps=3, shapes=SHAPES * 9):
         for p, g in zip(params, step_grads, strict=True):
             p.grad = g
         opt.step()
     names = [name for name, _, _ in harness.launches]
-    assert names == ["adam_update_kernel<float>"] * (3 * len(SHAPES))
+    assert names == [f"{kernel}_multi_update_kernel<float>"] * 3
 
 
 def test_numpy_parameters_take_the_numpy_path(harness_libraries, monkeypatch):
@@ -349,6 +374,6 @@ def test_state_dict_is_the_same_on_both_paths_and_resumes(harness, make):
 def test_launcher_needs_a_buffer_for_momentum():
     p = np.zeros(3)
     with pytest.raises(ValueError, match="momentum buffer"):
-        optim_cuda.sgd_update(
-            p, p, None, lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, first_step=True
+        optim_cuda.sgd_batch(
+            [(p, p, None)], lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, first_step=True
         )

@@ -1,10 +1,12 @@
 """Adam and AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), step for step.
 
-On the GPU each parameter's step is one fused kernel launch (:mod:`.optim_cuda`) with the same
-arithmetic; elsewhere the element-wise code below.
+On the GPU all parameters of a group step in one multi-tensor kernel launch (:mod:`.optim_cuda`)
+with the same arithmetic; elsewhere the element-wise code below.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .. import backend
 from .._checks import check_bool
@@ -78,20 +80,8 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         max_exp_avg_sq = state["max_exp_avg_sq"] if group["amsgrad"] else None
         if optim_cuda.can_fuse(p.data, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq):
-            optim_cuda.adam_update(
-                p.data,
-                grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                max_exp_avg_sq,
-                step=step,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=wd,
-                decoupled=self._decoupled,
-            )
+            second = state["exp_avg_sq"] if max_exp_avg_sq is None else max_exp_avg_sq  # unused without AMSGrad
+            self._fuse(group, step, (p.data, grad, state["exp_avg"], state["exp_avg_sq"], second), state)
             return
         if wd != 0:
             if self._decoupled:
@@ -116,6 +106,28 @@ class Adam(Optimizer):
             second = max_exp_avg_sq
         denom = xp.sqrt(second) / bias_correction2_sqrt + eps
         p.data += (-step_size * exp_avg) / denom
+
+    def _advance(self, state):
+        state["step"] += 1
+
+    def _batch(self, group, key, tensors, state):
+        """One launch for the parameters of ``group`` at the same step count."""
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        step, dtype = state["step"], tensors[0][0].dtype
+        weight = 1 - beta1  # the lerp weight, in torch's two forms for small and large weights
+        values = (1 - lr * wd, -(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5)
+        args = (
+            optim_cuda.scalar(dtype, wd),
+            optim_cuda.scalar(dtype, weight),
+            optim_cuda.scalar(dtype, 1 - weight),
+            optim_cuda.scalar(dtype, beta2),
+            optim_cuda.scalar(dtype, 1 - beta2),
+            optim_cuda.scalar(dtype, eps),
+            np.int32(0 if wd == 0 else (2 if self._decoupled else 1)),
+            np.int32(abs(weight) < 0.5),
+            np.int32(group["amsgrad"]),
+        )
+        return optim_cuda.Batch("adam_multi_update_kernel", tensors, values, args)
 
 
 class AdamW(Adam):

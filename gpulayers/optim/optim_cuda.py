@@ -1,13 +1,20 @@
 """The optimisers' fused GPU steps: the launchers of ``cuda_kernels/optim.cu``.
 
-On the GPU, :class:`~gpulayers.optim.SGD`, :class:`~gpulayers.optim.Adam` and
-:class:`~gpulayers.optim.AdamW` update each parameter with one kernel launch instead of the
-6 to 12 element-wise CuPy launches of their NumPy code (launch overhead dominates a small
-model's step). The kernels repeat that code operation for operation: the scalars it derives
-in double on the host (``1 - dampening``, ``lr / (1 - beta1**t)``, ...) are derived here the
-same way and passed rounded to the parameter's dtype, as NumPy rounds a Python float to an
-array's dtype. The state stays in the same arrays under the same keys, so state dicts and
-checkpoints do not depend on the path taken.
+On the GPU, :class:`~gpulayers.optim.SGD`, :class:`~gpulayers.optim.Adam`,
+:class:`~gpulayers.optim.AdamW` and :class:`~gpulayers.optim.RMSprop` update all their
+parameters with one multi-tensor kernel launch per step (per parameter group, dtype and device;
+Adam's parameters also by step count) instead of 6 to 12 element-wise CuPy launches per
+parameter. The kernels repeat the NumPy code operation for operation: the scalars it derives in
+double on the host (``1 - dampening``, ``lr / (1 - beta1**t)``, ...) are derived here the same
+way and passed rounded to the parameter's dtype, as NumPy rounds a Python float to an array's
+dtype. The state stays in the same arrays under the same keys, so state dicts and checkpoints do
+not depend on the path taken.
+
+Each launch reads a table (layout in the kernel file): the addresses of its tensors' arrays, their
+start offsets, and the per-step scalars (learning rate, Adam's bias corrections). The tables of
+one step live in one persistent device array per device and dtype, refreshed by one asynchronous
+host-to-device copy per step (:func:`multi_update`, :func:`upload`): a captured CUDA graph
+therefore replays with the current learning rate and step count once :func:`upload` has run.
 
 :func:`can_fuse` decides per parameter: a C-contiguous float32/float64 CuPy parameter whose
 gradient and state buffers are arrays of its type, dtype, shape and device, all C-contiguous
@@ -22,18 +29,19 @@ Written against the arrays' module, so the same launchers run on NumPy arrays wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend, kernels
 
-__all__ = ["MULTI_TENSORS", "adam_update", "can_fuse", "fusable", "sgd_multi_update", "sgd_update"]
+__all__ = ["ROLES", "Batch", "can_fuse", "fusable", "multi_update", "scalar", "sgd_multi_update", "upload"]
 
 _FILE = "optim.cu"
 
-#: Parameters one multi-tensor launch updates (MULTI_TENSORS in the kernel file).
-MULTI_TENSORS = 16
+#: Arrays per tensor in each kernel's table: param, grad, then the state arrays.
+ROLES = {"sgd_multi_update_kernel": 3, "adam_multi_update_kernel": 5, "rmsprop_multi_update_kernel": 5}
 
 
 def fusable(param: Any, *arrays: Any) -> bool:
@@ -62,60 +70,101 @@ def can_fuse(param: Any, *arrays: Any) -> bool:
     return backend.is_cuda_array(param) and fusable(param, *arrays)
 
 
-def _scalar(dtype: Any, value: float):
+def scalar(dtype: Any, value: float):
     """``value`` rounded to the kernel's ``T`` (np.float32 or np.float64), as NumPy rounds a Python float."""
     return np.dtype(dtype).type(value)
 
 
-def sgd_update(
-    param: Any,
-    grad: Any,
-    momentum_buffer: Any | None,
-    *,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    first_step: bool,
-) -> None:
-    """One SGD step of ``param`` in place (``sgd_update_kernel``).
+@dataclass
+class Batch:
+    """One launch: ``kernel`` over ``tensors`` (tuples of ``ROLES[kernel]`` arrays of one dtype and
+    device; an unused state array may be any of them), with the per-step ``values`` (Python floats,
+    read by the kernel from device memory) and the constant kernel ``args`` after the table's."""
 
-    Args:
-        param: the parameter's data (updated in place).
-        grad: its gradient, read only.
-        momentum_buffer: the momentum buffer (written in place; on the first step its old
-            contents are ignored), or None when ``momentum`` is 0.
-        lr, weight_decay, momentum, dampening, nesterov: the group's options.
-        first_step: the buffer is new: set it to the gradient instead of decaying it.
-    """
-    dtype, n = param.dtype, int(param.size)
-    if momentum != 0 and momentum_buffer is None:
-        raise ValueError("SGD: a momentum buffer is needed when momentum is not 0")
-    args = (
-        param,
-        grad,
-        param if momentum_buffer is None else momentum_buffer,  # never touched without momentum
-        np.int64(n),
-        _scalar(dtype, lr),
-        _scalar(dtype, weight_decay),
-        _scalar(dtype, momentum),
-        _scalar(dtype, 1 - dampening),
-        np.int32(weight_decay != 0),
-        np.int32(momentum != 0),
-        np.int32(bool(nesterov)),
-        np.int32(bool(first_step)),
-    )
-    with backend.device_scope(param):
-        kernels.launch(_FILE, "sgd_update_kernel", dtype, n, args)
+    kernel: str
+    tensors: list[tuple[Any, ...]]
+    values: tuple[float, ...] = ()
+    args: tuple = ()
+
+    @property
+    def total(self) -> int:
+        return sum(int(t[0].size) for t in self.tensors)
 
 
-def _address(a: Any) -> np.int64:
-    """The array's data address as the kernel's 64-bit integer (device pointer; host on the harness)."""
-    return np.int64(a.data.ptr if backend.is_cuda_array(a) else a.ctypes.data)
+def _address(a: Any) -> int:
+    """The array's data address (device pointer; host on the harness)."""
+    return int(a.data.ptr if backend.is_cuda_array(a) else a.ctypes.data)
 
 
-def sgd_multi_update(
+def _words(batch: Batch, dtype: np.dtype) -> int:
+    count = len(batch.tensors)
+    return (ROLES[batch.kernel] + 1) * count + 1 + -(-len(batch.values) * dtype.itemsize // 8)
+
+
+def _fill(host: np.ndarray, batch: Batch, dtype: np.dtype) -> None:
+    """Write ``batch``'s table (addresses, starts, per-step scalars) into the int64 words ``host``."""
+    count, roles = len(batch.tensors), ROLES[batch.kernel]
+    for r in range(roles):
+        host[r * count : (r + 1) * count] = [_address(t[r]) for t in batch.tensors]
+    starts = np.cumsum([0] + [int(t[0].size) for t in batch.tensors])
+    host[roles * count : (roles + 1) * count + 1] = starts
+    if batch.values:
+        scalars = host[(roles + 1) * count + 1 :].view(dtype)
+        scalars[: len(batch.values)] = batch.values  # rounded to T as NumPy rounds a Python float
+
+
+def _by_device(batches: list[Batch]) -> dict[tuple, list[Batch]]:
+    groups: dict[tuple, list[Batch]] = {}
+    for batch in batches:
+        p = batch.tensors[0][0]
+        groups.setdefault((str(p.device) if backend.is_cuda_array(p) else "cpu", p.dtype.name), []).append(batch)
+    return groups
+
+
+def _tables(batches: list[Batch], buffers: dict, key: tuple, copy: bool) -> list[Any]:
+    """The batches' tables as views of one persistent int64 array (``buffers[key]``, made or resized
+    as needed), filled by one host-to-device copy when ``copy``."""
+    param = batches[0].tensors[0][0]
+    dtype = np.dtype(param.dtype)
+    sizes = [_words(b, dtype) for b in batches]
+    host = np.zeros(sum(sizes), np.int64)
+    starts = np.cumsum([0] + sizes)
+    for batch, start, end in zip(batches, starts[:-1], starts[1:], strict=True):
+        _fill(host[start:end], batch, dtype)
+    table = buffers.get(key)
+    if table is None or table.shape != host.shape:
+        table = backend.get_array_module(param).empty(host.shape, np.int64)
+        buffers[key] = table
+    if copy:
+        if backend.is_cuda_array(table):  # asynchronous: the stream orders it before the launches
+            table.set(host, stream=backend.get_array_module(table).cuda.get_current_stream())
+        else:
+            table[...] = host
+    return [table[start:end] for start, end in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def upload(batches: list[Batch], buffers: dict) -> None:
+    """Refresh the tables of ``batches`` (their addresses and per-step values) on the device: one
+    asynchronous copy per device and dtype, no launch (what a CUDA graph replay needs)."""
+    for key, group in _by_device(batches).items():
+        with backend.device_scope(group[0].tensors[0][0]):
+            _tables(group, buffers, key, copy=True)
+
+
+def multi_update(batches: list[Batch], buffers: dict, *, copy: bool = True) -> None:
+    """Launch every batch (one launch each) after writing their tables into ``buffers``' persistent
+    device arrays; ``copy=False`` (under CUDA graph capture) leaves the copy to :func:`upload`."""
+    for key, group in _by_device(batches).items():
+        with backend.device_scope(group[0].tensors[0][0]):
+            tables = _tables(group, buffers, key, copy)
+            for batch, table in zip(group, tables, strict=True):
+                total = batch.total
+                if total:
+                    args = (table, np.int32(len(batch.tensors)), np.int64(total), *batch.args)
+                    kernels.launch(_FILE, batch.kernel, batch.tensors[0][0].dtype, total, args)
+
+
+def sgd_batch(
     tensors: list[tuple[Any, Any, Any]],
     *,
     lr: float,
@@ -124,92 +173,27 @@ def sgd_multi_update(
     dampening: float,
     nesterov: bool,
     first_step: bool,
-) -> None:
-    """:func:`sgd_update` of many ``(param, grad, momentum_buffer)`` triples of one group, dtype and
-    device, :data:`MULTI_TENSORS` per launch (``sgd_multi_update_kernel``), with the same arithmetic.
-
-    Every triple must pass :func:`fusable`; ``momentum_buffer`` is None when ``momentum`` is 0.
-    """
-    if not tensors:
-        return
-    dtype = tensors[0][0].dtype
+) -> Batch:
+    """The SGD launch of ``(param, grad, momentum_buffer)`` triples of one group, dtype and device
+    (``momentum_buffer`` None when ``momentum`` is 0; on a first step its contents are ignored)."""
     if momentum != 0 and any(buf is None for _, _, buf in tensors):
         raise ValueError("SGD: a momentum buffer is needed when momentum is not 0")
-    scalars = (
-        _scalar(dtype, lr),
-        _scalar(dtype, weight_decay),
-        _scalar(dtype, momentum),
-        _scalar(dtype, 1 - dampening),
+    dtype = tensors[0][0].dtype
+    args = (
+        scalar(dtype, weight_decay),
+        scalar(dtype, momentum),
+        scalar(dtype, 1 - dampening),
         np.int32(weight_decay != 0),
         np.int32(momentum != 0),
         np.int32(bool(nesterov)),
         np.int32(bool(first_step)),
     )
-    with backend.device_scope(tensors[0][0]):
-        for start in range(0, len(tensors), MULTI_TENSORS):
-            chunk = tensors[start : start + MULTI_TENSORS]
-            pad = [np.int64(0)] * (MULTI_TENSORS - len(chunk))
-            params = [_address(p) for p, _, _ in chunk] + pad
-            grads = [_address(g) for _, g, _ in chunk] + pad
-            bufs = [_address(p if b is None else b) for p, _, b in chunk] + pad  # unused without momentum
-            sizes = [np.int64(p.size) for p, _, _ in chunk] + pad
-            total = int(sum(int(n) for n in sizes))
-            args = (*params, *grads, *bufs, *sizes, np.int32(len(chunk)), np.int64(total), *scalars)
-            kernels.launch(_FILE, "sgd_multi_update_kernel", dtype, total, args)
+    triples = [(p, g, p if b is None else b) for p, g, b in tensors]  # the buffer is unused without momentum
+    return Batch("sgd_multi_update_kernel", triples, (lr,), args)
 
 
-def adam_update(
-    param: Any,
-    grad: Any,
-    exp_avg: Any,
-    exp_avg_sq: Any,
-    max_exp_avg_sq: Any | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled: bool,
-) -> None:
-    """One Adam (``decoupled=False``) or AdamW step of ``param`` in place (``adam_update_kernel``).
-
-    Args:
-        param: the parameter's data (updated in place).
-        grad: its gradient, read only.
-        exp_avg, exp_avg_sq: the running averages (updated in place).
-        max_exp_avg_sq: the running maximum of ``exp_avg_sq`` for AMSGrad (updated in place),
-            or None without AMSGrad.
-        step: the step number ``t`` of this update (1 on the first).
-        lr, beta1, beta2, eps, weight_decay: the group's options.
-        decoupled: AdamW's decay ``param *= 1 - lr * weight_decay`` instead of Adam's L2 term.
-    """
-    dtype, n = param.dtype, int(param.size)
-    weight = 1 - beta1  # the lerp weight, in torch's two forms for small and large weights
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    args = (
-        param,
-        grad,
-        exp_avg,
-        exp_avg_sq,
-        exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq,  # never touched without AMSGrad
-        np.int64(n),
-        _scalar(dtype, weight_decay),
-        _scalar(dtype, 1 - lr * weight_decay),
-        _scalar(dtype, weight),
-        _scalar(dtype, 1 - weight),
-        _scalar(dtype, beta2),
-        _scalar(dtype, 1 - beta2),
-        _scalar(dtype, -step_size),
-        _scalar(dtype, bias_correction2**0.5),
-        _scalar(dtype, eps),
-        np.int32(mode),
-        np.int32(abs(weight) < 0.5),
-        np.int32(max_exp_avg_sq is not None),
-    )
-    with backend.device_scope(param):
-        kernels.launch(_FILE, "adam_update_kernel", dtype, n, args)
+def sgd_multi_update(tensors: list[tuple[Any, Any, Any]], buffers: dict | None = None, **options) -> None:
+    """One SGD step of every ``(param, grad, momentum_buffer)`` triple in one launch (options as
+    :func:`sgd_batch`); ``buffers`` keeps the device table between calls."""
+    if tensors:
+        multi_update([sgd_batch(tensors, **options)], {} if buffers is None else buffers)

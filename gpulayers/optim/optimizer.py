@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import backend
 from ..nn.module import Parameter
+from . import optim_cuda
 
 __all__ = ["Optimizer"]
 
@@ -125,22 +126,86 @@ class Optimizer:
                 p.grad[...] = 0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns ``closure()`` if given."""
+        """One update of every parameter that has a gradient; returns ``closure()`` if given.
+
+        GPU parameters the kernels can take are updated together after the loop: one launch per
+        group, dtype and device (and per step count for Adam), see :mod:`.optim_cuda`.
+        """
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if tuple(p.grad.shape) != tuple(p.data.shape):
-                    raise ValueError(
-                        f"{self._name}.step: gradient of shape {tuple(p.grad.shape)} for a parameter of shape "
-                        f"{tuple(p.data.shape)}"
-                    )
-                self._update(p, p.grad, self.state.setdefault(p, {}), group)
+        self._pending, stepped = {}, 0
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if tuple(p.grad.shape) != tuple(p.data.shape):
+                        raise ValueError(
+                            f"{self._name}.step: gradient of shape {tuple(p.grad.shape)} for a parameter of shape "
+                            f"{tuple(p.data.shape)}"
+                        )
+                    stepped += 1
+                    self._update(p, p.grad, self.state.setdefault(p, {}), group)
+            batches = list(self._pending.values())
+        finally:
+            self._pending = None
+        self._fused_batches = batches
+        self._all_fused = bool(batches) and sum(len(b[2]) for b in batches) == stepped
+        if batches:
+            optim_cuda.multi_update(
+                [self._batch(group, key, tensors, states[0]) for group, key, tensors, states in batches],
+                self._tables,
+                copy=not self._capturing,
+            )
         return loss
 
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError  # pragma: no cover
+
+    # -- the fused GPU step ---------------------------------------------------------------------
+    _pending: dict | None = None
+    _fused_batches: list = []
+    _all_fused = False
+    _capturing = False  # set while a CUDA graph captures a step: the tables are uploaded before each replay
+    _tables_cache: dict | None = None
+
+    @property
+    def _tables(self) -> dict:
+        """The persistent device arrays holding the kernels' tables (one per device and dtype)."""
+        if self._tables_cache is None:
+            self._tables_cache = {}
+        return self._tables_cache
+
+    def _fuse(self, group: dict[str, Any], key: Any, arrays: tuple, state: dict[str, Any]) -> None:
+        """Queue ``arrays`` (param, grad, state...) for the launch of ``group`` and ``key`` at the end of step()."""
+        p = arrays[0]
+        batch = self._pending.setdefault((id(group), key, p.dtype.name, str(p.device)), (group, key, [], []))
+        batch[2].append(arrays)
+        batch[3].append(state)
+
+    def _batch(self, group: dict[str, Any], key: Any, tensors: list, state: dict[str, Any]) -> optim_cuda.Batch:
+        """The launch of ``tensors`` (of ``group``, queued under ``key``; ``state`` is the first one's)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _advance(self, state: dict[str, Any]) -> None:
+        """The host side of a fused update that a CUDA graph replay repeats (Adam: the step count)."""
+
+    @property
+    def _device_resident(self) -> frozenset[str]:
+        """The group options and state scalars the last step's kernels read from device memory."""
+        return frozenset({"lr", "step"}) if self._all_fused else frozenset()
+
+    def _before_replay(self, advance: bool) -> None:
+        """Before a CUDA graph replays the captured step: repeat its host side (when ``advance``; the
+        capture itself already did it for the first replay) and upload the current learning rates and
+        step counts with one asynchronous copy."""
+        if advance:
+            for _, _, _, states in self._fused_batches:
+                for state in states:
+                    self._advance(state)
+        optim_cuda.upload(
+            [self._batch(group, key, tensors, states[0]) for group, key, tensors, states in self._fused_batches],
+            self._tables,
+        )
 
     # -- state dict ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,9 +1,16 @@
-"""RMSprop (``torch.optim.RMSprop``), step for step."""
+"""RMSprop (``torch.optim.RMSprop``), step for step.
+
+On the GPU all parameters of a group step in one multi-tensor kernel launch (:mod:`.optim_cuda`)
+with the same arithmetic; elsewhere the element-wise code below.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from .._checks import check_bool
+from . import optim_cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["RMSprop"]
@@ -63,9 +70,19 @@ class RMSprop(Optimizer):
             state["momentum_buffer"] = xp.zeros_like(p.data)
         if group["centered"] and "grad_avg" not in state:
             state["grad_avg"] = xp.zeros_like(p.data)
+        square_avg, grad_avg, buf = state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer")
+        if momentum <= 0:
+            buf = None
+        if not group["centered"]:
+            grad_avg = None
+        if optim_cuda.can_fuse(p.data, grad, square_avg, grad_avg, buf):
+            unused = square_avg  # stands in for the state arrays the options leave untouched
+            grad_avg = unused if grad_avg is None else grad_avg
+            arrays = (p.data, grad, square_avg, grad_avg, unused if buf is None else buf)
+            self._fuse(group, None, arrays, state)
+            return
         if wd != 0:
             grad = grad + wd * p.data
-        square_avg = state["square_avg"]
         square_avg *= alpha
         square_avg += ((1 - alpha) * grad) * grad
         if group["centered"]:
@@ -86,3 +103,23 @@ class RMSprop(Optimizer):
             p.data += -lr * buf
         else:
             p.data += (-lr * grad) / avg
+
+    def _advance(self, state):
+        state["step"] += 1
+
+    def _batch(self, group, key, tensors, state):
+        alpha, dtype = group["alpha"], tensors[0][0].dtype
+        weight = 1 - alpha  # the lerp weight of the centred average, in torch's two forms
+        args = (
+            optim_cuda.scalar(dtype, group["weight_decay"]),
+            optim_cuda.scalar(dtype, alpha),
+            optim_cuda.scalar(dtype, weight),
+            optim_cuda.scalar(dtype, 1 - weight),
+            optim_cuda.scalar(dtype, group["eps"]),
+            optim_cuda.scalar(dtype, group["momentum"]),
+            np.int32(group["weight_decay"] != 0),
+            np.int32(group["centered"]),
+            np.int32(abs(weight) < 0.5),
+            np.int32(group["momentum"] > 0),
+        )
+        return optim_cuda.Batch("rmsprop_multi_update_kernel", tensors, (-group["lr"],), args)

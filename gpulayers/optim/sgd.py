@@ -1,7 +1,7 @@
 """Stochastic gradient descent (``torch.optim.SGD``), step for step.
 
-On the GPU each parameter's step is one fused kernel launch (:mod:`.optim_cuda`) with the same
-arithmetic; elsewhere the element-wise code below.
+On the GPU all parameters of a group step in one multi-tensor kernel launch (:mod:`.optim_cuda`)
+with the same arithmetic; elsewhere the element-wise code below.
 """
 
 from __future__ import annotations
@@ -64,35 +64,19 @@ class SGD(Optimizer):
                 f"momentum={group['momentum']}, dampening={group['dampening']}"
             )
 
-    _pending: dict | None = None
-
-    def step(self, closure=None):
-        """One update of every parameter with a gradient; on the GPU one launch per 16 parameters."""
-        self._pending = {}
-        try:
-            return super().step(closure)
-        finally:
-            pending, self._pending = self._pending, None
-            for (_, first_step, _, _), (group, tensors) in pending.items():
-                optim_cuda.sgd_multi_update(
-                    tensors,
-                    lr=group["lr"],
-                    weight_decay=group["weight_decay"],
-                    momentum=group["momentum"],
-                    dampening=group["dampening"],
-                    nesterov=group["nesterov"],
-                    first_step=first_step,
-                )
-
     def _update(self, p, grad, state, group):
         momentum, wd = group["momentum"], group["weight_decay"]
-        if optim_cuda.can_fuse(p.data, grad, state.get("momentum_buffer")):
-            self._fused_update(p, grad, state, group)
+        buf = state.get("momentum_buffer")
+        if optim_cuda.can_fuse(p.data, grad, buf):
+            first_step = momentum != 0 and buf is None
+            if first_step:  # set to the (decayed) gradient by the kernel
+                buf = backend.get_array_module(p.data).empty_like(p.data)
+                state["momentum_buffer"] = buf
+            self._fuse(group, first_step, (p.data, grad, buf if momentum != 0 else None), state)
             return
         if wd != 0:
             grad = grad + wd * p.data
         if momentum != 0:
-            buf = state.get("momentum_buffer")
             if buf is None:
                 buf = grad.copy()
                 state["momentum_buffer"] = buf
@@ -102,27 +86,13 @@ class SGD(Optimizer):
             grad = grad + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * grad
 
-    def _fused_update(self, p, grad, state, group):
-        """The same step as one kernel launch (a CuPy parameter; see :mod:`.optim_cuda`)."""
-        buf, first_step = None, False
-        if group["momentum"] != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:  # set to the (decayed) gradient by the kernel
-                buf = backend.get_array_module(p.data).empty_like(p.data)
-                state["momentum_buffer"] = buf
-                first_step = True
-        if self._pending is not None:  # within step(): launched together at its end
-            key = (id(group), first_step, p.data.dtype.name, str(p.data.device))
-            self._pending.setdefault(key, (group, []))[1].append((p.data, grad, buf))
-            return
-        optim_cuda.sgd_update(
-            p.data,
-            grad,
-            buf,
+    def _batch(self, group, key, tensors, state):
+        return optim_cuda.sgd_batch(
+            tensors,
             lr=group["lr"],
             weight_decay=group["weight_decay"],
             momentum=group["momentum"],
             dampening=group["dampening"],
             nesterov=group["nesterov"],
-            first_step=first_step,
+            first_step=key,
         )

@@ -142,6 +142,7 @@ def run_optim_clean(build_dir: Path) -> None:
                 lambda ps: optim.SGD(ps, lr=0.1),
                 lambda ps: optim.Adam(ps, weight_decay=0.1, amsgrad=True),
                 lambda ps: optim.AdamW(ps),
+                lambda ps: optim.RMSprop(ps, weight_decay=0.1, momentum=0.9, centered=True),
             ):
                 params = [Parameter(rng.standard_normal(s).astype(dtype)) for s in ((64, 70), (4099,))]
                 opt = make(params)
@@ -154,12 +155,17 @@ def run_optim_clean(build_dir: Path) -> None:
 
 
 def run_optim_overflow(build_dir: Path) -> None:
-    """An SGD update launched for more elements than the arrays hold."""
+    """An SGD update whose table claims more elements than the arrays hold."""
     kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
     p, g, buf = np.zeros(4096), np.ones(4096), np.zeros(4096)
-    args = (p, g, buf, np.int64(4096 + 8), 0.1, 0.0, 0.9, 1.0, np.int32(0), np.int32(1), np.int32(0), np.int32(0))
-    args = tuple(np.float64(a) if isinstance(a, float) else a for a in args)
-    kernels.launch("optim.cu", "sgd_update_kernel", np.float64, 4096 + 8, args)
+    batch = optim_cuda.sgd_batch(
+        [(p, g, buf)], lr=0.1, weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, first_step=False
+    )
+    table = np.zeros(8, np.int64)
+    optim_cuda._fill(table, batch, np.dtype(np.float64))
+    table[4] = 4096 + 8  # the end offset of the only tensor
+    args = (table, np.int32(1), np.int64(4096 + 8), *batch.args)
+    kernels.launch("optim.cu", "sgd_multi_update_kernel", np.float64, 4096 + 8, args)
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
 
