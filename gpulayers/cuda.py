@@ -92,10 +92,13 @@ class GraphedStep:
     overwritten by each replay, as PyTorch's graphed outputs are).
 
     Capture records kernels with the arguments they had, so what the step reads from Python
-    is frozen in the graph. The optimiser's Python scalars (learning rates, momenta, step
-    counts, which state exists) are compared before every call, and a change captures the step
-    anew; when they change at every step (Adam's step count), the step runs eagerly rather than
-    replay stale values. Dropout needs no recapture: its kernel reads the generator's seed and
+    is frozen in the graph, except what the kernels read from device memory. The fused optimiser
+    kernels read the learning rates and step counts (Adam's bias corrections), which each replay
+    uploads with one asynchronous copy: a scheduler's new lr and every new step count replay
+    without a new capture. The optimiser's other Python scalars (momenta, betas, weight decay,
+    which state exists; learning rates and step counts too when some parameter takes the NumPy
+    code) are compared before every call, and a change captures the step anew; when they change
+    at every step, the step runs eagerly rather than replay stale values. Dropout needs no recapture: its kernel reads the generator's seed and
     offset from device memory, and each replay first writes the device's next offset there (one
     asynchronous host-to-device copy) and advances the offset by what the step draws, so every
     replay has fresh masks, the same as an eager step from the same random state.
@@ -128,6 +131,7 @@ class GraphedStep:
         self._stream = None
         self._pool = None
         self._rng = None  # the graph's random-generator state (backend.philox_capture)
+        self._optimizer_launches: tuple = ([], {})
         self._noted: set[str] = set()
         if sample_inputs:
             self._check_device(sample_inputs)
@@ -152,7 +156,12 @@ class GraphedStep:
         would otherwise freeze (the random generator's offset lives in device memory)."""
         if self.optimizer is None:
             return None
-        return _scalars([self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())])
+        # What the fused optimiser kernels read from device memory (lr, step counts) is left out:
+        # the replay uploads it (_replay).
+        resident = getattr(self.optimizer, "_device_resident", frozenset())
+        groups, states = self.optimizer.param_groups, list(getattr(self.optimizer, "state", {}).values())
+        groups, states = ([{k: v for k, v in d.items() if k not in resident} for d in ds] for ds in (groups, states))
+        return _scalars([groups, states])
 
     @property
     def captured(self) -> bool:
@@ -195,6 +204,7 @@ class GraphedStep:
             self._stream,
         ):
             self._static = [cupy.empty_like(x) for x in inputs]
+            tables = self._use_optimizer_tables({})
             self._stream.begin_capture()
             try:
                 outputs = self.step(*self._static)
@@ -203,15 +213,30 @@ class GraphedStep:
                     self._stream.end_capture()
                 except Exception:  # noqa: BLE001 - an invalidated capture also fails to end
                     pass
+                self._use_optimizer_tables(None)
                 self._undo_failed_capture(saved)
                 first_line = (str(exc).splitlines() or [""])[0][:160]
                 self._eager_for_good(f"capture failed ({type(exc).__name__}: {first_line})")
                 return False
             self._graph = self._stream.end_capture()
+        self._use_optimizer_tables(None)
+        self._optimizer_launches = (getattr(self.optimizer, "_fused_batches", []), tables)
         self._outputs, self._key, self._rng = outputs, key, rng
         self._graph_replays = 0
         self.captures += 1
         return True
+
+    def _use_optimizer_tables(self, tables):
+        """Give a capture its own optimiser launch tables (uploaded before each replay), or None after.
+
+        The new tables start with the last step's contents (one copy, before the capture), so that
+        they hold valid addresses even where a capture runs the kernels it records."""
+        optimizer = self.optimizer
+        if optimizer is not None and hasattr(optimizer, "_capture_tables"):
+            optimizer._capture_tables = tables
+            if tables is not None and optimizer._fused_batches:
+                optimizer._before_replay(optimizer._fused_batches, tables, advance=False)
+        return tables
 
     def _undo_failed_capture(self, saved) -> None:
         """Nothing ran on the GPU, but the step's Python side ran part way: put it back."""
@@ -227,6 +252,8 @@ class GraphedStep:
             for static, x in zip(self._static, inputs, strict=True):
                 static[...] = x
             backend.philox_replay(self._rng, self._stream)
+            if self._optimizer_launches[0]:  # the step's host side, and its lr and step counts uploaded
+                self.optimizer._before_replay(*self._optimizer_launches, advance=self._graph_replays > 0)
             self._graph.launch(stream=self._stream)
         self.replays += 1
         self._graph_replays += 1

@@ -151,10 +151,11 @@ class Optimizer:
         self._fused_batches = batches
         self._all_fused = bool(batches) and sum(len(b[2]) for b in batches) == stepped
         if batches:
+            capture = self._capture_tables
             optim_cuda.multi_update(
                 [self._batch(group, key, tensors, states[0]) for group, key, tensors, states in batches],
-                self._tables,
-                copy=not self._capturing,
+                self._tables if capture is None else capture,
+                copy=capture is None,
             )
         return loss
 
@@ -165,7 +166,8 @@ class Optimizer:
     _pending: dict | None = None
     _fused_batches: list = []
     _all_fused = False
-    _capturing = False  # set while a CUDA graph captures a step: the tables are uploaded before each replay
+    # Set while a CUDA graph captures a step: the graph's own tables, uploaded before each replay.
+    _capture_tables: dict | None = None
     _tables_cache: dict | None = None
 
     @property
@@ -194,18 +196,15 @@ class Optimizer:
         """The group options and state scalars the last step's kernels read from device memory."""
         return frozenset({"lr", "step"}) if self._all_fused else frozenset()
 
-    def _before_replay(self, advance: bool) -> None:
-        """Before a CUDA graph replays the captured step: repeat its host side (when ``advance``; the
-        capture itself already did it for the first replay) and upload the current learning rates and
-        step counts with one asynchronous copy."""
+    def _before_replay(self, batches: list, tables: dict, advance: bool) -> None:
+        """Before a CUDA graph replays a captured step (its fused ``batches`` and launch ``tables``):
+        repeat its host side when ``advance`` (the capture itself did it for the first replay), then
+        upload the current learning rates and step counts with one asynchronous copy."""
         if advance:
-            for _, _, _, states in self._fused_batches:
+            for _, _, _, states in batches:
                 for state in states:
                     self._advance(state)
-        optim_cuda.upload(
-            [self._batch(group, key, tensors, states[0]) for group, key, tensors, states in self._fused_batches],
-            self._tables,
-        )
+        optim_cuda.upload([self._batch(group, key, tensors, ss[0]) for group, key, tensors, ss in batches], tables)
 
     # -- state dict ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
