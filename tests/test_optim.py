@@ -72,23 +72,19 @@ def test_sgd_matches_torch(device, dtype, options):
     )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=option_ids(ADAM_OPTIONS))
-def test_adam_matches_torch(device, dtype, options):
-    _run_parity(
-        lambda ps: optim.Adam(ps, lr=0.01, **options),
-        lambda ps: torch.optim.Adam(ps, lr=0.01, **options),
-        dtype,
-        device,
-    )
+ADAM_CASES = [("Adam", 0.01, o) for o in ADAM_OPTIONS] + [("AdamW", 0.02, o) for o in ADAMW_OPTIONS]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", ADAMW_OPTIONS, ids=option_ids(ADAMW_OPTIONS))
-def test_adamw_matches_torch(device, dtype, options):
+@pytest.mark.parametrize(
+    ("name", "lr", "options"),
+    ADAM_CASES,
+    ids=[f"{n}-{i}" for n, i in zip([c[0] for c in ADAM_CASES], option_ids([c[2] for c in ADAM_CASES]), strict=True)],
+)
+def test_adam_and_adamw_match_torch(device, dtype, name, lr, options):
     _run_parity(
-        lambda ps: optim.AdamW(ps, lr=0.02, **options),
-        lambda ps: torch.optim.AdamW(ps, lr=0.02, **options),
+        lambda ps: getattr(optim, name)(ps, lr=lr, **options),
+        lambda ps: getattr(torch.optim, name)(ps, lr=lr, **options),
         dtype,
         device,
     )
