@@ -98,10 +98,11 @@ class GraphedStep:
     without a new capture. The optimiser's other Python scalars (momenta, betas, weight decay,
     which state exists; learning rates and step counts too when some parameter takes the NumPy
     code) are compared before every call, and a change captures the step anew; when they change
-    at every step, the step runs eagerly rather than replay stale values. Dropout needs no recapture: its kernel reads the generator's seed and
-    offset from device memory, and each replay first writes the device's next offset there (one
-    asynchronous host-to-device copy) and advances the offset by what the step draws, so every
-    replay has fresh masks, the same as an eager step from the same random state.
+    at every step, the step runs eagerly rather than replay stale values. Dropout needs no
+    recapture: its kernel reads the generator's seed and offset from device memory, and each
+    replay first writes the device's next offset there (one asynchronous host-to-device copy)
+    and advances the offset by what the step draws, so every replay has fresh masks, the same
+    as an eager step from the same random state.
     Parameters must keep their arrays (optimisers and ``load_state_dict`` update in place).
 
     Where capture cannot work the step runs eagerly and :attr:`reason` says why in one line
