@@ -186,7 +186,9 @@ class GraphedStep:
             if self._graph is not None:
                 self._short_lived = self._short_lived + 1 if self._graph_replays <= 1 else 0
                 if self._short_lived >= 2:
-                    self._eager_for_good("the step's Python scalars change at every step (an optimiser's step count)")
+                    self._eager_for_good(
+                        "the step's Python scalars change at every step (optimiser options, NumPy-path step counts)"
+                    )
                     return self.step(*inputs)
             if not self._capture(inputs, key):
                 return self.step(*inputs)
