@@ -171,11 +171,12 @@ def tune_allocator() -> bool:
     glibc returns large freed blocks to the system at once (``mmap`` threshold, heap trimming), so
     the next activation of the same size is faulted in page by page again: on virtual machines that
     costs more than the arithmetic of a ReLU. Called once at import; the environment variable
-    ``GPULAYERS_MALLOC_TUNING=0`` turns it off (glibc's ``MALLOC_*`` variables then apply unchanged).
+    ``GPULAYERS_MALLOC_TUNING=0`` turns it off, and so does any glibc ``MALLOC_*`` variable or
+    ``glibc.malloc`` tunable in the environment (the user's settings apply unchanged).
     """
     if os.environ.get("GPULAYERS_MALLOC_TUNING", "1").strip() == "0" or not sys.platform.startswith("linux"):
         return False
-    if any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ):
+    if any(name.startswith("MALLOC_") for name in os.environ) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False  # the user tunes glibc's allocator themselves
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -112,3 +112,15 @@ def test_workspace_is_reused_per_key_and_never_returned_by_an_op():
     conv(x)
     conv.backward(np.full((2, 4, 3, 3), 2.0, np.float32))
     np.testing.assert_array_equal(dx1, keep)  # the second backward did not write into the first's result
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [({"GPULAYERS_MALLOC_TUNING": "0"}, "False"), ({"MALLOC_ARENA_MAX": "2"}, "False")],
+    ids=["turned-off", "user-tunes-glibc"],
+)
+def test_allocator_tuning_can_be_turned_off(env, expected):
+    code = "import gpulayers.threads as t; print(t.tune_allocator())"
+    base = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MALLOC_", "GPULAYERS_MALLOC"))}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == expected
