@@ -164,6 +164,9 @@ def memory_probe(library: str, batch: int) -> dict:
     gradients and the momentum buffers, as a real first step does). Reported: VmHWM after the
     step minus VmRSS before it. For gpulayers, tracemalloc's peak of NumPy's allocations during
     the same step is given as a cross-check.
+
+    Both probes import both libraries and build both models (so both run under the same glibc
+    allocator settings, which ``import gpulayers`` tunes) and differ only in which step runs.
     """
     import torch
 
