@@ -31,55 +31,58 @@ MAX_SEED = 2**32 - 1
 MAX_WIDTH = 1024
 
 
-def _int(text: str, what: str) -> int:
+def _parse(text: str, parse, what: str):
+    """``parse(text)``, or the argparse error naming ``what`` was expected."""
     try:
-        return int(str(text).strip(), 10)
+        value = parse(str(text).strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def _float(text: str, what: str) -> float:
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value):
+        value = None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _int(text, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _converter(name: str, parse, what: str, ok, doc: str):
+    """An argparse ``type=`` converter: ``parse`` the text, then require ``ok(value)``."""
+
+    def convert(text: str):
+        value = _parse(text, parse, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    convert.__name__ = convert.__qualname__ = name
+    convert.__doc__ = doc
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+def _decimal(text: str) -> int:
+    return int(text, 10)
 
 
-def seed_int(text: str) -> int:
-    """A seed: an integer in 0..2**32 - 1."""
-    what = f"an integer in 0..{MAX_SEED}"
-    value = _int(text, what)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def width_int(text: str) -> int:
-    """The first convolution's channels: an integer in 1..1024."""
-    what = f"an integer in 1..{MAX_WIDTH}"
-    value = _int(text, what)
-    if not 1 <= value <= MAX_WIDTH:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
+positive_int = _converter("positive_int", _decimal, "an integer >= 1", lambda v: v >= 1, "An integer >= 1.")
+non_negative_int = _converter("non_negative_int", _decimal, "an integer >= 0", lambda v: v >= 0, "An integer >= 0.")
+seed_int = _converter(
+    "seed_int",
+    _decimal,
+    f"an integer in 0..{MAX_SEED}",
+    lambda v: 0 <= v <= MAX_SEED,
+    "A seed: an integer in 0..2**32 - 1.",
+)
+width_int = _converter(
+    "width_int",
+    _decimal,
+    f"an integer in 1..{MAX_WIDTH}",
+    lambda v: 1 <= v <= MAX_WIDTH,
+    "The first convolution's channels: an integer in 1..1024.",
+)
+positive_float = _converter("positive_float", float, "a finite number > 0", lambda v: v > 0, "A finite number > 0.")
+non_negative_float = _converter(
+    "non_negative_float", float, "a finite number >= 0", lambda v: v >= 0, "A finite number >= 0."
+)
+drop_probability = _converter(
+    "drop_probability", float, "a probability in [0, 1)", lambda v: 0 <= v < 1, "A dropout probability in [0, 1)."
+)
 
 
 def epochs_int(text: str) -> int:
@@ -87,34 +90,7 @@ def epochs_int(text: str) -> int:
     from .checkpoint import MAX_EPOCH  # noqa: PLC0415
 
     what = f"an integer in 1..{MAX_EPOCH}"
-    value = _int(text, what)
-    if not 1 <= value <= MAX_EPOCH:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _float(text, "a finite number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _float(text, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def drop_probability(text: str) -> float:
-    """A dropout probability in [0, 1)."""
-    value = _float(text, "a probability in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
+    return _converter("epochs_int", _decimal, what, lambda v: 1 <= v <= MAX_EPOCH, "")(text)
 
 
 def device_name(text: str) -> str:
