@@ -112,6 +112,20 @@ def check_same_device(name: str, x: Any, reference: Any, what: str = "weight", *
         )
 
 
+def check_pair_of_floats(name: str, input: Any, target: Any, note: str = "") -> None:
+    """``input`` and ``target`` floating-point arrays of one shape on one device (any float dtypes);
+    ``note`` is appended to the shape message."""
+    for what, arr in (("input", input), ("target", target)):
+        if not hasattr(arr, "dtype") or np.dtype(arr.dtype).kind != "f":
+            got = getattr(arr, "dtype", type(arr).__name__)
+            raise TypeError(f"{name}: expected a floating-point {what} (float32 or float64), got {got}")
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(
+            f"{name}: expected target of the input's shape {tuple(input.shape)}, got {tuple(target.shape)}{note}"
+        )
+    check_same_device(name, input, target, "target", same_dtype=False)
+
+
 def check_channels(name: str, x: Any, expected: int, axis: int = 1, what: str = "channels") -> None:
     got = x.shape[axis]
     if got != expected:

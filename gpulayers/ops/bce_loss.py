@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_same_device
+from .._checks import check_pair_of_floats, check_same_device
 from .loss import check_reduction, reduce_loss, scale_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
@@ -59,15 +59,7 @@ def bce_with_logits_forward(
     Returns:
         ``(loss, cache)``; ``loss`` is 0-d for "mean"/"sum", the input's shape for "none".
     """
-    for what, arr in (("input", input), ("target", target)):
-        if not hasattr(arr, "dtype") or np.dtype(arr.dtype).kind != "f":
-            got = getattr(arr, "dtype", type(arr).__name__)
-            raise TypeError(f"{name}: expected a floating-point {what} (float32 or float64), got {got}")
-    if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(
-            f"{name}: expected target of the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-    check_same_device(name, input, target, "target", same_dtype=False)
+    check_pair_of_floats(name, input, target)
     check_reduction(name, reduction)
     weight = _check_broadcast(name, "weight", weight, input)
     pos_weight = _check_broadcast(name, "pos_weight", pos_weight, input)

@@ -107,6 +107,20 @@ def _window(a: TransposeArgs) -> tuple:
     return a.stride, a.padding, a.dilation, a.groups
 
 
+@dataclass(frozen=True)
+class TransposeCache:
+    """What :func:`conv_transpose2d_forward` keeps for backward."""
+
+    x: Any  # the input, padded by the output padding the convolution could not express
+    weight: Any
+    has_bias: bool
+    args: Any  # the normalised options
+    in_size: tuple[int, int]
+    out_shape: tuple
+    x_like: Any  # device and dtype marker of the input, for the gradient check
+    name: str
+
+
 def conv_transpose2d_forward(
     x: Any,
     weight: Any,
@@ -118,7 +132,7 @@ def conv_transpose2d_forward(
     dilation: Any = 1,
     *,
     name: str = "conv_transpose2d",
-) -> tuple[Any, dict]:
+) -> tuple[Any, TransposeCache]:
     """Transposed convolution of an NCHW batch (PyTorch's ``F.conv_transpose2d``, same argument order).
 
     Args:
@@ -154,32 +168,23 @@ def conv_transpose2d_forward(
         y = conv2d_input_grad(x_conv, weight, (n, out_channels, *a.out_size), *_window(a))
         if bias is not None:
             y += bias.reshape(1, out_channels, 1, 1)
-    cache = {
-        "x": x_conv,
-        "weight": weight,
-        "has_bias": bias is not None,
-        "args": a,
-        "in_size": tuple(int(v) for v in x.shape[2:]),
-        "out_shape": tuple(y.shape),
-        "x_like": grad_marker(x),
-        "name": name,
-    }
-    return y, cache
+    in_size = (int(x.shape[2]), int(x.shape[3]))
+    return y, TransposeCache(x_conv, weight, bias is not None, a, in_size, tuple(y.shape), grad_marker(x), name)
 
 
-def conv_transpose2d_backward(dy: Any, cache: dict | None) -> tuple[Any, Any, Any]:
+def conv_transpose2d_backward(dy: Any, cache: TransposeCache | None) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dw, db)`` of :func:`conv_transpose2d_forward`; ``db`` is None without bias."""
     if cache is None:
         raise RuntimeError("conv_transpose2d.backward: called before forward (no saved input); run forward first")
-    check_grad(cache["name"], dy, cache["out_shape"], cache["x_like"])
+    check_grad(cache.name, dy, cache.out_shape, cache.x_like)
     xp = backend.get_array_module(dy)
-    a, weight = cache["args"], cache["weight"]
-    h, w = cache["in_size"]
+    a, weight = cache.args, cache.weight
+    h, w = cache.in_size
     with backend.device_scope(dy):
         dy = xp.ascontiguousarray(dy, dtype=weight.dtype)
-        dx, _ = conv2d_forward(dy, weight, None, *_window(a), name=cache["name"])
+        dx, _ = conv2d_forward(dy, weight, None, *_window(a), name=cache.name)
         if dx.shape[2:] != (h, w):
             dx = xp.ascontiguousarray(dx[:, :, :h, :w])
-        dw = conv2d_weight_grad(dy, cache["x"], tuple(weight.shape), *_window(a))
-        db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+        dw = conv2d_weight_grad(dy, cache.x, tuple(weight.shape), *_window(a))
+        db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dw, db

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_floating
-from .layer_norm import check_backward, check_eps, check_param, normalize_rows, normalize_rows_backward
+from .layer_norm import RowNormCache, check_backward, check_eps, check_param, normalize_rows, normalize_rows_backward
 
 __all__ = ["group_norm_forward", "group_norm_backward"]
 
@@ -25,7 +25,7 @@ def group_norm_forward(
     eps: float = 1e-5,
     *,
     name: str = "group_norm",
-) -> tuple[Any, dict]:
+) -> tuple[Any, RowNormCache]:
     """Normalise each group of ``C / num_groups`` channels per sample, then ``* weight + bias`` per channel.
 
     Args:
@@ -65,25 +65,18 @@ def group_norm_forward(
         y = y * weight.reshape(bshape)
     if bias is not None:
         y = y + bias.reshape(bshape)
-    cache = {
-        "xhat": xhat,
-        "invstd": invstd,
-        "weight": weight,
-        "has_bias": bias is not None,
-        "x_shape": tuple(x.shape),
-        "name": name,
-    }
+    cache = RowNormCache(xhat, invstd, weight, bias is not None, tuple(x.shape), name)
     return y.reshape(x.shape).astype(x.dtype, copy=False), cache
 
 
-def group_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
+def group_norm_backward(dy: Any, cache: RowNormCache) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`group_norm_forward` (None where it had none)."""
     check_backward("group_norm", dy, cache)
-    xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
-    n, c = cache["x_shape"][:2]
-    dy3 = dy.reshape(n, c, int(np.prod(cache["x_shape"][2:], dtype=np.int64)))  # explicit: N may be 0
+    xhat, invstd, weight = cache.xhat, cache.invstd, cache.weight
+    n, c = cache.x_shape[:2]
+    dy3 = dy.reshape(n, c, int(np.prod(cache.x_shape[2:], dtype=np.int64)))  # explicit: N may be 0
     dweight = None if weight is None else (dy3 * xhat.reshape(dy3.shape)).sum(axis=(0, 2))
-    dbias = dy3.sum(axis=(0, 2)) if cache["has_bias"] else None
+    dbias = dy3.sum(axis=(0, 2)) if cache.has_bias else None
     g = dy3 if weight is None else dy3 * weight.reshape(1, c, 1)
     dx = normalize_rows_backward(g.reshape(xhat.shape), xhat, invstd)
-    return dx.reshape(cache["x_shape"]).astype(dy.dtype, copy=False), dweight, dbias
+    return dx.reshape(cache.x_shape).astype(dy.dtype, copy=False), dweight, dbias

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,11 +52,24 @@ def check_eps(name: str, eps: Any) -> float:
     return float(eps)
 
 
-def check_backward(op: str, dy: Any, cache: Any) -> dict:
-    """The forward's cache (a dict from ``{op}_forward``), after checking ``dy`` against its input."""
-    if not isinstance(cache, dict) or "xhat" not in cache:
+@dataclass(frozen=True)
+class RowNormCache:
+    """What :func:`layer_norm_forward` and :func:`.group_norm_forward` keep for backward."""
+
+    xhat: Any  # (rows, k) normalised rows
+    invstd: Any  # (rows, 1)
+    weight: Any  # the affine scale, or None
+    has_bias: bool
+    x_shape: tuple
+    name: str
+    normalized_shape: tuple = ()  # layer norm's trailing shape
+
+
+def check_backward(op: str, dy: Any, cache: Any) -> RowNormCache:
+    """The forward's cache (from ``{op}_forward``), after checking ``dy`` against its input."""
+    if not isinstance(cache, RowNormCache):
         raise TypeError(f"{op}.backward: expected the cache returned by {op}_forward, got {type(cache).__name__}")
-    check_grad(cache.get("name", op), dy, cache["x_shape"], cache["xhat"])
+    check_grad(cache.name, dy, cache.x_shape, cache.xhat)
     return cache
 
 
@@ -77,7 +91,7 @@ def layer_norm_forward(
     eps: float = 1e-5,
     *,
     name: str = "layer_norm",
-) -> tuple[Any, dict]:
+) -> tuple[Any, RowNormCache]:
     """Normalise ``x`` over its last ``len(normalized_shape)`` axes, then ``* weight + bias``.
 
     Args:
@@ -120,26 +134,18 @@ def layer_norm_forward(
         y = y * weight.reshape(1, k)
     if bias is not None:
         y = y + bias.reshape(1, k)
-    cache = {
-        "xhat": xhat,
-        "invstd": invstd,
-        "weight": weight,
-        "has_bias": bias is not None,
-        "x_shape": tuple(x.shape),
-        "normalized_shape": shape,
-        "name": name,
-    }
+    cache = RowNormCache(xhat, invstd, weight, bias is not None, tuple(x.shape), name, shape)
     return y.reshape(x.shape).astype(x.dtype, copy=False), cache
 
 
-def layer_norm_backward(dy: Any, cache: dict) -> tuple[Any, Any, Any]:
+def layer_norm_backward(dy: Any, cache: RowNormCache) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`layer_norm_forward` (None where it had none)."""
     check_backward("layer_norm", dy, cache)
-    xhat, invstd, weight = cache["xhat"], cache["invstd"], cache["weight"]
+    xhat, invstd, weight = cache.xhat, cache.invstd, cache.weight
     dy2 = dy.reshape(xhat.shape)
-    shape = cache["normalized_shape"]
+    shape = cache.normalized_shape
     dweight = None if weight is None else (dy2 * xhat).sum(axis=0).reshape(shape)
-    dbias = dy2.sum(axis=0).reshape(shape) if cache["has_bias"] else None
+    dbias = dy2.sum(axis=0).reshape(shape) if cache.has_bias else None
     g2 = dy2 if weight is None else dy2 * weight.reshape(1, -1)
     dx = normalize_rows_backward(g2, xhat, invstd)
-    return dx.reshape(cache["x_shape"]).astype(dy.dtype, copy=False), dweight, dbias
+    return dx.reshape(cache.x_shape).astype(dy.dtype, copy=False), dweight, dbias

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_same_device
+from .._checks import check_pair_of_floats, check_same_device
 from . import cross_entropy_cuda
 
 __all__ = [
@@ -351,16 +351,7 @@ def mse_loss_forward(input: Any, target: Any, reduction: str = "mean", *, name: 
         - input: (*)
         - target: same as input
     """
-    for what, arr in (("input", input), ("target", target)):
-        if not hasattr(arr, "dtype") or np.dtype(arr.dtype).kind != "f":
-            got = getattr(arr, "dtype", type(arr).__name__)
-            raise TypeError(f"{name}: expected a floating-point {what} (float32 or float64), got {got}")
-    if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(
-            f"{name}: expected target of the input's shape {tuple(input.shape)}, got {tuple(target.shape)} "
-            "(no broadcasting)"
-        )
-    check_same_device(name, input, target, "target", same_dtype=False)
+    check_pair_of_floats(name, input, target, " (no broadcasting)")
     check_reduction(name, reduction)
     xp = backend.get_array_module(input)
     diff = input - target.astype(input.dtype, copy=False)
