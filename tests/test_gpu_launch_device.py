@@ -65,7 +65,7 @@ def _batch_norm(cp, x):
     with cp.cuda.Device(1):
         x = cp.ascontiguousarray(x)
     y, cache = normalization.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)
-    assert isinstance(cache, dict) and cache["fused"]
+    assert cache.fused
     return y, normalization.batch_norm_backward(_strided_like(cp, y), cache)[0]
 
 

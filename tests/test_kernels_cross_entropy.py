@@ -56,7 +56,7 @@ def test_fused_cross_entropy_matches_the_numpy_path(cp, dtype, reduction, weight
     COUNTER.reset()
     loss, dcache = ops.cross_entropy_forward(dev[0], dev[1], reduction, smoothing, weight=dev[2])
     grad = ops.cross_entropy_backward(dcache, dev[3])
-    assert dcache.get("fused") and COUNTER.syncs() == 0
+    assert dcache.fused and COUNTER.syncs() == 0
     assert COUNTER.count("kernel") == 2 and COUNTER.launches() == 2
     tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-13}
     assert loss.shape == np.shape(want) and loss.dtype == dtype
@@ -115,6 +115,6 @@ def test_fused_cross_entropy_on_the_gpu_matches_the_numpy_path(reduction):
     loss, dcache = ops.cross_entropy_forward(
         cupy.asarray(logits), cupy.asarray(target), reduction, 0.1, weight=cupy.asarray(weight)
     )
-    assert dcache.get("fused")
+    assert dcache.fused
     np.testing.assert_allclose(cupy.asnumpy(loss), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cupy.asnumpy(ops.cross_entropy_backward(dcache)), want_grad, rtol=1e-5, atol=1e-6)

@@ -68,7 +68,7 @@ class _ClassLoss(_Loss):
         name = type(self).__name__
         gpu = backend.is_cuda_array(input)
         loss, cache = fn(input, target, check_labels=not gpu, name=name, **kwargs)
-        if gpu and not cache.get("fused") and bool(cache["invalid"]):  # the fused kernel checks on the device
+        if gpu and not cache.fused and bool(cache.invalid):  # the fused kernel checks on the device
             raise ops.label_range_error(name, target, input.shape[1], self.ignore_index)
         self.save_for_backward(cache)
         self._last_cache = cache  # for check_targets, also after a forward under no_grad
@@ -83,7 +83,7 @@ class _ClassLoss(_Loss):
         CPU, where the forward has already raised.
         """
         cache = self.__dict__.get("_last_cache")
-        if cache is None or not cache.get("fused") or not bool(cache["invalid"]):
+        if cache is None or not cache.fused or not bool(cache.invalid):
             return
         target, classes = self._target
         raise ops.label_range_error(type(self).__name__, target, classes, self.ignore_index)

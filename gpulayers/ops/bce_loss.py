@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from .._checks import check_pair_of_floats, check_same_device
-from .loss import check_reduction, reduce_loss, scale_gradient
+from .loss import LossCache, check_reduction, reduce_loss, scale_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -41,7 +41,7 @@ def bce_with_logits_forward(
     pos_weight: Any = None,
     *,
     name: str = "binary_cross_entropy_with_logits",
-) -> tuple[Any, dict]:
+) -> tuple[Any, LossCache]:
     """``-weight * (pos_weight * y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``, reduced.
 
     Computed without overflow as PyTorch does: with ``l = 1 + (pos_weight - 1) * y``,
@@ -72,19 +72,19 @@ def bce_with_logits_forward(
     if weight is not None:
         loss = loss * weight
     loss = loss.astype(input.dtype, copy=False)
-    cache = {"input": input, "y": y, "weight": weight, "log_weight": log_weight, "reduction": reduction, "name": name}
+    cache = LossCache(name, reduction, weight=weight, input=input, y=y, log_weight=log_weight)
     return reduce_loss(loss, reduction), cache
 
 
-def bce_with_logits_backward(cache: dict, grad_output: Any = None) -> Any:
+def bce_with_logits_backward(cache: LossCache, grad_output: Any = None) -> Any:
     """Gradient w.r.t. the input: ``weight * ((1 - y) - l * sigmoid(-x))``, scaled for the reduction."""
-    xp = backend.get_array_module(cache["input"])
-    x, y = cache["input"], cache["y"]
+    xp = backend.get_array_module(cache.input)
+    x, y = cache.input, cache.y
     e = xp.exp(-xp.abs(x))
     one = x.dtype.type(1)
     sigmoid_neg = xp.where(x >= 0, e / (one + e), one / (one + e))  # sigmoid(-x) without overflow
-    lw = cache["log_weight"]
+    lw = cache.log_weight
     grad = (1 - y) - (sigmoid_neg if lw is None else lw * sigmoid_neg)
-    if cache["weight"] is not None:
-        grad = grad * cache["weight"]
+    if cache.weight is not None:
+        grad = grad * cache.weight
     return scale_gradient(grad.astype(x.dtype, copy=False), cache, grad_output, class_axis=False)

@@ -3,7 +3,7 @@
 Called by :mod:`gpulayers.ops.loss` for CuPy (N, C) logits: one launch computes the per-sample
 losses, the reduced loss (a 0-d array left on the device) and the label check; one launch
 computes the gradient. Nothing is read on the host: an out-of-range label makes the loss NaN
-and sets ``cache["invalid"]`` (a device int32 flag) for the caller to read when it wants.
+and sets ``cache.invalid`` (a device int32 flag) for the caller to read when it wants.
 
 Written against the arrays' module, so the same launchers run on NumPy arrays when
 :func:`gpulayers.kernels.get_function` is replaced by the CPU emulation of the kernels.
@@ -11,6 +11,7 @@ Written against the arrays' module, so the same launchers run on NumPy arrays wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,24 @@ _FILE = "cross_entropy.cu"
 FORWARD_THREADS = 256
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+@dataclass(frozen=True)
+class FusedCrossEntropyCache:
+    """What the fused forward keeps for its backward kernel."""
+
+    fused = True
+
+    name: str
+    reduction: str
+    invalid: Any  # device int32 flag, nonzero after an out-of-range label
+    logits: Any
+    target: Any
+    weight: Any
+    ignore_index: int | None
+    lse: Any  # 2 per sample: the max logit and the log-sum-exp of the shifted logits
+    scale: Any
+    smoothing: float
 
 
 def supported(logits: Any, target: Any, weight: Any = None) -> bool:
@@ -52,7 +71,9 @@ def cross_entropy_forward(
     label_smoothing: float = 0.0,
     weight: Any = None,
     ignore_index: int | None = None,
-) -> tuple[Any, dict]:
+    *,
+    name: str = "cross_entropy",
+) -> tuple[Any, FusedCrossEntropyCache]:
     """The loss (0-d for "mean"/"sum", (N,) for "none") and the cache for the backward."""
     xp = backend.get_array_module(logits)
     n, c = (int(v) for v in logits.shape)
@@ -82,28 +103,19 @@ def cross_entropy_forward(
             np.int32(_REDUCTIONS[reduction]),
         )
         kernels.get_function(_FILE, "cross_entropy_forward_kernel", dtype)((1,), (FORWARD_THREADS,), args)
-    cache = {
-        "fused": True,
-        "logits": logits,
-        "target": target,
-        "weight": weight,
-        "ignore_index": ignore_index,
-        "lse": lse,
-        "scale": scale,
-        "invalid": invalid,
-        "reduction": reduction,
-        "smoothing": float(label_smoothing),
-    }
+    cache = FusedCrossEntropyCache(
+        name, reduction, invalid, logits, target, weight, ignore_index, lse, scale, float(label_smoothing)
+    )
     return (per_sample if reduction == "none" else loss), cache
 
 
-def cross_entropy_backward(cache: dict, upstream: Any = None) -> Any:
+def cross_entropy_backward(cache: FusedCrossEntropyCache, upstream: Any = None) -> Any:
     """d loss / d logits; ``upstream`` is None (1), a 0-d device array, or (N,) for "none"."""
-    logits, target, weight = cache["logits"], cache["target"], cache["weight"]
+    logits, target, weight = cache.logits, cache.target, cache.weight
     xp = backend.get_array_module(logits)
     dtype = logits.dtype
-    mode = 0 if upstream is None else 2 if cache["reduction"] == "none" else 1
-    ignore_index = cache["ignore_index"]
+    mode = 0 if upstream is None else 2 if cache.reduction == "none" else 1
+    ignore_index = cache.ignore_index
     with backend.device_scope(logits):
         if upstream is not None:
             upstream = xp.ascontiguousarray(upstream, dtype=dtype)
@@ -112,13 +124,13 @@ def cross_entropy_backward(cache: dict, upstream: Any = None) -> Any:
             logits,
             target,
             grad if weight is None else weight,
-            cache["lse"],
-            cache["scale"],
+            cache.lse,
+            cache.scale,
             grad if upstream is None else upstream,  # never read in mode 0
             grad,
             np.int64(grad.size),
             np.int32(logits.shape[1]),
-            dtype.type(cache["smoothing"]),
+            dtype.type(cache.smoothing),
             np.int32(weight is not None),
             np.int32(ignore_index is not None),
             np.int64(0 if ignore_index is None else ignore_index),

@@ -8,6 +8,7 @@ so that a caller decides when, if ever, the value goes to the host.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,17 +172,52 @@ def _upstream(name: str, grad_output: Any, reduction: str, per_sample_shape: tup
     return xp.asarray(grad_output, dtype=like.dtype).reshape(())
 
 
-def scale_gradient(grad: Any, cache: dict, grad_output: Any, class_axis: bool = True) -> Any:
+@dataclass(frozen=True)
+class LossCache:
+    """What a loss forward on the array path keeps for backward; each loss sets the fields its
+    backward reads (the others stay None).
+
+    Attributes:
+        name: who called, for messages. reduction: "mean", "sum" or "none".
+        invalid: a 0-d array, nonzero when a class index was out of range (class losses).
+        denominator: the "mean" divisor when it is not the per-sample count (class weights).
+        probs, wq: cross-entropy's softmax and, for class-probability targets, the weighted targets.
+        index, w_t, valid, weight, smoothing: class-index losses' targets, their weights and options.
+        shape, dtype: NLL's input; diff: MSE's ``input - target``; input, y, log_weight: BCE's.
+    """
+
+    fused = False  # the GPU's fused cross-entropy keeps its own cache (``cross_entropy_cuda``)
+
+    name: str
+    reduction: str
+    invalid: Any = None
+    denominator: Any = None
+    probs: Any = None
+    wq: Any = None
+    index: Any = None
+    w_t: Any = None
+    valid: Any = None
+    weight: Any = None
+    smoothing: float = 0.0
+    shape: tuple | None = None
+    dtype: Any = None
+    diff: Any = None
+    input: Any = None
+    y: Any = None
+    log_weight: Any = None
+
+
+def scale_gradient(grad: Any, cache: LossCache, grad_output: Any, class_axis: bool = True) -> Any:
     """``grad`` (the gradient of the per-sample losses, summed) scaled for the reduction in place.
 
-    "mean" divides by ``cache["denominator"]`` (or the per-sample count when None); the upstream
+    "mean" divides by ``cache.denominator`` (or the per-sample count when None); the upstream
     ``grad_output`` multiplies (per sample for "none", broadcast over the class axis when
     ``class_axis``).
     """
     xp = backend.get_array_module(grad)
-    reduction = cache["reduction"]
+    reduction = cache.reduction
     if reduction == "mean":
-        denominator = cache.get("denominator")
+        denominator = cache.denominator
         if denominator is None:
             count = grad.size // (grad.shape[1] if class_axis and grad.ndim > 1 else 1)
             if count:
@@ -190,7 +226,7 @@ def scale_gradient(grad: Any, cache: dict, grad_output: Any, class_axis: bool = 
             with np.errstate(invalid="ignore", divide="ignore"):
                 grad /= denominator
     shape = ((grad.shape[0],) + tuple(grad.shape[2:])) if class_axis else tuple(grad.shape)
-    g = _upstream(cache["name"], grad_output, reduction, shape, grad)
+    g = _upstream(cache.name, grad_output, reduction, shape, grad)
     if g is not None:
         grad *= xp.expand_dims(g, 1) if (g.ndim and class_axis) else g
     return grad
@@ -211,7 +247,7 @@ def cross_entropy_forward(
     ignore_index: int = -100,
     check_labels: bool = True,
     name: str = "cross_entropy",
-) -> tuple[Any, dict]:
+) -> tuple[Any, LossCache]:
     """Cross-entropy of raw ``logits`` (PyTorch's ``F.cross_entropy``), with PyTorch's formulas.
 
     With ``log p = log_softmax(logits)`` (stabilised by the per-sample maximum), ``w`` the class
@@ -232,10 +268,10 @@ def cross_entropy_forward(
         weight: per-class weights ``(C,)``, or None.
         ignore_index: class index whose samples count for nothing. Defaults to -100.
         check_labels: raise on out-of-range labels here. Passing False leaves the check to the
-            caller through ``cache["invalid"]`` (a 0-d array on the device, nonzero for a bad
+            caller through ``cache.invalid`` (a 0-d array on the device, nonzero for a bad
             label). On the GPU, (N, C) logits with class indices take a fused kernel that checks
             on the device without a host synchronisation: a bad label makes its loss, the reduced
-            loss and its gradient row NaN and sets ``cache["invalid"]``; nothing is raised here.
+            loss and its gradient row NaN and sets ``cache.invalid``; nothing is raised here.
         name: who is calling, for error messages.
 
     Returns:
@@ -253,11 +289,9 @@ def cross_entropy_forward(
     ignore_index = check_ignore_index(name, ignore_index)
     weight = class_weight(name, weight, logits)
     if not probabilities and cross_entropy_cuda.supported(logits, target, weight):
-        loss, cache = cross_entropy_cuda.cross_entropy_forward(
-            logits, target, reduction, smoothing, weight, ignore_index
+        return cross_entropy_cuda.cross_entropy_forward(
+            logits, target, reduction, smoothing, weight, ignore_index, name=name
         )
-        cache["name"] = name
-        return loss, cache
     xp = backend.get_array_module(logits)
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
@@ -273,7 +307,7 @@ def cross_entropy_forward(
             q = q * (1 - smoothing) + smoothing / num_classes
         wq = q if wide is None else q * wide
         per_sample = -(log_probs * wq).sum(axis=1)
-        cache = {"probs": probs, "wq": wq, "reduction": reduction, "invalid": xp.zeros((), dtype=bool), "name": name}
+        cache = LossCache(name, reduction, xp.zeros((), dtype=bool), probs=probs, wq=wq)
         return reduce_loss(per_sample, reduction), cache
 
     t = class_targets(logits, target, weight, ignore_index)
@@ -290,22 +324,22 @@ def cross_entropy_forward(
         loss = xp.full((), np.nan, dtype=logits.dtype)
     else:
         loss = reduce_loss(per_sample, reduction, denominator)
-    cache = {
-        "probs": probs,
-        "index": t["index"],
-        "w_t": t["w_t"],
-        "valid": t["valid"],
-        "weight": weight,
-        "reduction": reduction,
-        "smoothing": smoothing,
-        "denominator": denominator,
-        "invalid": t["invalid"],
-        "name": name,
-    }
+    cache = LossCache(
+        name,
+        reduction,
+        t["invalid"],
+        denominator,
+        probs=probs,
+        index=t["index"],
+        w_t=t["w_t"],
+        valid=t["valid"],
+        weight=weight,
+        smoothing=smoothing,
+    )
     return loss, cache
 
 
-def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
+def cross_entropy_backward(cache: Any, grad_output: Any = None) -> Any:
     """Gradient of :func:`cross_entropy_forward` w.r.t. the logits.
 
     Class indices: ``(1 - s) w_t (p - onehot(t)) + s / C (p sum(w) - w)`` per sample not ignored;
@@ -313,24 +347,24 @@ def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     multiplied by ``grad_output`` when given (a scalar for "mean"/"sum", an array of the per-sample
     shape for "none"; 1 when omitted).
     """
-    if cache.get("fused"):
-        logits = cache["logits"]
-        upstream = _upstream(cache["name"], grad_output, cache["reduction"], (logits.shape[0],), logits)
+    if cache.fused:
+        logits = cache.logits
+        upstream = _upstream(cache.name, grad_output, cache.reduction, (logits.shape[0],), logits)
         return cross_entropy_cuda.cross_entropy_backward(cache, upstream)
-    xp = backend.get_array_module(cache["probs"])
-    probs = cache["probs"]
-    if "wq" in cache:
-        wq = cache["wq"]
+    xp = backend.get_array_module(cache.probs)
+    probs = cache.probs
+    if cache.wq is not None:
+        wq = cache.wq
         grad = probs * wq.sum(axis=1, keepdims=True) - wq
         return scale_gradient(grad, cache, grad_output)
     num_classes = probs.shape[1]
-    smoothing, weight, w_t = cache["smoothing"], cache["weight"], xp.expand_dims(cache["w_t"], 1)
+    smoothing, weight, w_t = cache.smoothing, cache.weight, xp.expand_dims(cache.w_t, 1)
     classes = xp.arange(num_classes).reshape((1, num_classes) + (1,) * (probs.ndim - 2))
-    onehot = (classes == cache["index"]).astype(probs.dtype)
+    onehot = (classes == cache.index).astype(probs.dtype)
     if smoothing == 0:
         grad = (probs - onehot) * w_t
     else:
-        valid = xp.expand_dims(cache["valid"], 1).astype(probs.dtype)
+        valid = xp.expand_dims(cache.valid, 1).astype(probs.dtype)
         total = float(num_classes) if weight is None else weight.sum()
         wide = 1 if weight is None else _class_vector(weight, probs.ndim)
         coef = (1 - smoothing) * w_t + (smoothing / num_classes) * total * valid
@@ -338,7 +372,9 @@ def cross_entropy_backward(cache: dict, grad_output: Any = None) -> Any:
     return scale_gradient(grad.astype(probs.dtype, copy=False), cache, grad_output)
 
 
-def mse_loss_forward(input: Any, target: Any, reduction: str = "mean", *, name: str = "mse_loss") -> tuple[Any, dict]:
+def mse_loss_forward(
+    input: Any, target: Any, reduction: str = "mean", *, name: str = "mse_loss"
+) -> tuple[Any, LossCache]:
     """Mean squared error ``(input - target) ** 2``, reduced (PyTorch's ``F.mse_loss``).
 
     ``input`` and ``target`` must have the same shape (no broadcasting); ``target`` is cast to
@@ -364,16 +400,16 @@ def mse_loss_forward(input: Any, target: Any, reduction: str = "mean", *, name: 
         loss = xp.full((), np.nan, dtype=input.dtype)
     else:
         loss = sq.mean()
-    return loss, {"diff": diff, "reduction": reduction, "name": name}
+    return loss, LossCache(name, reduction, diff=diff)
 
 
-def mse_loss_backward(cache: dict, grad_output: Any = None) -> Any:
+def mse_loss_backward(cache: LossCache, grad_output: Any = None) -> Any:
     """Gradient of :func:`mse_loss_forward` w.r.t. the input: ``2 * (input - target)``, scaled."""
-    diff = cache["diff"]
+    diff = cache.diff
     grad = 2 * diff
-    if cache["reduction"] == "mean" and diff.size > 0:
+    if cache.reduction == "mean" and diff.size > 0:
         grad /= diff.size
-    g = _upstream(cache["name"], grad_output, cache["reduction"], tuple(diff.shape), diff)
+    g = _upstream(cache.name, grad_output, cache.reduction, tuple(diff.shape), diff)
     if g is not None:
         grad *= g
     return grad

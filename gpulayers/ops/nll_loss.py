@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import backend
 from .loss import (
+    LossCache,
     _check_index_target,
     _check_logits,
     check_ignore_index,
@@ -29,7 +30,7 @@ def nll_loss_forward(
     *,
     check_labels: bool = True,
     name: str = "nll_loss",
-) -> tuple[Any, dict]:
+) -> tuple[Any, LossCache]:
     """``loss_i = -weight[t_i] * input[i, t_i]``, 0 where ``t_i == ignore_index``.
 
     "mean" divides the sum by ``sum_i weight[t_i]`` over the samples not ignored (NaN when there
@@ -41,7 +42,7 @@ def nll_loss_forward(
         weight: per-class weights ``(C,)``, or None.
         ignore_index: class index whose samples count for nothing. Defaults to -100.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        check_labels: raise on out-of-range labels here (else ``cache["invalid"]`` tells).
+        check_labels: raise on out-of-range labels here (else ``cache.invalid`` tells).
         name: who is calling, for error messages.
 
     Returns:
@@ -58,23 +59,23 @@ def nll_loss_forward(
         raise label_range_error(name, target, input.shape[1], ignore_index)
     per_sample = (-xp.take_along_axis(input, t["index"], axis=1)[:, 0] * t["w_t"]).astype(input.dtype, copy=False)
     denominator = t["w_t"].sum() if reduction == "mean" else None
-    cache = {
-        "shape": tuple(input.shape),
-        "dtype": input.dtype,
-        "index": t["index"],
-        "w_t": t["w_t"],
-        "reduction": reduction,
-        "denominator": denominator,
-        "invalid": t["invalid"],
-        "name": name,
-    }
+    cache = LossCache(
+        name,
+        reduction,
+        t["invalid"],
+        denominator,
+        index=t["index"],
+        w_t=t["w_t"],
+        shape=tuple(input.shape),
+        dtype=input.dtype,
+    )
     return reduce_loss(per_sample, reduction, denominator), cache
 
 
-def nll_loss_backward(cache: dict, grad_output: Any = None) -> Any:
+def nll_loss_backward(cache: LossCache, grad_output: Any = None) -> Any:
     """Gradient of :func:`nll_loss_forward` w.r.t. the input: ``-weight[t_i]`` at the target class, scaled."""
-    xp = backend.get_array_module(cache["w_t"])
-    shape = cache["shape"]
+    xp = backend.get_array_module(cache.w_t)
+    shape = cache.shape
     classes = xp.arange(shape[1]).reshape((1, shape[1]) + (1,) * (len(shape) - 2))
-    grad = (classes == cache["index"]).astype(cache["dtype"]) * -xp.expand_dims(cache["w_t"], 1)
+    grad = (classes == cache.index).astype(cache.dtype) * -xp.expand_dims(cache.w_t, 1)
     return scale_gradient(grad, cache, grad_output)
