@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from . import backend
 
@@ -60,22 +61,17 @@ def _decimal(text: str) -> int:
     return int(text, 10)
 
 
-positive_int = _converter("positive_int", _decimal, "an integer >= 1", lambda v: v >= 1, "An integer >= 1.")
-non_negative_int = _converter("non_negative_int", _decimal, "an integer >= 0", lambda v: v >= 0, "An integer >= 0.")
-seed_int = _converter(
-    "seed_int",
-    _decimal,
-    f"an integer in 0..{MAX_SEED}",
-    lambda v: 0 <= v <= MAX_SEED,
-    "A seed: an integer in 0..2**32 - 1.",
-)
-width_int = _converter(
-    "width_int",
-    _decimal,
-    f"an integer in 1..{MAX_WIDTH}",
-    lambda v: 1 <= v <= MAX_WIDTH,
-    "The first convolution's channels: an integer in 1..1024.",
-)
+def _int_range(name: str, low: int, high: int | None = None, doc: str = "") -> Any:
+    """A converter to an integer >= ``low`` (and <= ``high`` when given)."""
+    what = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+    ok = (lambda v: v >= low) if high is None else (lambda v: low <= v <= high)
+    return _converter(name, _decimal, what, ok, doc or f"{what[0].upper()}{what[1:]}.")
+
+
+positive_int = _int_range("positive_int", 1)
+non_negative_int = _int_range("non_negative_int", 0)
+seed_int = _int_range("seed_int", 0, MAX_SEED, "A seed: an integer in 0..2**32 - 1.")
+width_int = _int_range("width_int", 1, MAX_WIDTH, "The first convolution's channels: an integer in 1..1024.")
 positive_float = _converter("positive_float", float, "a finite number > 0", lambda v: v > 0, "A finite number > 0.")
 non_negative_float = _converter(
     "non_negative_float", float, "a finite number >= 0", lambda v: v >= 0, "A finite number >= 0."
@@ -89,8 +85,7 @@ def epochs_int(text: str) -> int:
     """An epoch count: an integer in 1..1,000,000 (what a checkpoint may record)."""
     from .checkpoint import MAX_EPOCH  # noqa: PLC0415
 
-    what = f"an integer in 1..{MAX_EPOCH}"
-    return _converter("epochs_int", _decimal, what, lambda v: 1 <= v <= MAX_EPOCH, "")(text)
+    return _int_range("epochs_int", 1, MAX_EPOCH)(text)
 
 
 def device_name(text: str) -> str:
