@@ -12,40 +12,22 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from . import datasets as _datasets
 from ._checks import check_bool, check_int, check_real
 from .collate import default_collate
-from .datasets import (
-    DATASETS,
-    ArrayDataset,
-    DatasetError,
-    DatasetNotFoundError,
-    load_cifar10,
-    load_dataset,
-    load_digits,
-    load_fashion_mnist,
-    load_mnist,
-    read_idx,
-)
+from .datasets import *  # noqa: F403  (re-exported: gpulayers.data.load_mnist and friends)
+from .datasets import ArrayDataset
 from .distributed import DistributedSampler
 
 __all__ = [
-    "ArrayDataset",
     "DataLoader",
-    "DatasetError",
-    "DatasetNotFoundError",
     "DistributedSampler",
     "RandomCrop",
     "RandomHorizontalFlip",
     "Compose",
     "default_collate",
     "cifar10_augment",
-    "load_dataset",
-    "load_digits",
-    "load_mnist",
-    "load_fashion_mnist",
-    "load_cifar10",
-    "read_idx",
-    "DATASETS",
+    *_datasets.__all__,
 ]
 
 
