@@ -74,31 +74,35 @@ def small_cnn(
     )
 
 
-def basic_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def basic_block(in_channels: int, out_channels: int, stride: int = 1, *, layers: Any = None) -> nn.Sequential:
     """A ResNet basic block: ``relu(body(x) + shortcut(x))``.
 
     ``body`` is Conv3x3(stride)-BN-ReLU-Conv3x3-BN; the shortcut is the identity, or a 1x1
     convolution with the block's stride followed by batch norm where the shape changes.
 
+    Args:
+        in_channels, out_channels, stride: the block's channels and the stride of its first convolution.
+        layers: the namespace of the layers (``gpulayers.nn`` by default); it must also have a
+            ``Residual(body, shortcut)`` container, so a PyTorch twin needs one added.
+
     Returns:
         ``Sequential(Residual(body, shortcut), ReLU())``: keys ``0.body.0.weight``, ``0.shortcut.0.weight``, ...
     """
-    body = nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
+    L = nn if layers is None else layers  # noqa: N806 - reads like the namespace it stands for
+    body = L.Sequential(
+        L.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+        L.BatchNorm2d(out_channels),
+        L.ReLU(),
+        L.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+        L.BatchNorm2d(out_channels),
     )
     shortcut = None
     if stride != 1 or in_channels != out_channels:
-        shortcut = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-        )
-    return nn.Sequential(nn.Residual(body, shortcut), nn.ReLU())
+        shortcut = L.Sequential(L.Conv2d(in_channels, out_channels, 1, stride, bias=False), L.BatchNorm2d(out_channels))
+    return L.Sequential(L.Residual(body, shortcut), L.ReLU())
 
 
-def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+def resnet20(num_classes: int = 10, in_channels: int = 3, *, layers: Any = None) -> nn.Sequential:
     """The CIFAR ResNet-20 of He et al. (2016), "Deep Residual Learning for Image Recognition", section 4.2.
 
     Conv3x3(16)-BN-ReLU, then three stages of three basic blocks with 16, 32 and 64 channels (the
@@ -113,6 +117,8 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
     Args:
         num_classes: logits out. Defaults to 10.
         in_channels: image channels (3 for CIFAR-10, 1 for digits/MNIST). Defaults to 3.
+        layers: the namespace of the layers, as for :func:`basic_block`. With another library's
+            layers the weights keep that library's initialisation.
 
     Shape:
         Input (N, in_channels, H, W), any H, W >= 1 (32x32 for CIFAR-10, 8x8 digits work); output
@@ -122,22 +128,26 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"resnet20: expected {name} to be an int >= 1, got {value!r}")
 
-    def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(basic_block(cin, cout, stride), basic_block(cout, cout), basic_block(cout, cout))
+    L = nn if layers is None else layers  # noqa: N806 - reads like the namespace it stands for
 
-    model = nn.Sequential(
+    def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return L.Sequential(*(basic_block(c, cout, s, layers=L) for c, s in ((cin, stride), (cout, 1), (cout, 1))))
+
+    model = L.Sequential(
         OrderedDict(
-            conv1=nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
-            bn1=nn.BatchNorm2d(16),
-            relu=nn.ReLU(),
+            conv1=L.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
+            bn1=L.BatchNorm2d(16),
+            relu=L.ReLU(),
             layer1=stage(16, 16, 1),
             layer2=stage(16, 32, 2),
             layer3=stage(32, 64, 2),
-            avgpool=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(64, num_classes),
+            avgpool=L.AdaptiveAvgPool2d(1),
+            flatten=L.Flatten(),
+            fc=L.Linear(64, num_classes),
         )
     )
+    if L is not nn:
+        return model
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d):
             mod.weight.data = kaiming_normal(mod.weight.shape, "fan_out")

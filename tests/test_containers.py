@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import requires_torch, torch
-from torch_twins import TorchConcat, TorchResidual, assert_parity, copy_weights
+from torch_twins import TorchConcat, TorchResidual, assert_parity, copy_weights, torch_layers
 
 import gpulayers as gl
-from gpulayers import nn
+from gpulayers import models, nn
 
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 
@@ -19,27 +19,14 @@ DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float3
 def _both(build, dtype, device):
     """``build(lib, Residual, Concat)`` for both libraries, with PyTorch's weights copied into ours."""
     ours = build(nn, nn.Residual, nn.Concat)
-    theirs = build(torch.nn, TorchResidual, TorchConcat)
+    theirs = build(torch_layers, TorchResidual, TorchConcat)
     theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
     copy_weights(ours, theirs)
     return ours.to(device, dtype), theirs
 
 
 def _residual_conv(lib, Residual, Concat):
-    def block(cin, cout, stride):
-        body = lib.Sequential(
-            lib.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            lib.BatchNorm2d(cout),
-            lib.ReLU(),
-            lib.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            lib.BatchNorm2d(cout),
-        )
-        short = None
-        if stride != 1 or cin != cout:
-            short = lib.Sequential(lib.Conv2d(cin, cout, 1, stride, bias=False), lib.BatchNorm2d(cout))
-        return lib.Sequential(Residual(body, short), lib.ReLU())
-
-    return lib.Sequential(block(2, 2, 1), block(2, 4, 2))
+    return lib.Sequential(models.basic_block(2, 2, 1, layers=lib), models.basic_block(2, 4, 2, layers=lib))
 
 
 def _residual_shared(lib, Residual, Concat):

@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 from helpers import requires_torch, torch
-from torch_twins import TorchResidual, assert_parity, copy_weights
+from torch_twins import assert_parity, copy_weights, torch_layers
 
 import gpulayers as gl
 from gpulayers import models, nn, train
 
 
 def torch_resnet20(num_classes=10, in_channels=3):
-    """ResNet-20 in PyTorch, with the library's key names."""
-    tnn = torch.nn
-
-    def block(cin, cout, stride=1):
-        body = tnn.Sequential(
-            tnn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            tnn.BatchNorm2d(cout),
-            tnn.ReLU(),
-            tnn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            tnn.BatchNorm2d(cout),
-        )
-        short = None
-        if stride != 1 or cin != cout:
-            short = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
-        return tnn.Sequential(TorchResidual(body, short), tnn.ReLU())
-
-    def stage(cin, cout, stride):
-        return tnn.Sequential(block(cin, cout, stride), block(cout, cout), block(cout, cout))
-
-    return tnn.Sequential(
-        OrderedDict(
-            conv1=tnn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
-            bn1=tnn.BatchNorm2d(16),
-            relu=tnn.ReLU(),
-            layer1=stage(16, 16, 1),
-            layer2=stage(16, 32, 2),
-            layer3=stage(32, 64, 2),
-            avgpool=tnn.AdaptiveAvgPool2d(1),
-            flatten=tnn.Flatten(),
-            fc=tnn.Linear(64, num_classes),
-        )
-    )
+    """ResNet-20 in PyTorch, with the library's key names (the same builder given PyTorch's layers)."""
+    return models.resnet20(num_classes, in_channels, layers=torch_layers)
 
 
 def test_resnet20_structure():

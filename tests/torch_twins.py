@@ -37,6 +37,21 @@ if torch is not None:
             return torch.cat([b(x) for b in self.children()], dim=self.dim)
 
 
+class TorchLayers:
+    """``torch.nn`` plus the containers it lacks (``Residual``, ``Concat``): the ``layers=`` namespace
+    that builds a model's PyTorch twin with ``gpulayers.models``' builders."""
+
+    def __getattr__(self, name):
+        return getattr(torch.nn, name)
+
+    if torch is not None:
+        Residual = TorchResidual
+        Concat = TorchConcat
+
+
+torch_layers = TorchLayers()
+
+
 def copy_weights(ours, theirs) -> None:
     """Strict load of the PyTorch module's state into ours."""
     ours.load_state_dict({k: v.detach().cpu().numpy() for k, v in theirs.state_dict().items()})
