@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 
@@ -37,3 +38,22 @@ def median_ms(fn, repeat: int, warmup: int, library: str) -> tuple[float, float]
         end.synchronize()
         gpu.append(elapsed(start, end))
     return statistics.median(gpu), statistics.median(host)
+
+
+def require_gpu(script: str, tf32: bool = False):
+    """``(gl, cupy, torch)`` with a usable CUDA device in both libraries and TF32 set to ``tf32``
+    in PyTorch; exits with a clear message otherwise."""
+    import gpulayers as gl
+
+    if not gl.cuda_is_available():
+        sys.exit(f"{script}: no usable CUDA device, nothing to measure ({gl.backend.cuda_unavailable_reason()})")
+    try:
+        import torch
+    except ImportError:
+        sys.exit(f"{script}: PyTorch is not installed (it is the reference every number is compared with)")
+    if not torch.cuda.is_available():
+        sys.exit(f"{script}: PyTorch cannot use CUDA here (a CPU-only build?); the comparison needs it")
+    import cupy
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    return gl, cupy, torch

@@ -17,7 +17,7 @@ import json
 import sys
 
 import numpy as np
-from _timing import median_ms
+from _timing import median_ms, require_gpu
 
 # (batch, in, out, size, kernel, stride)
 SHAPES = [
@@ -116,17 +116,9 @@ def measure(shape, args, conv2d_cuda, cupy, torch) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import gpulayers as gl
-
-    if not gl.cuda_is_available():
-        sys.exit("conv_algorithms: no usable CUDA device, nothing to measure")
-    import cupy
-    import torch
-
+    gl, cupy, torch = require_gpu("conv_algorithms")
     from gpulayers.ops import conv2d_cuda
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     results = []
     print(f"device: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     print("conv2d forward+backward, float32 (ms, median); memory = peak in use during one fwd+bwd")

@@ -27,10 +27,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 import numpy as np
 from _reference import build_models
+from _timing import require_gpu
 
 TARGETS = {"conv2d": 2.0, "max_pool2d": 1.2, "train_step": 1.5}
 CONV_SHAPES = [(1, 32, 28), (3, 64, 32), (64, 128, 16), (128, 256, 8)]  # (in, out, size)
@@ -45,20 +45,6 @@ def parse_args(argv=None):
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in both libraries")
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
-
-
-def require_gpu():
-    """CuPy with a usable device, and PyTorch with CUDA; exit with a clear message otherwise."""
-    import gpulayers as gl
-
-    if not gl.cuda_is_available():
-        sys.exit(f"gpu_bench: no usable CUDA device, nothing to measure ({gl.backend.cuda_unavailable_reason()})")
-    try:
-        import torch
-    except ImportError:
-        sys.exit("gpu_bench: PyTorch is not installed (it is the reference every number is compared with)")
-    if not torch.cuda.is_available():
-        sys.exit("gpu_bench: PyTorch cannot use CUDA here (a CPU-only build?); the comparison needs it")
 
 
 class Timer:
@@ -372,11 +358,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.tf32:
         os.environ["CUPY_TF32"] = "1"  # read by CuPy when it sets up cuBLAS
-    require_gpu()
-    import cupy
-    import torch
-
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+    _, cupy, torch = require_gpu("gpu_bench", bool(args.tf32))
     torch.backends.cudnn.benchmark = True
     print(f"device: {cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)['name'].decode()}")
     print(f"CuPy {cupy.__version__}, PyTorch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")

@@ -10,7 +10,8 @@
 #   4 benchmark  benchmarks/gpu_bench.py (step vs torch, host vs GPU time, conv, pooling, memory)
 #   5 launches   benchmarks/gpu_launches.py (kernel launches and syncs per step, counted on the CPU)
 #   6 distributed the --distributed command line as one GPU rank
-#   7 slow tests `gpu and slow`, only with the time that is left
+#   7 graph step  benchmarks/graph_step.py (reference CNN and ResNet-20: eager, CUDA graph, torch)
+#   8 slow tests `gpu and slow`, only with the time that is left
 # The exit status is non-zero when any stage failed; $OUT/summary.json has every stage's status.
 set -uo pipefail
 out=${OUT:-/tmp/gpulayers-gpu}
@@ -116,7 +117,14 @@ run_stage distributed_cli 60 "$out/distributed_cli.log" \
   python3 -m gpulayers.train --distributed --device cuda --epochs 2 --no-progress
 tail -4 "$out/distributed_cli.log"
 
-# 7. the slow GPU tests, with what is left (pytest's 5, nothing selected, is not a failure)
+# 7. the whole step as a CUDA graph against eager and PyTorch, when time is left
+if [ "$(left)" -gt 60 ]; then
+  run_stage graph_step "$(( $(left) - 20 < 120 ? $(left) - 20 : 120 ))" "$out/graph_step.log" \
+    python3 benchmarks/graph_step.py --repeat 30 --json "$out/graph_step.json"
+  cat "$out/graph_step.log"
+fi
+
+# 8. the slow GPU tests, with what is left (pytest's 5, nothing selected, is not a failure)
 if [ "$(left)" -gt 30 ]; then
   start=$SECONDS
   timeout -s INT -k 10 "$(left)" python3 -m pytest -m "gpu and slow" -q -rs -p no:cacheprovider tests \
