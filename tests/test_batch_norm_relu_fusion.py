@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 
 import gpulayers as gl
 from gpulayers.ops import normalization
-
-
-@pytest.fixture
-def cp(harness, monkeypatch):
-    with install(harness, monkeypatch) as module:
-        yield module
 
 
 def _run(model, x, dy, to_device=None):

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 
 from gpulayers.ops import activation, conv2d, max_pool2d, normalization
-
-
-@pytest.fixture
-def cp(harness, monkeypatch):
-    with install(harness, monkeypatch) as module:
-        yield module
 
 
 def _strided_on_device_1(cp, shape):
@@ -65,7 +59,7 @@ def _batch_norm(cp, x):
     with cp.cuda.Device(1):
         x = cp.ascontiguousarray(x)
     y, cache = normalization.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)
-    assert cache.fused
+    assert isinstance(cache, dict) and cache["fused"]
     return y, normalization.batch_norm_backward(_strided_like(cp, y), cache)[0]
 
 

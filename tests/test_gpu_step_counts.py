@@ -29,12 +29,6 @@ def harness(tmp_path_factory) -> HarnessLibrary:
     return HarnessLibrary(tmp_path_factory.mktemp("standin_harness"))
 
 
-@pytest.fixture
-def cp(monkeypatch, harness):
-    with install(harness, monkeypatch) as module:
-        yield module
-
-
 # -- the stand-in counts what CuPy would do ------------------------------------------------------
 def test_elementwise_reduction_and_views_are_counted(cp):
     a = cp.asarray(np.arange(12.0).reshape(3, 4))

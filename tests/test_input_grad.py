@@ -12,18 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 
 import gpulayers as gl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _reference import reference_cnn  # noqa: E402
-
-
-@pytest.fixture
-def cp(harness, monkeypatch):
-    with install(harness, monkeypatch) as module:
-        yield module
 
 
 def _grads(build, x, dy, skip: bool, to_device=None):

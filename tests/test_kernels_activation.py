@@ -16,18 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 
 import gpulayers as gl
 from gpulayers.ops import activation
 
 SHAPES = [(7,), (33, 65), (4, 3, 17, 9)]
-
-
-@pytest.fixture
-def cp(harness, monkeypatch):
-    with install(harness, monkeypatch) as module:
-        yield module
 
 
 def _special(rng, shape, dtype):

@@ -16,27 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
-from kernel_harness.harness import HarnessLibrary, build, sanitizer_env
+from cupy_standin import COUNTER
+from kernel_harness.harness import build, sanitizer_env
 
 import gpulayers as gl
 from gpulayers import kernels
 from gpulayers.ops import normalization
 
-GRIDS = {"launcher": None, "grid3x4": (3, 4)}
 SHAPES = [(16, 5), (4, 3, 37), (4, 6, 7, 9)]
-
-
-@pytest.fixture(scope="module")
-def libraries(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bn_harness")
-    return {name: HarnessLibrary(out, grid_override=grid) for name, grid in GRIDS.items()}
-
-
-@pytest.fixture(params=list(GRIDS))
-def cp(request, libraries, monkeypatch):
-    with install(libraries[request.param], monkeypatch) as module:
-        yield module
 
 
 def _reference(x, w, b, rm, rv, momentum, nbt, dy, relu):

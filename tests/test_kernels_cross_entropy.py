@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
-from kernel_harness.harness import HarnessLibrary
+from cupy_standin import COUNTER
 
 import gpulayers as gl
 from gpulayers.ops import loss as ops
 from gpulayers.training import evaluate
-
-GRIDS = {"launcher": None, "grid3x4": (3, 4)}
-
-
-@pytest.fixture(scope="module")
-def libraries(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ce_harness")
-    return {name: HarnessLibrary(out, grid_override=grid) for name, grid in GRIDS.items()}
-
-
-@pytest.fixture(params=list(GRIDS))
-def cp(request, libraries, monkeypatch):
-    with install(libraries[request.param], monkeypatch) as module:
-        yield module
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

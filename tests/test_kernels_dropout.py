@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
-from kernel_harness.fixtures import run_asan
-from kernel_harness.harness import HarnessLibrary
+from cupy_standin import COUNTER
+from kernel_harness.fixtures import GRIDS, run_asan
 
 import gpulayers as gl
 from gpulayers import backend
 from gpulayers.ops import dropout as ops
 from gpulayers.ops import dropout_cuda
 
-GRIDS = {"launcher": None, "grid3x4": (3, 4)}
 M32 = 0xFFFFFFFF
 
 
@@ -38,18 +36,12 @@ def test_python_philox_matches_the_random123_known_answers():
     assert philox4x32_10([M32] * 4, (M32, M32)) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
 
 
-@pytest.fixture(scope="module")
-def libraries(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dropout_harness")
-    return {name: HarnessLibrary(out, grid_override=grid) for name, grid in GRIDS.items()}
-
-
-@pytest.fixture(params=list(GRIDS))
-def cp(request, libraries, monkeypatch):
+@pytest.fixture
+def cp(cp, monkeypatch):
+    """The stand-in (kernel_harness.fixtures) with fresh generator state."""
     monkeypatch.setattr(backend, "_philox_offsets", {})
     monkeypatch.setattr(backend, "_philox_states", {})
-    with install(libraries[request.param], monkeypatch) as module:
-        yield module
+    return cp
 
 
 def _expected_mask(n, seed, offset, p, dtype):
@@ -79,14 +71,14 @@ def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
 
 @pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize(("base", "increment"), [(0, 0), (5, 2), (2**32 - 1, 1), (2**40 + 3, 2**33)])
-def test_kernel_offset_is_the_state_base_plus_the_increment(libraries, grid, base, increment):
+def test_kernel_offset_is_the_state_base_plus_the_increment(harness_libraries, grid, base, increment):
     """Seed and offset base come from device memory, the increment is a launch argument: a graph
     replays the same launch with a new base."""
     seed, n = 0x0123456789ABCDEF, 4099
     x = np.random.default_rng(2).standard_normal(n)
     y, mask = np.empty_like(x), np.empty_like(x)
     state = np.array([seed, base], np.int64)
-    kernel = libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)
+    kernel = harness_libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)
     kernel((5,), (128,), (x, y, mask, np.int64(n), state, np.int64(increment), np.float64(0.4), np.float64(1 / 0.6)))
     want = _expected_mask(n, seed, base + increment, 0.4, np.float64)
     np.testing.assert_array_equal(mask, want)
@@ -127,11 +119,11 @@ def test_channel_dropout_mask_is_philox_without_curand(cp, shape):
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
-def test_mask_kernel_draws_what_the_forward_kernel_draws(libraries, grid):
+def test_mask_kernel_draws_what_the_forward_kernel_draws(harness_libraries, grid):
     seed, n, base, increment = 987654321, 1031, 2**33 + 1, 5
     state = np.array([seed, base], np.int64)
     alone = np.empty(n, np.float32)
-    kernel = libraries[grid].kernel("dropout.cu", "dropout_mask_kernel", np.float32)
+    kernel = harness_libraries[grid].kernel("dropout.cu", "dropout_mask_kernel", np.float32)
     kernel((3,), (64,), (alone, np.int64(n), state, np.int64(increment), np.float32(0.25), np.float32(1 / 0.75)))
     np.testing.assert_array_equal(alone, _expected_mask(n, seed, base + increment, 0.25, np.float32))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 from kernel_harness import HarnessLibrary
 
 import gpulayers as gl
@@ -17,12 +17,6 @@ from gpulayers import nn, optim
 def harness(tmp_path_factory) -> HarnessLibrary:
     """The custom kernels (fused losses, ...) run on the host harness, so their results are real."""
     return HarnessLibrary(tmp_path_factory.mktemp("standin_layers_harness"))
-
-
-@pytest.fixture
-def cp(monkeypatch, harness):
-    with install(harness, monkeypatch) as module:
-        yield module
 
 
 LAYERS = {

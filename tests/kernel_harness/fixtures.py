@@ -6,6 +6,8 @@
   launched with the launchers' own grids or with a 3 x 4 grid (far too small: the grid-stride loops run).
 * ``harness``: one of the two in place of ``gpulayers.kernels.get_function`` (parametrised over both),
   its launch record cleared.
+* ``cp``: the CuPy stand-in (``tests/cupy_standin.py``) installed as ``cupy``, its custom kernels run by
+  ``harness`` (so over both grids); a test module may override it to add its own setup.
 * ``asan_build`` (session): ``(build_dir, env)``, every kernel file built with AddressSanitizer/UBSan for a
   child process started with :func:`run_asan`; skips where g++ has no sanitizer runtimes.
 """
@@ -39,6 +41,15 @@ def harness(request, harness_libraries, monkeypatch) -> HarnessLibrary:
     library.launches.clear()
     monkeypatch.setattr(kernels, "get_function", library.get_function)
     return library
+
+
+@pytest.fixture
+def cp(harness, monkeypatch):
+    """The CuPy stand-in as ``cupy``, the library's GPU path running on NumPy and the harness."""
+    from cupy_standin import install  # tests/ is on sys.path (rootdir conftest)
+
+    with install(harness, monkeypatch) as module:
+        yield module
 
 
 @pytest.fixture(scope="session")
