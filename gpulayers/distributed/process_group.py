@@ -358,20 +358,31 @@ def all_reduce(array: Any, op: str = "sum") -> None:
     if op == "mean" and np.dtype(array.dtype).kind != "f":
         raise TypeError(f"all_reduce: op 'mean' needs a floating array, got dtype {array.dtype}")
     group = _require("all_reduce")
+    _run_collective(
+        group,
+        array,
+        lambda nccl, _nccl: _nccl.all_reduce(nccl, array, op, group.size),
+        lambda host: _mpi_all_reduce(group, host, op),
+    )
+
+
+def _run_collective(group: _Group, array: Any, on_nccl, on_host) -> None:
+    """NCCL for a CuPy array when the group has it (``on_nccl(communicator, _nccl module)``); else
+    ``on_host`` on the NumPy array, or on a host copy of the CuPy array written back after (MPI)."""
     if backend.is_cuda_array(array) and group.nccl is not None:
         from . import _nccl  # noqa: PLC0415
 
-        _nccl.all_reduce(group.nccl, array, op, group.size)
+        on_nccl(group.nccl, _nccl)
         return
     if group.size == 1:
         return
-    if backend.is_cuda_array(array):
-        _say_staging(group)
-        host = array.get()
-        _mpi_all_reduce(group, host, op)
-        _copy_back(array, host)
+    if not backend.is_cuda_array(array):
+        on_host(array)
         return
-    _mpi_all_reduce(group, array, op)
+    _say_staging(group)
+    host = array.get()
+    on_host(host)
+    _copy_back(array, host)
 
 
 def _copy_back(array: Any, host: np.ndarray) -> None:
@@ -402,19 +413,12 @@ def broadcast(array: Any, src: int = 0) -> None:
     group = _require("broadcast")
     if isinstance(src, bool) or not isinstance(src, (int, np.integer)) or not 0 <= src < group.size:
         raise ValueError(f"broadcast: expected src in [0, {group.size}), got {src!r}")
-    if backend.is_cuda_array(array) and group.nccl is not None:
-        from . import _nccl  # noqa: PLC0415
+    _run_collective(
+        group, array, lambda nccl, _nccl: _nccl.broadcast(nccl, array, int(src)), lambda host: _bcast(group, host, src)
+    )
 
-        _nccl.broadcast(group.nccl, array, int(src))
-        return
-    if group.size == 1:
-        return
-    if backend.is_cuda_array(array):
-        _say_staging(group)
-        host = array.get()
-        group.comm.Bcast(host.reshape(-1).view(np.uint8), root=int(src))
-        _copy_back(array, host)
-        return
+
+def _bcast(group: _Group, array: np.ndarray, src: int) -> None:
     buf = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     group.comm.Bcast(buf.reshape(-1).view(np.uint8), root=int(src))  # bytes: any dtype
     if buf is not array:
