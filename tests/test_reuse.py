@@ -317,8 +317,11 @@ def test_evaluation_loop_does_not_grow_memory(how):
         tracemalloc.stop()
     assert _saved_count(model) <= (len(list(model.modules())) if how == "eval" else 0)
     assert _saved_count(criterion) == 0
-    # one kept forward of the first convolution alone is 4 * x.nbytes (16 KB) per batch
-    assert last - first < 4 * x.nbytes
+    # One kept forward of the first convolution alone is 4 * x.nbytes (16 KB) per batch, so a forward
+    # kept per run would grow the 10 runs by 160 KB or more. NumPy's own small-allocation caches
+    # (array dimensions and small data blocks, bounded, traced by tracemalloc) fill slowly over the
+    # first hundreds of calls of new shapes: about 2 KB per run here, hence the margin.
+    assert last - first < 10 * x.nbytes
 
 
 def test_to_drops_saved_forwards():

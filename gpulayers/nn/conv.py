@@ -6,13 +6,41 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_input, check_int, pair
+from .._checks import check_input, check_int, pair
 from ..ops import conv2d as ops
 from ..ops import conv_transpose2d as transpose_ops
-from .init import default_weight_and_bias
-from .module import Module, Parameter, WeightBiasLayer
+from ._weighted import WeightBiasLayer
 
 __all__ = ["Conv2d", "ConvTranspose2d"]
+
+
+def _channels_and_kernel(name: str, in_channels: Any, out_channels: Any, kernel_size: Any) -> tuple:
+    return (
+        check_int(name, "in_channels", in_channels, 1),
+        check_int(name, "out_channels", out_channels, 1),
+        pair(name, "kernel_size", kernel_size, minimum=1),
+    )
+
+
+def _check_groups_and_mode(name: str, in_channels: int, out_channels: int, groups: int, padding_mode: Any) -> str:
+    for what, count in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if count % groups:
+            raise ValueError(f"{name}: expected {what} divisible by groups={groups}, got {count}")
+    if padding_mode != "zeros":
+        raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+    return padding_mode
+
+
+def _conv_repr(layer: Any, *options: tuple) -> str:
+    """PyTorch's repr: channels, kernel and stride, then each option that differs from its default."""
+    s = f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, stride={layer.stride}"
+    for option, default in options:
+        value = getattr(layer, option)
+        if isinstance(value, str) or value != default:
+            s += f", {option}={value}"
+    if layer.bias is None:
+        s += ", bias=False"
+    return s
 
 
 class Conv2d(WeightBiasLayer):
@@ -54,27 +82,17 @@ class Conv2d(WeightBiasLayer):
     ) -> None:
         super().__init__()
         name = "Conv2d"
-        self.in_channels = check_int(name, "in_channels", in_channels, 1)
-        self.out_channels = check_int(name, "out_channels", out_channels, 1)
-        self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
+        self.in_channels, self.out_channels, self.kernel_size = _channels_and_kernel(
+            name, in_channels, out_channels, kernel_size
+        )
         stride_, pad, _, dilation_, groups_ = ops.normalize_conv_options(
             name, self.kernel_size, stride, padding, dilation, groups
         )
-        for what, count in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if count % groups_:
-                raise ValueError(f"{name}: expected {what} divisible by groups={groups_}, got {count}")
-        if padding_mode != "zeros":
-            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        self.padding_mode = _check_groups_and_mode(name, self.in_channels, self.out_channels, groups_, padding_mode)
         self.stride, self.dilation, self.groups = stride_, dilation_, groups_
         self.padding = padding if isinstance(padding, str) else pad
-        self.padding_mode = padding_mode
         shape = (self.out_channels, self.in_channels // groups_, *self.kernel_size)
-        w, b = default_weight_and_bias(shape, self.out_channels, check_bool(name, "bias", bias))
-        self.weight = Parameter(w)
-        if b is not None:
-            self.bias = Parameter(b)
-        else:
-            self.register_parameter("bias", None)
+        self._create_parameters(name, shape, self.out_channels, bias)
 
     _backward_op = staticmethod(ops.conv2d_backward)
 
@@ -87,19 +105,10 @@ class Conv2d(WeightBiasLayer):
         return y
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if isinstance(self.padding, str) or self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        return _conv_repr(self, ("padding", (0, 0)), ("dilation", (1, 1)), ("groups", 1))
 
 
-class ConvTranspose2d(Module):
+class ConvTranspose2d(WeightBiasLayer):
     """2-D transposed convolution over an NCHW batch, PyTorch's ``nn.ConvTranspose2d``.
 
     The adjoint of :class:`Conv2d` with the same weight: it runs the convolution's input
@@ -147,26 +156,16 @@ class ConvTranspose2d(Module):
     ) -> None:
         super().__init__()
         name = "ConvTranspose2d"
-        self.in_channels = check_int(name, "in_channels", in_channels, 1)
-        self.out_channels = check_int(name, "out_channels", out_channels, 1)
-        self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
+        self.in_channels, self.out_channels, self.kernel_size = _channels_and_kernel(
+            name, in_channels, out_channels, kernel_size
+        )
         self.stride, self.padding, self.output_padding, self.dilation, self.groups = (
             transpose_ops.conv_transpose2d_options(name, stride, padding, output_padding, dilation, groups)
         )
-        for what, count in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if count % self.groups:
-                raise ValueError(f"{name}: expected {what} divisible by groups={self.groups}, got {count}")
-        if padding_mode != "zeros":
-            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self.padding_mode = _check_groups_and_mode(name, self.in_channels, self.out_channels, self.groups, padding_mode)
         shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         # PyTorch's fan-in is weight.shape[1] * kh * kw for a transposed convolution too.
-        w, b = default_weight_and_bias(shape, self.out_channels, check_bool(name, "bias", bias))
-        self.weight = Parameter(w)
-        if b is not None:
-            self.bias = Parameter(b)
-        else:
-            self.register_parameter("bias", None)
+        self._create_parameters(name, shape, self.out_channels, bias)
 
     def forward(self, x: Any, output_size: Any = None) -> Any:
         """The transposed convolution of ``x``.
@@ -215,22 +214,11 @@ class ConvTranspose2d(Module):
             padding.append(int(size[axis]) - smallest)
         return padding[0], padding[1]
 
-    def backward(self, grad_output: Any) -> Any:
-        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, self._op_cache(grad_output))
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
+    @staticmethod
+    def _backward_op(grad_output: Any, cache: Any, input_grad: bool) -> tuple:
+        dx, dw, db = transpose_ops.conv_transpose2d_backward(grad_output, cache)
+        return (dx if input_grad else None), dw, db
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.output_padding != (0, 0):
-            s += f", output_padding={self.output_padding}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        options = (("padding", (0, 0)), ("dilation", (1, 1)), ("output_padding", (0, 0)), ("groups", 1))
+        return _conv_repr(self, *options)

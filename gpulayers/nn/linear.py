@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_int
+from .._checks import check_int
 from ..ops import linear as ops
-from .init import default_weight_and_bias
-from .module import Module, Parameter, WeightBiasLayer
+from ._weighted import WeightBiasLayer
+from .module import Module
 
 __all__ = ["Linear", "Flatten", "Identity"]
 
@@ -35,14 +35,7 @@ class Linear(WeightBiasLayer):
         super().__init__()
         self.in_features = check_int("Linear", "in_features", in_features, 0)
         self.out_features = check_int("Linear", "out_features", out_features, 0)
-        w, b = default_weight_and_bias(
-            (self.out_features, self.in_features), self.out_features, check_bool("Linear", "bias", bias)
-        )
-        self.weight = Parameter(w)
-        if b is not None:
-            self.bias = Parameter(b)
-        else:
-            self.register_parameter("bias", None)
+        self._create_parameters("Linear", (self.out_features, self.in_features), self.out_features, bias)
 
     _backward_op = staticmethod(ops.linear_backward)
 

@@ -437,25 +437,3 @@ class Module:
     def _check_saved(self) -> None:
         """In debug mode (``gl.set_debug``), raise when an array a ``self._cache`` kept changed since."""
         debug.check_unchanged(type(self).__name__, self.__dict__.get("_debug_prints"))
-
-
-class WeightBiasLayer(Module):
-    """A layer with ``weight`` and ``bias`` parameters whose op's backward can skip the input gradient.
-
-    Subclasses set ``_backward_op``: ``(grad_output, cache, input_grad) -> (dx, dweight, dbias)``
-    (``dx`` None without ``input_grad``), and save the op's cache in ``forward``.
-    """
-
-    _backward_op: Any
-
-    def backward(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, self.needs_input_grad)
-
-    def _backward_without_input(self, grad_output: Any) -> Any:
-        return self._backward(grad_output, False)
-
-    def _backward(self, grad_output: Any, input_grad: bool) -> Any:
-        dx, dw, db = type(self)._backward_op(grad_output, self._op_cache(grad_output), input_grad)
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
