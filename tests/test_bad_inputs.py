@@ -249,6 +249,12 @@ def _f32(*shape):
     "call,exc,pattern",
     [
         (lambda: F.group_norm_forward(_f32(2, 4, 3), 2, eps=NAN), ValueError, "group_norm: expected a finite eps"),
+        (
+            lambda: F.group_norm_forward(_f32(2, 6, 3), 2, num_channels=4, name="GroupNorm"),
+            ValueError,
+            r"GroupNorm: expected input with 4 channels, got 6",
+        ),
+        (lambda: nn.GroupNorm(2, 4)(_f32(2, 6, 3)), ValueError, r"GroupNorm: expected input with 4 channels, got 6"),
         (lambda: F.layer_norm_forward(_f32(2, 3), (3,), eps=INF), ValueError, "layer_norm: expected a finite eps"),
         (lambda: F.layer_norm_forward(_f32(2, 3), True), TypeError, "layer_norm: expected normalized_shape"),
         (lambda: F.group_norm_backward(_f32(2, 4, 3), None), TypeError, "group_norm.backward: expected the cache"),

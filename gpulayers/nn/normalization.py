@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_channels
+from .._checks import check_bool
 from ..ops import normalization as ops
 from ..ops.group_norm import group_norm_backward, group_norm_forward
 from ..ops.layer_norm import layer_norm_backward, layer_norm_forward
@@ -212,14 +212,13 @@ class GroupNorm(_Affine):
         self._affine_parameters(self.num_channels, self.affine, self.use_bias)
 
     def forward(self, x: Any) -> Any:
-        if hasattr(x, "ndim") and x.ndim >= 2:
-            check_channels("GroupNorm", x, self.num_channels, axis=1)
         y, cache = group_norm_forward(
             x,
             self.num_groups,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.eps,
+            num_channels=self.num_channels,
             name="GroupNorm",
         )
         self.save_for_backward(cache, output=y)

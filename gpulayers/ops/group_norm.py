@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_floating
+from .._checks import check_channels, check_floating
 from .layer_norm import RowNormCache, check_backward, check_eps, check_param, normalize_rows, normalize_rows_backward
 
 __all__ = ["group_norm_forward", "group_norm_backward"]
@@ -24,6 +24,7 @@ def group_norm_forward(
     bias: Any = None,
     eps: float = 1e-5,
     *,
+    num_channels: int | None = None,
     name: str = "group_norm",
 ) -> tuple[Any, RowNormCache]:
     """Normalise each group of ``C / num_groups`` channels per sample, then ``* weight + bias`` per channel.
@@ -34,6 +35,7 @@ def group_norm_forward(
         weight: per-channel scale ``(C,)``, or None.
         bias: per-channel shift ``(C,)``, or None.
         eps: added to the variance. Defaults to 1e-5.
+        num_channels: the channel count the caller was built for (checked against ``x``), or None.
         name: who is calling, for error messages.
 
     Returns:
@@ -48,6 +50,8 @@ def group_norm_forward(
         raise ValueError(f"{name}: expected num_groups to be a positive int, got {num_groups!r}")
     if x.ndim < 2:
         raise ValueError(f"{name}: expected an input of shape (N, C, *), got shape {tuple(x.shape)}")
+    if num_channels is not None:
+        check_channels(name, x, num_channels)
     n, c = int(x.shape[0]), int(x.shape[1])
     if c % num_groups:
         raise ValueError(
