@@ -46,7 +46,7 @@ def assert_close(
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    scale: bool = False,
+    scale: bool | float = False,
     err_msg: str = "",
 ) -> None:
     """``got`` equals ``want`` (same shape) within the tolerance of ``dtype`` (default: ``got``'s dtype).
@@ -56,7 +56,7 @@ def assert_close(
         dtype: picks the row of :data:`TOL`; float16/integers use float32's.
         rtol, atol: override the row's values.
         scale: multiply ``atol`` by the largest magnitude in ``want`` (at least 1), for values that
-            are sums of many terms.
+            are sums of many terms; a number also sets a floor for that factor.
         err_msg: printed on failure.
     """
     got, want = as_numpy(got), as_numpy(want)
@@ -68,7 +68,7 @@ def assert_close(
     if atol is not None:
         tol["atol"] = atol
     if scale:
-        tol["atol"] *= max(1.0, float(np.abs(want).max(initial=0)))
+        tol["atol"] *= max(1.0, float(scale), float(np.abs(want).max(initial=0)))
     np.testing.assert_allclose(got, want, err_msg=err_msg, **tol)
 
 

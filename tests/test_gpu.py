@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import requires_gpu, requires_torch, small_cnn, torch
+from helpers import assert_close, requires_gpu, requires_torch, small_cnn, torch
 
 import gpulayers as gl
 from gpulayers import kernels, nn, optim
@@ -71,11 +71,10 @@ def to_dev(x):
     return gl.to_device(x, DEVICE)
 
 
-def close(got, want, dtype=np.float32, scale: float = 1.0):
-    got, want = gl.to_numpy(got), gl.to_numpy(want)
-    assert got.shape == want.shape
+def gpu_tol(dtype=np.float32) -> dict:
+    """assert_close options for GPU against CPU/PyTorch: summation order differs, so a looser row than TOL."""
     tol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-11
-    np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol * max(1.0, scale, float(np.abs(want).max(initial=0))))
+    return {"rtol": tol * 10, "atol": tol}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,13 +148,13 @@ def test_layer_gpu_matches_cpu_and_torch(name, dtype):
     dy = rng.standard_normal(y_cpu.shape).astype(dtype)
     dx_cpu = cpu.backward(dy)
     dx_gpu = gpu.backward(to_dev(dy))
-    close(y_gpu, y_cpu, dtype)
-    close(dx_gpu, dx_cpu, dtype)
+    assert_close(y_gpu, y_cpu, dtype, scale=True, **gpu_tol(dtype))
+    assert_close(dx_gpu, dx_cpu, dtype, scale=True, **gpu_tol(dtype))
     for (pname, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters(), strict=True):
-        close(p_gpu.grad, p_cpu.grad, dtype, scale=float(np.abs(p_cpu.grad).max()))
+        assert_close(p_gpu.grad, p_cpu.grad, dtype, scale=True, **gpu_tol(dtype))
         assert gl.get_array_module(p_gpu.grad) is gl.get_array_module(y_gpu), pname
     for key, value in cpu.state_dict().items():  # running statistics updated alike
-        close(gpu.state_dict()[key], value, dtype)
+        assert_close(gpu.state_dict()[key], value, dtype, scale=True, **gpu_tol(dtype))
 
     if TORCH_TWIN and make_torch is not None:
         twin = make_torch()
@@ -165,13 +164,13 @@ def test_layer_gpu_matches_cpu_and_torch(name, dtype):
         xt = torch.tensor(x, device=TORCH_DEVICE, requires_grad=True)
         yt = twin(xt)
         yt.backward(torch.tensor(dy, device=TORCH_DEVICE))
-        close(y_gpu, yt.detach().cpu().numpy(), dtype)
-        close(dx_gpu, xt.grad.cpu().numpy(), dtype)
+        assert_close(y_gpu, yt.detach().cpu().numpy(), dtype, scale=True, **gpu_tol(dtype))
+        assert_close(dx_gpu, xt.grad.cpu().numpy(), dtype, scale=True, **gpu_tol(dtype))
         for (pname, p_gpu), (tname, pt) in zip(gpu.named_parameters(), twin.named_parameters(), strict=True):
             assert pname == tname
-            close(p_gpu.grad, pt.grad.cpu().numpy(), dtype, scale=float(pt.grad.abs().max()))
+            assert_close(p_gpu.grad, pt.grad, dtype, scale=True, **gpu_tol(dtype))
         for key, value in twin.state_dict().items():  # running statistics, as PyTorch updates them
-            close(gpu.state_dict()[key], value.cpu().numpy(), dtype)
+            assert_close(gpu.state_dict()[key], value.cpu().numpy(), dtype, scale=True, **gpu_tol(dtype))
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +189,7 @@ def test_losses_gpu_match_cpu():
         gpu_grad = criterion.backward()
         assert gl.backend.is_cuda_array(gpu_loss) and gpu_loss.shape == ()  # stays on the device
         assert float(gpu_loss) == pytest.approx(float(cpu_loss), rel=1e-5)
-        close(gpu_grad, cpu_grad)
+        assert_close(gpu_grad, cpu_grad, scale=True, **gpu_tol())
 
 
 def test_dropout_on_gpu_is_inverted_dropout():
@@ -235,10 +234,10 @@ def test_conv_kernels_on_gpu_match_cpu(case, dtype, algorithm, kernel_backend):
     y_ref, cache_ref = gl.functional.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     dx_ref, dw_ref, db_ref = gl.functional.conv2d_backward(dy, cache_ref)
     for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
-        close(got, want, dtype, scale=10.0)
+        assert_close(got, want, dtype, scale=10.0, **gpu_tol(dtype))
     assert (db is None) == (b is None)
     if b is not None:
-        close(db, db_ref, dtype, scale=10.0)
+        assert_close(db, db_ref, dtype, scale=10.0, **gpu_tol(dtype))
 
 
 @requires_torch
@@ -287,9 +286,9 @@ def test_conv_gemm_chunks_on_gpu(monkeypatch, kernel_backend):
     dx, dw, _ = conv2d_cuda.conv2d_backward(to_dev(dy), cache)
     y_ref, c_ref = gl.functional.conv2d_forward(x, w, None, 1, 1, 1, 1)
     dx_ref, dw_ref, _ = gl.functional.conv2d_backward(dy, c_ref)
-    close(y, y_ref, scale=10.0)
-    close(dx, dx_ref, scale=10.0)
-    close(dw, dw_ref, scale=30.0)
+    assert_close(y, y_ref, scale=10.0, **gpu_tol())
+    assert_close(dx, dx_ref, scale=10.0, **gpu_tol())
+    assert_close(dw, dw_ref, scale=30.0, **gpu_tol())
 
 
 FUSED_OPTIMIZERS = {
@@ -334,12 +333,12 @@ def test_fused_optimizer_steps_on_gpu_match_cpu(name, dtype, kernel_backend, mon
     assert launched == [kernel] * steps  # one multi-tensor launch per step
     for p, q, b in zip(gpu_params, cpu_params, buffers, strict=True):
         assert p.data is b  # updated in place
-        close(p.data, q.data, dtype)
+        assert_close(p.data, q.data, dtype, scale=True, **gpu_tol(dtype))
     sd_gpu, sd_cpu = opt_gpu.state_dict(), opt_cpu.state_dict()
     assert sd_gpu.keys() == sd_cpu.keys()
     for key, value in sd_cpu.items():
         if isinstance(value, np.ndarray) and value.dtype == dtype:
-            close(sd_gpu[key], value, dtype)
+            assert_close(sd_gpu[key], value, dtype, scale=True, **gpu_tol(dtype))
         else:
             np.testing.assert_array_equal(np.asarray(sd_gpu[key]), np.asarray(value), err_msg=key)
 
