@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import gpulayers as gl
 from gpulayers import data, models
-from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options
-from gpulayers.train import DEFAULTS, choose_device, fit_sgd
+from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options, prepare_run
+from gpulayers.train import DEFAULTS, fit_sgd
 
 TUNED = DEFAULTS["cifar10"]
 
@@ -34,15 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
 
     try:  # a clear message when the files are missing or damaged
-        train_set, test_set = data.load_cifar10(args.data_dir)
+        train_set, test_set, device = prepare_run("cifar10", args)
     except data.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device, why = choose_device(args.device)
-    print(f"device: {device} ({why})")
-    gl.manual_seed(args.seed)
-
-    train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
     stats = (train_set.mean, train_set.std)  # the usual CIFAR-10 channel statistics
     augment = None if args.no_augment else data.cifar10_augment()  # pad 4 + random 32x32 crop, flip
     train_loader = data.DataLoader(

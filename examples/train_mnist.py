@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import gpulayers as gl
 from gpulayers import data, models
-from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options
-from gpulayers.train import DEFAULTS, choose_device, fit_sgd
+from gpulayers.cli import add_run_arguments, check_run_arguments, fit_options, prepare_run
+from gpulayers.train import DEFAULTS, fit_sgd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,16 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     tuned = DEFAULTS[name]
 
     try:  # a clear message when the files are missing or damaged
-        train_set, test_set = data.load_dataset(name, args.data_dir)
+        train_set, test_set, device = prepare_run(name, args)
     except data.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device, why = choose_device(args.device)
-    print(f"device: {device} ({why})")
-    gl.manual_seed(args.seed)
-
     # uint8 (N, 1, 28, 28); the loader scales to [0, 1] and normalises on the device
-    train_set, test_set = train_set.subset(args.limit), test_set.subset(args.limit)
     stats = (train_set.mean, train_set.std)
     batch_size = args.batch_size or tuned["batch_size"]
     train_loader = data.DataLoader(train_set, batch_size, shuffle=True, seed=args.seed, device=device, normalize=stats)

@@ -35,6 +35,7 @@ __all__ = [
     "choose_device",
     "fit_options",
     "main",
+    "prepare_run",
     "save_plot",
 ]
 
@@ -167,6 +168,18 @@ _NO_DRIVER_MARKS = (
     "InitializationError",
     "StubLibrary",
 )
+
+
+def prepare_run(dataset: str, args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """``(train_set, test_set, device)`` for a training script's run: the data set loaded from
+    ``args.data_dir`` and cut to ``args.limit``, the device chosen from ``args.device`` (printed with
+    the reason), the generators seeded with ``args.seed``. Raises :class:`gpulayers.data.DatasetError`
+    when the files are missing or damaged."""
+    train_set, test_set = data.load_dataset(dataset, args.data_dir)
+    device, why = choose_device(args.device)
+    print(f"device: {device} ({why})")
+    backend.manual_seed(args.seed)
+    return train_set.subset(args.limit), test_set.subset(args.limit), device
 
 
 def plain_cuda_reason() -> str:
