@@ -1,5 +1,5 @@
 // Dropout masks from a counter-based generator (Philox4x32-10) for gpulayers: one launch draws the
-// mask and applies it.
+// mask and applies it, forward; one launch draws it again and applies it to the gradient, backward.
 //
 // Channel dropout draws its per-(sample, channel) mask with dropout_mask_kernel.
 //
@@ -58,10 +58,11 @@ __device__ __forceinline__ void dropout_group_mask(T m[4], long long group, unsi
   }
 }
 
-// mask[i] = (u_i >= p) ? scale : 0 and y[i] = x[i] * mask[i], over n elements; one thread per
-// group of four consecutive elements (one Philox call), a grid-stride loop over the groups.
+// y[i] = x[i] * mask[i] with mask[i] = (u_i >= p) ? scale : 0, over n elements; one thread per
+// group of four consecutive elements (one Philox call), a grid-stride loop over the groups. The
+// mask is not stored: backward draws it again.
 template <typename T>
-__global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask, long long n,
+__global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ y, long long n,
                                        const long long* __restrict__ state, long long increment, T p, T scale) {
   const long long groups = (n + 3) / 4;
   const unsigned long long key = (unsigned long long)state[0];
@@ -73,8 +74,28 @@ __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ 
     for (int lane = 0; lane < 4; ++lane) {
       const long long i = group * 4 + lane;
       if (i >= n) break;
-      mask[i] = m[lane];
       y[i] = x[i] * m[lane];
+    }
+  }
+}
+
+// Backward: dx[i] = dy[i] * mask[i] with the mask drawn again from the forward's (state,
+// increment): nothing is stored between forward and backward, and the product is bitwise the one a
+// stored mask would give.
+template <typename T>
+__global__ void dropout_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, long long n,
+                                        const long long* __restrict__ state, long long increment, T p, T scale) {
+  const long long groups = (n + 3) / 4;
+  const unsigned long long key = (unsigned long long)state[0];
+  const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
+  for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
+       group += (long long)blockDim.x * gridDim.x) {
+    T m[4];
+    dropout_group_mask(m, group, position, key, p, scale);
+    for (int lane = 0; lane < 4; ++lane) {
+      const long long i = group * 4 + lane;
+      if (i >= n) break;
+      dx[i] = dy[i] * m[lane];
     }
   }
 }

@@ -35,15 +35,15 @@ def cp(monkeypatch, harness_libraries):
 
 @pytest.fixture
 def masks(monkeypatch):
-    """The mask array of every fused dropout launch that Python makes (a capture's is rewritten by
-    each replay, in place)."""
+    """Per fused dropout launch that Python makes, a function returning its mask (drawn again from
+    the launch's generator state: a capture's is rewritten by each replay)."""
     made = []
     launch = dropout_cuda.dropout_forward
 
     def spy(x, p):
-        y, mask = launch(x, p)
-        made.append(mask)
-        return y, mask
+        y, draw = launch(x, p)
+        made.append(lambda: dropout_cuda.dropout_mask(y, tuple(y.shape), p, draw))
+        return y, draw
 
     monkeypatch.setattr(dropout_cuda, "dropout_forward", spy)
     return made
@@ -66,7 +66,7 @@ def _run(step, x, y, masks):
     out = []
     for _ in range(STEPS):
         loss, hits = step(x, y)
-        out.append((loss.get().copy(), hits.get().copy(), masks[-1].get().copy()))
+        out.append((loss.get().copy(), hits.get().copy(), masks[-1]().get()))
     return out
 
 
@@ -128,7 +128,7 @@ def test_eager_dropout_writes_the_device_state_once(cp, masks):
     for _ in range(3):
         dropout_ops.dropout_forward(x, 0.5, True)
     assert COUNTER.count("h2d") == 0 and COUNTER.syncs() == 0 and COUNTER.count("kernel") == 3
-    assert not np.array_equal(masks[-1].get(), masks[-2].get())
+    assert not np.array_equal(masks[-1]().get(), masks[-2]().get())
 
 
 def test_a_failed_capture_gives_back_the_offsets(cp, masks):

@@ -63,10 +63,17 @@ def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
     assert COUNTER.launches() == 1 and COUNTER.syncs() == 0
     seed = 123  # device 0
     want = _expected_mask(203, seed, 0, 0.3, dtype)
-    np.testing.assert_array_equal(cache.mask.get(), want)
+    assert cache.mask is None  # nothing stored: backward draws the mask again
     np.testing.assert_array_equal(y.get(), x * want)
+    np.testing.assert_array_equal(ops.dropout_mask(cache).get(), want)
+    dy = np.random.default_rng(1).standard_normal(203).astype(dtype)
+    COUNTER.reset()
+    dx = ops.dropout_backward(cp.asarray(dy), cache)
+    ctype = "float" if dtype is np.float32 else "double"
+    assert COUNTER.launches() == 1 and COUNTER.names() == {f"dropout_backward_kernel<{ctype}>": 1}
+    np.testing.assert_array_equal(dx.get(), dy * want)
     _, second = ops.dropout_forward(cp.asarray(x), 0.3, True)  # the next offset: another mask
-    np.testing.assert_array_equal(second.mask.get(), _expected_mask(203, seed, 1, 0.3, dtype))
+    np.testing.assert_array_equal(ops.dropout_mask(second).get(), _expected_mask(203, seed, 1, 0.3, dtype))
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
@@ -76,13 +83,14 @@ def test_kernel_offset_is_the_state_base_plus_the_increment(harness_libraries, g
     replays the same launch with a new base."""
     seed, n = 0x0123456789ABCDEF, 4099
     x = np.random.default_rng(2).standard_normal(n)
-    y, mask = np.empty_like(x), np.empty_like(x)
+    y, dx = np.empty_like(x), np.empty_like(x)
     state = np.array([seed, base], np.int64)
-    kernel = harness_libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)
-    kernel((5,), (128,), (x, y, mask, np.int64(n), state, np.int64(increment), np.float64(0.4), np.float64(1 / 0.6)))
+    tail = (np.int64(n), state, np.int64(increment), np.float64(0.4), np.float64(1 / 0.6))
+    harness_libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)((5,), (128,), (x, y, *tail))
+    harness_libraries[grid].kernel("dropout.cu", "dropout_backward_kernel", np.float64)((5,), (128,), (x, dx, *tail))
     want = _expected_mask(n, seed, base + increment, 0.4, np.float64)
-    np.testing.assert_array_equal(mask, want)
     np.testing.assert_array_equal(y, x * want)
+    np.testing.assert_array_equal(dx, y)  # backward draws the same mask
     np.testing.assert_array_equal(state, [seed, base])  # read, never written
 
 
@@ -133,9 +141,9 @@ def test_rng_state_replays_the_masks(cp):
     gl.manual_seed(7)
     ops.dropout_forward(x, 0.5, True)
     state = backend.get_rng_state()
-    first = ops.dropout_forward(x, 0.5, True)[1].mask.get()
+    first = ops.dropout_mask(ops.dropout_forward(x, 0.5, True)[1]).get()
     backend.set_rng_state(state)
-    again = ops.dropout_forward(x, 0.5, True)[1].mask.get()
+    again = ops.dropout_mask(ops.dropout_forward(x, 0.5, True)[1]).get()
     np.testing.assert_array_equal(first, again)
     assert state["gpu_offsets"] == {"0": 1}
     kept = (first > 0).mean()
@@ -149,7 +157,8 @@ def test_fused_dropout_on_the_gpu_is_philox():
 
     gl.manual_seed(11)
     x = cupy.asarray(np.random.default_rng(1).standard_normal(1001).astype(np.float32))
-    y, mask = dropout_cuda.dropout_forward(x, 0.25)
+    y, draw = dropout_cuda.dropout_forward(x, 0.25)
     want = _expected_mask(1001, 11, 0, 0.25, np.float32)
-    np.testing.assert_array_equal(cupy.asnumpy(mask), want)
     np.testing.assert_array_equal(cupy.asnumpy(y), cupy.asnumpy(x) * want)
+    np.testing.assert_array_equal(cupy.asnumpy(dropout_cuda.dropout_backward(x, draw, 0.25)), cupy.asnumpy(y))
+    np.testing.assert_array_equal(cupy.asnumpy(dropout_cuda.dropout_mask(x, (1001,), 0.25, draw)), want)

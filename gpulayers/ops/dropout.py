@@ -16,16 +16,20 @@ from .. import backend
 from .._checks import check_floating, check_grad, check_input
 from . import dropout_cuda
 
-__all__ = ["dropout_forward", "dropout_backward", "dropout2d_forward", "dropout2d_backward", "check_p", "DropoutCache"]
+__all__ = ["dropout_forward", "dropout_backward", "dropout_mask", "dropout2d_forward", "dropout2d_backward", "check_p", "DropoutCache"]
 
 
 @dataclass(frozen=True, slots=True)
 class DropoutCache:
-    """The scaled mask (0 or ``1 / (1 - p)`` per element; None for the identity) and the output."""
+    """What backward needs: the scaled mask (0 or ``1 / (1 - p)`` per element), or, after the
+    fused GPU kernel, the ``(state, increment)`` it drew the mask at (``draw``) and ``p``; neither
+    for the identity. Use :func:`dropout_mask` to see the mask either way."""
 
     mask: Any
     y: Any  # the output: backward checks the gradient's shape and device against it
     name: str  # who ran forward, for backward's messages
+    draw: tuple | None = None
+    p: float = 0.0
 
 
 def check_p(name: str, p: Any) -> float:
@@ -47,8 +51,8 @@ def dropout_forward(x: Any, p: float, training: bool, *, name: str = "dropout") 
         name: who is calling, for error messages (a layer passes its class name).
 
     Returns:
-        ``(y, cache)``; ``y`` has the shape and dtype of ``x``. ``cache.mask`` holds the
-        scaled mask (0 or ``1 / (1 - p)`` per element), or None for the identity.
+        ``(y, cache)``; ``y`` has the shape and dtype of ``x``. :func:`dropout_mask` of the
+        cache gives the scaled mask (0 or ``1 / (1 - p)`` per element), or None for the identity.
 
     Shape:
         - x: (*)
@@ -59,8 +63,8 @@ def dropout_forward(x: Any, p: float, training: bool, *, name: str = "dropout") 
     if not training or p == 0.0:
         return x, DropoutCache(None, x, name)
     if p < 1.0 and dropout_cuda.supported(x):
-        y, mask = dropout_cuda.dropout_forward(x, p)
-        return y, DropoutCache(mask, y, name)
+        y, draw = dropout_cuda.dropout_forward(x, p)
+        return y, DropoutCache(None, y, name, draw, p)
     mask = _scaled_mask(x, p, tuple(x.shape))
     y = x * mask
     return y, DropoutCache(mask, y, name)
@@ -85,13 +89,24 @@ def _scaled_mask(x: Any, p: float, shape: tuple[int, ...]) -> Any:
         return (u >= p).astype(x.dtype) * (1.0 / (1.0 - p))
 
 
+def dropout_mask(cache: DropoutCache) -> Any:
+    """The scaled mask a forward applied (drawn again after the fused GPU kernel), or None for the identity."""
+    if cache.draw is None:
+        return cache.mask
+    return dropout_cuda.dropout_mask(cache.y, tuple(cache.y.shape), cache.p, cache.draw)
+
+
 def dropout_backward(dy: Any, cache: DropoutCache) -> Any:
-    """Gradient of :func:`dropout_forward`: ``dy`` times the same scaled mask."""
+    """Gradient of :func:`dropout_forward`: ``dy`` times the same scaled mask (after the fused GPU
+    kernel, one launch that draws the mask again)."""
     check_grad(cache.name, dy, cache.y.shape, cache.y)
-    mask = cache.mask
-    if mask is None:
+    if cache.draw is not None:
+        if dy.dtype == cache.y.dtype and dy.flags.c_contiguous:
+            return dropout_cuda.dropout_backward(dy, cache.draw, cache.p)
+        return dy * dropout_mask(cache)
+    if cache.mask is None:
         return dy
-    return dy * mask
+    return dy * cache.mask
 
 
 def dropout2d_forward(x: Any, p: float, training: bool, *, name: str = "dropout2d") -> tuple[Any, DropoutCache]:

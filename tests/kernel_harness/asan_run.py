@@ -172,9 +172,8 @@ def run_optim_overflow(build_dir: Path) -> None:
 def _dropout_args(x, n, base, increment):
     state = np.zeros(2048, np.int64)  # [seed, base] at the front; 16 KB so that ASan guards it
     state[:2] = (12345, base)
-    y, mask = np.empty_like(x), np.empty_like(x)
     t = x.dtype.type
-    return (x, y, mask, np.int64(n), state, np.int64(increment), t(0.3), t(1 / 0.7)), mask
+    return (np.int64(n), state, np.int64(increment), t(0.3), t(1 / 0.7))
 
 
 def run_dropout_clean(build_dir: Path) -> None:
@@ -183,12 +182,13 @@ def run_dropout_clean(build_dir: Path) -> None:
         kernels.get_function = HarnessLibrary(build_dir, sanitize=True, grid_override=grid).get_function
         for dtype, n in ((np.float32, 4099), (np.float64, 2051), (np.float32, 8192)):
             x = _big(rng, (n,), dtype)
-            args, mask = _dropout_args(x, n, 7, 3)
-            kernels.launch("dropout.cu", "dropout_forward_kernel", dtype, (n + 3) // 4, args)
+            tail = _dropout_args(x, n, 7, 3)
+            y, dx, mask = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+            kernels.launch("dropout.cu", "dropout_forward_kernel", dtype, (n + 3) // 4, (x, y, *tail))
+            kernels.launch("dropout.cu", "dropout_mask_kernel", dtype, (n + 3) // 4, (mask, *tail))
+            kernels.launch("dropout.cu", "dropout_backward_kernel", dtype, (n + 3) // 4, (x, dx, *tail))
             assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
-            alone = np.empty_like(x)
-            kernels.launch("dropout.cu", "dropout_mask_kernel", dtype, (n + 3) // 4, (alone, *args[3:]))
-            assert np.array_equal(alone, mask)
+            assert np.array_equal(y, x * mask) and np.array_equal(dx, y)
     print("ASAN_CLEAN_RUN_OK", flush=True)
 
 
@@ -196,7 +196,7 @@ def run_dropout_overflow(build_dir: Path) -> None:
     """The dropout kernel told of eight more elements than its arrays hold."""
     kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
     x = np.ones(4096)
-    args, _ = _dropout_args(x, 4096 + 8, 0, 0)
+    args = (x, np.empty_like(x), *_dropout_args(x, 4096 + 8, 0, 0))
     kernels.launch("dropout.cu", "dropout_forward_kernel", np.float64, (4096 + 8 + 3) // 4, args)
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
