@@ -16,7 +16,15 @@ from .. import backend
 from .._checks import check_floating, check_grad, check_input
 from . import dropout_cuda
 
-__all__ = ["dropout_forward", "dropout_backward", "dropout_mask", "dropout2d_forward", "dropout2d_backward", "check_p", "DropoutCache"]
+__all__ = [
+    "DropoutCache",
+    "check_p",
+    "dropout2d_backward",
+    "dropout2d_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_mask",
+]
 
 
 @dataclass(frozen=True, slots=True)
