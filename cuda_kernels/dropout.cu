@@ -59,10 +59,12 @@ __device__ __forceinline__ void dropout_group_mask(T m[4], long long group, unsi
 }
 
 // y[i] = x[i] * mask[i] with mask[i] = (u_i >= p) ? scale : 0, over n elements; one thread per
-// group of four consecutive elements (one Philox call), a grid-stride loop over the groups. The
-// mask is not stored: backward draws it again.
+// group of four consecutive elements (one Philox call), a grid-stride loop over the groups. Forward
+// and backward both run it: the mask is not stored, backward draws it again from the forward's
+// (state, increment) and multiplies the gradient by it (dx = dy * mask), bitwise what a stored
+// mask would give.
 template <typename T>
-__global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ y, long long n,
+__global__ void dropout_apply_kernel(const T* __restrict__ x, T* __restrict__ y, long long n,
                                        const long long* __restrict__ state, long long increment, T p, T scale) {
   const long long groups = (n + 3) / 4;
   const unsigned long long key = (unsigned long long)state[0];
@@ -79,29 +81,8 @@ __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ 
   }
 }
 
-// Backward: dx[i] = dy[i] * mask[i] with the mask drawn again from the forward's (state,
-// increment): nothing is stored between forward and backward, and the product is bitwise the one a
-// stored mask would give.
-template <typename T>
-__global__ void dropout_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, long long n,
-                                        const long long* __restrict__ state, long long increment, T p, T scale) {
-  const long long groups = (n + 3) / 4;
-  const unsigned long long key = (unsigned long long)state[0];
-  const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
-  for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
-       group += (long long)blockDim.x * gridDim.x) {
-    T m[4];
-    dropout_group_mask(m, group, position, key, p, scale);
-    for (int lane = 0; lane < 4; ++lane) {
-      const long long i = group * 4 + lane;
-      if (i >= n) break;
-      dx[i] = dy[i] * m[lane];
-    }
-  }
-}
-
 // The mask alone, over n elements (channel dropout: one value per (sample, channel) plane, the
-// same values dropout_forward_kernel would draw for n elements at that position).
+// same values dropout_apply_kernel would draw for n elements at that position).
 template <typename T>
 __global__ void dropout_mask_kernel(T* __restrict__ mask, long long n, const long long* __restrict__ state,
                                     long long increment, T p, T scale) {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 from helpers import plain_step
 
 import gpulayers as gl
@@ -93,14 +93,8 @@ def test_train_step_returns_loss_and_hits_without_syncing():
 
 # -- the stand-in: what the capture records ----------------------------------------------------------
 @pytest.fixture
-def cp(monkeypatch, harness_libraries):
-    """The CuPy stand-in, custom kernels on the harness, convolutions by implicit GEMM."""
-    with install(harness_libraries["launcher"], monkeypatch) as module:
-        gl_cuda.set_conv_algorithm("implicit_gemm")
-        try:
-            yield module
-        finally:
-            gl_cuda.set_conv_algorithm("auto")
+def cp(graph_cp):
+    return graph_cp  # kernel_harness.fixtures: the stand-in, convolutions by implicit GEMM
 
 
 def _device_batch(cp):

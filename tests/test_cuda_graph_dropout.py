@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from cupy_standin import COUNTER, install
+from cupy_standin import COUNTER
 from helpers import small_cnn
 
 import gpulayers as gl
@@ -24,13 +24,8 @@ STEPS = 5
 
 
 @pytest.fixture
-def cp(monkeypatch, harness_libraries):
-    with install(harness_libraries["launcher"], monkeypatch) as module:
-        gl_cuda.set_conv_algorithm("implicit_gemm")
-        try:
-            yield module
-        finally:
-            gl_cuda.set_conv_algorithm("auto")
+def cp(graph_cp):
+    return graph_cp  # kernel_harness.fixtures: the stand-in, convolutions by implicit GEMM
 
 
 @pytest.fixture

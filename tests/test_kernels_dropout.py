@@ -70,7 +70,7 @@ def test_mask_is_philox_of_seed_offset_and_index(cp, dtype, monkeypatch):
     COUNTER.reset()
     dx = ops.dropout_backward(cp.asarray(dy), cache)
     ctype = "float" if dtype is np.float32 else "double"
-    assert COUNTER.launches() == 1 and COUNTER.names() == {f"dropout_backward_kernel<{ctype}>": 1}
+    assert COUNTER.launches() == 1 and COUNTER.names() == {f"dropout_apply_kernel<{ctype}>": 1}
     np.testing.assert_array_equal(dx.get(), dy * want)
     _, second = ops.dropout_forward(cp.asarray(x), 0.3, True)  # the next offset: another mask
     np.testing.assert_array_equal(ops.dropout_mask(second).get(), _expected_mask(203, seed, 1, 0.3, dtype))
@@ -86,8 +86,8 @@ def test_kernel_offset_is_the_state_base_plus_the_increment(harness_libraries, g
     y, dx = np.empty_like(x), np.empty_like(x)
     state = np.array([seed, base], np.int64)
     tail = (np.int64(n), state, np.int64(increment), np.float64(0.4), np.float64(1 / 0.6))
-    harness_libraries[grid].kernel("dropout.cu", "dropout_forward_kernel", np.float64)((5,), (128,), (x, y, *tail))
-    harness_libraries[grid].kernel("dropout.cu", "dropout_backward_kernel", np.float64)((5,), (128,), (x, dx, *tail))
+    harness_libraries[grid].kernel("dropout.cu", "dropout_apply_kernel", np.float64)((5,), (128,), (x, y, *tail))
+    harness_libraries[grid].kernel("dropout.cu", "dropout_apply_kernel", np.float64)((5,), (128,), (x, dx, *tail))
     want = _expected_mask(n, seed, base + increment, 0.4, np.float64)
     np.testing.assert_array_equal(y, x * want)
     np.testing.assert_array_equal(dx, y)  # backward draws the same mask

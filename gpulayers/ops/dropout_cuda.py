@@ -51,7 +51,7 @@ def dropout_forward(x: Any, p: float) -> tuple[Any, tuple]:
     xp = backend.get_array_module(x)
     with backend.device_scope(x):
         y = xp.empty_like(x)
-        draw = _launch("dropout_forward_kernel", x, int(x.size), (x, y), p)
+        draw = _launch("dropout_apply_kernel", x, int(x.size), (x, y), p)
     return y, draw
 
 
@@ -61,7 +61,7 @@ def dropout_backward(dy: Any, draw: tuple, p: float) -> Any:
     xp = backend.get_array_module(dy)
     with backend.device_scope(dy):
         dx = xp.empty_like(dy)
-        _launch("dropout_backward_kernel", dy, int(dy.size), (dy, dx), p, draw)
+        _launch("dropout_apply_kernel", dy, int(dy.size), (dy, dx), p, draw)
     return dx
 
 

@@ -184,9 +184,9 @@ def run_dropout_clean(build_dir: Path) -> None:
             x = _big(rng, (n,), dtype)
             tail = _dropout_args(x, n, 7, 3)
             y, dx, mask = np.empty_like(x), np.empty_like(x), np.empty_like(x)
-            kernels.launch("dropout.cu", "dropout_forward_kernel", dtype, (n + 3) // 4, (x, y, *tail))
+            kernels.launch("dropout.cu", "dropout_apply_kernel", dtype, (n + 3) // 4, (x, y, *tail))
             kernels.launch("dropout.cu", "dropout_mask_kernel", dtype, (n + 3) // 4, (mask, *tail))
-            kernels.launch("dropout.cu", "dropout_backward_kernel", dtype, (n + 3) // 4, (x, dx, *tail))
+            kernels.launch("dropout.cu", "dropout_apply_kernel", dtype, (n + 3) // 4, (x, dx, *tail))
             assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
             assert np.array_equal(y, x * mask) and np.array_equal(dx, y)
     print("ASAN_CLEAN_RUN_OK", flush=True)
@@ -197,7 +197,7 @@ def run_dropout_overflow(build_dir: Path) -> None:
     kernels.get_function = HarnessLibrary(build_dir, sanitize=True).get_function
     x = np.ones(4096)
     args = (x, np.empty_like(x), *_dropout_args(x, 4096 + 8, 0, 0))
-    kernels.launch("dropout.cu", "dropout_forward_kernel", np.float64, (4096 + 8 + 3) // 4, args)
+    kernels.launch("dropout.cu", "dropout_apply_kernel", np.float64, (4096 + 8 + 3) // 4, args)
     print("OVERFLOW_NOT_DETECTED", flush=True)
 
 

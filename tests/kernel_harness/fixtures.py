@@ -8,6 +8,8 @@
   its launch record cleared.
 * ``cp``: the CuPy stand-in (``tests/cupy_standin.py``) installed as ``cupy``, its custom kernels run by
   ``harness`` (so over both grids); a test module may override it to add its own setup.
+* ``graph_cp``: the stand-in with the launchers' grids and convolutions by implicit GEMM (what a
+  captured CUDA graph runs: no cuBLAS).
 * ``asan_build`` (session): ``(build_dir, env)``, every kernel file built with AddressSanitizer/UBSan for a
   child process started with :func:`run_asan`; skips where g++ has no sanitizer runtimes.
 """
@@ -50,6 +52,21 @@ def cp(harness, monkeypatch):
 
     with install(harness, monkeypatch) as module:
         yield module
+
+
+@pytest.fixture
+def graph_cp(monkeypatch, harness_libraries):
+    """The CuPy stand-in, custom kernels on the harness (launcher grids), convolutions by implicit GEMM."""
+    from cupy_standin import install
+
+    from gpulayers import cuda as gl_cuda
+
+    with install(harness_libraries["launcher"], monkeypatch) as module:
+        gl_cuda.set_conv_algorithm("implicit_gemm")
+        try:
+            yield module
+        finally:
+            gl_cuda.set_conv_algorithm("auto")
 
 
 @pytest.fixture(scope="session")
