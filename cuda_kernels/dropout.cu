@@ -58,14 +58,12 @@ __device__ __forceinline__ void dropout_group_mask(T m[4], long long group, unsi
   }
 }
 
-// y[i] = x[i] * mask[i] with mask[i] = (u_i >= p) ? scale : 0, over n elements; one thread per
-// group of four consecutive elements (one Philox call), a grid-stride loop over the groups. Forward
-// and backward both run it: the mask is not stored, backward draws it again from the forward's
-// (state, increment) and multiplies the gradient by it (dx = dy * mask), bitwise what a stored
-// mask would give.
-template <typename T>
-__global__ void dropout_apply_kernel(const T* __restrict__ x, T* __restrict__ y, long long n,
-                                       const long long* __restrict__ state, long long increment, T p, T scale) {
+// Calls store(i, mask[i]) for every i < n, mask[i] = (u_i >= p) ? scale : 0 drawn at stream position
+// state[1] + increment under key state[0]; one thread per group of four consecutive elements (one
+// Philox call), a grid-stride loop over the groups.
+template <typename T, typename Store>
+__device__ __forceinline__ void for_each_mask_value(long long n, const long long* __restrict__ state,
+                                                    long long increment, T p, T scale, Store store) {
   const long long groups = (n + 3) / 4;
   const unsigned long long key = (unsigned long long)state[0];
   const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
@@ -76,9 +74,18 @@ __global__ void dropout_apply_kernel(const T* __restrict__ x, T* __restrict__ y,
     for (int lane = 0; lane < 4; ++lane) {
       const long long i = group * 4 + lane;
       if (i >= n) break;
-      y[i] = x[i] * m[lane];
+      store(i, m[lane]);
     }
   }
+}
+
+// y[i] = x[i] * mask[i] over n elements. Forward and backward both run it: the mask is not stored,
+// backward draws it again from the forward's (state, increment) and multiplies the gradient by it
+// (dx = dy * mask), bitwise what a stored mask would give.
+template <typename T>
+__global__ void dropout_apply_kernel(const T* __restrict__ x, T* __restrict__ y, long long n,
+                                     const long long* __restrict__ state, long long increment, T p, T scale) {
+  for_each_mask_value(n, state, increment, p, scale, [&](long long i, T m) { y[i] = x[i] * m; });
 }
 
 // The mask alone, over n elements (channel dropout: one value per (sample, channel) plane, the
@@ -86,17 +93,5 @@ __global__ void dropout_apply_kernel(const T* __restrict__ x, T* __restrict__ y,
 template <typename T>
 __global__ void dropout_mask_kernel(T* __restrict__ mask, long long n, const long long* __restrict__ state,
                                     long long increment, T p, T scale) {
-  const long long groups = (n + 3) / 4;
-  const unsigned long long key = (unsigned long long)state[0];
-  const unsigned long long position = (unsigned long long)state[1] + (unsigned long long)increment;
-  for (long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x; group < groups;
-       group += (long long)blockDim.x * gridDim.x) {
-    T m[4];
-    dropout_group_mask(m, group, position, key, p, scale);
-    for (int lane = 0; lane < 4; ++lane) {
-      const long long i = group * 4 + lane;
-      if (i >= n) break;
-      mask[i] = m[lane];
-    }
-  }
+  for_each_mask_value(n, state, increment, p, scale, [&](long long i, T m) { mask[i] = m; });
 }
