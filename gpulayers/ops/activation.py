@@ -94,7 +94,7 @@ def _relu_backward_cpu(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         keep = np.less_equal(y[a:b], 0)
         with np.errstate(over="ignore", invalid="ignore"):
             finite = np.isfinite(np.add.reduce(g, axis=None))
-        if finite:  # a multiply by the mask: with finite dy the same values as where()
+        if finite:  # a multiply by the mask, ~4x faster than where(): with finite dy the same values
             np.logical_not(keep, out=keep)
             np.multiply(g, keep, out=out)
         else:  # inf * 0 would be NaN: where() keeps PyTorch's zeros
@@ -110,12 +110,8 @@ def relu_backward(dy: Any, cache: ActivationCache) -> Any:
     if activation_cuda.supported(dy, y):  # one kernel launch on the GPU
         return activation_cuda.relu_backward(dy, y)
     xp = backend.get_array_module(dy)
-    if xp is np and dy.ndim > 1 and dy.shape[0] > 0 and dy.flags.c_contiguous and y.flags.c_contiguous:
-        return _relu_backward_cpu(dy, y)
-    if xp is np and np.isfinite(dy.sum()):
-        # A multiply by the mask is ~4x faster than where() on NumPy; with finite dy it gives
-        # the same result (where() must stay when dy holds inf or NaN: inf * 0 would be NaN).
-        return np.multiply(dy, ~(y <= 0), dtype=dy.dtype)
+    if xp is np and dy.ndim > 0:
+        return _relu_backward_cpu(np.ascontiguousarray(dy), np.ascontiguousarray(y))
     return xp.where(y <= 0, _zero(dy), dy)
 
 
