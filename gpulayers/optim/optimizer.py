@@ -67,6 +67,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state: dict[Parameter, dict[str, Any]] = {}
         self.param_groups: list[dict[str, Any]] = []
+        self._tables: dict = {}  # the persistent device arrays of the kernels' tables (per device and dtype)
         if isinstance(params, Parameter):
             raise TypeError(f"{self._name}: expected an iterable of Parameters, got a single Parameter")
         groups = list(params)
@@ -168,14 +169,6 @@ class Optimizer:
     _all_fused = False
     # Set while a CUDA graph captures a step: the graph's own tables, uploaded before each replay.
     _capture_tables: dict | None = None
-    _tables_cache: dict | None = None
-
-    @property
-    def _tables(self) -> dict:
-        """The persistent device arrays holding the kernels' tables (one per device and dtype)."""
-        if self._tables_cache is None:
-            self._tables_cache = {}
-        return self._tables_cache
 
     def _fuse(self, group: dict[str, Any], key: Any, arrays: tuple, state: dict[str, Any]) -> None:
         """Queue ``arrays`` (param, grad, state...) for the launch of ``group`` and ``key`` at the end of step()."""
