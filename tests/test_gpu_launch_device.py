@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cupy_standin import COUNTER
 
-from gpulayers.ops import activation, conv2d, max_pool2d, normalization
+from gpulayers.ops import activation, batch_norm_cuda, conv2d, max_pool2d, normalization
 
 
 def _strided_on_device_1(cp, shape):
@@ -59,7 +59,7 @@ def _batch_norm(cp, x):
     with cp.cuda.Device(1):
         x = cp.ascontiguousarray(x)
     y, cache = normalization.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)
-    assert isinstance(cache, dict) and cache["fused"]
+    assert isinstance(cache, batch_norm_cuda.FusedBatchNormCache)
     return y, normalization.batch_norm_backward(_strided_like(cp, y), cache)[0]
 
 

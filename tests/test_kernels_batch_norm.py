@@ -62,7 +62,9 @@ def test_fused_batch_norm_matches_the_numpy_path(cp, shape, dtype, affine, runni
     COUNTER.reset()
     from gpulayers.ops import batch_norm_cuda  # noqa: PLC0415
 
-    y, cache = batch_norm_cuda.batch_norm_forward(xd, wd, bd, rmd, rvd, momentum, 1e-5, nbtd, relu=relu)
+    y, cache = batch_norm_cuda.batch_norm_forward(
+        xd, wd, bd, (rmd, rvd, nbtd) if running else None, momentum, 1e-5, relu=relu
+    )
     dx, dw, db = batch_norm_cuda.batch_norm_backward(dyd, cache, relu=relu)
     assert COUNTER.launches() == 4 and COUNTER.syncs() == 0
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-10}
@@ -84,7 +86,7 @@ def test_fused_batch_norm_is_bitwise_deterministic(cp):
 
     runs = []
     for _ in range(2):
-        y, cache = batch_norm_cuda.batch_norm_forward(x, None, None, None, None, 0.1, 1e-5)
+        y, cache = batch_norm_cuda.batch_norm_forward(x, None, None, None, 0.1, 1e-5)
         runs.append([a.get() for a in (y, *batch_norm_cuda.batch_norm_backward(dy, cache)[:1])])
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a, b)
@@ -124,7 +126,7 @@ for grid in (None, (3, 4)):
             dy = cp.asarray(rng.standard_normal(shape).astype(np.float64))
             w, b = cp.asarray(np.ones(c)), cp.asarray(np.zeros(c))
             rm, rv, nbt = cp.asarray(np.zeros(c)), cp.asarray(np.ones(c)), cp.asarray(np.array(0))
-            y, cache = batch_norm_cuda.batch_norm_forward(x, w, b, rm, rv, None, 1e-5, nbt, relu=True)
+            y, cache = batch_norm_cuda.batch_norm_forward(x, w, b, (rm, rv, nbt), None, 1e-5, relu=True)
             dx, dw, db = batch_norm_cuda.batch_norm_backward(dy, cache, relu=True)
             assert np.isfinite(dx.get()).all()
         # the other fused kernels of the training step: dropout, cross-entropy, multi-tensor SGD
@@ -176,9 +178,9 @@ def test_fused_batch_norm_on_the_gpu_matches_the_numpy_path(relu):
     rm, rv = np.zeros(32, np.float32), np.ones(32, np.float32)
     want = _reference(x, w, b, rm, rv, 0.1, np.array(0, np.int64), dy, relu)
     d = [cupy.asarray(a) for a in (x, w, b, rm, rv, np.array(0, np.int64), dy)]
-    y, cache = batch_norm_cuda.batch_norm_forward(*d[:5], 0.1, 1e-5, d[5], relu=relu)
+    y, cache = batch_norm_cuda.batch_norm_forward(*d[:3], (d[3], d[4], d[5]), 0.1, 1e-5, relu=relu)
     dx, dw, db = batch_norm_cuda.batch_norm_backward(d[6], cache, relu=relu)
     for g, r in zip((y, dx, dw, db, d[3], d[4]), want, strict=False):
         np.testing.assert_allclose(cupy.asnumpy(g), r, rtol=2e-4, atol=2e-4)
-    y2, _ = batch_norm_cuda.batch_norm_forward(*d[:5], 0.1, 1e-5, d[5], relu=relu)
+    y2, _ = batch_norm_cuda.batch_norm_forward(*d[:3], (d[3], d[4], d[5]), 0.1, 1e-5, relu=relu)
     assert bool((y2 == y).all())  # run to run, bit for bit

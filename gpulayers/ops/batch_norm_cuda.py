@@ -11,18 +11,33 @@ Written against the arrays' module, so the same launchers run on NumPy arrays wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backend, kernels
 
-__all__ = ["REDUCE_THREADS", "batch_norm_backward", "batch_norm_forward", "supported"]
+__all__ = ["REDUCE_THREADS", "FusedBatchNormCache", "batch_norm_backward", "batch_norm_forward", "supported"]
 
 _FILE = "batch_norm.cu"
 
 #: Threads per block of the per-channel reduction kernels (BN_THREADS in the kernel file).
 REDUCE_THREADS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FusedBatchNormCache:
+    """What the fused forward keeps for its backward kernels; ``name`` is who ran forward."""
+
+    x: Any
+    y: Any
+    mean: Any
+    invstd: Any
+    weight: Any
+    has_bias: bool
+    relu: bool
+    name: str
 
 
 def supported(x: Any, *arrays: Any) -> bool:
@@ -53,18 +68,20 @@ def batch_norm_forward(
     x: Any,
     weight: Any,
     bias: Any,
-    running_mean: Any,
-    running_var: Any,
+    running: tuple[Any, Any, Any] | None,
     momentum: float | None,
     eps: float,
-    num_batches_tracked: Any = None,
+    *,
     relu: bool = False,
-) -> tuple[Any, dict]:
+    name: str = "batch_norm",
+) -> tuple[Any, FusedBatchNormCache]:
     """Training-mode batch norm of ``x`` (N, C, *) with batch statistics; ``relu`` fuses a ReLU.
 
-    Running statistics (when given) are updated in place, as is ``num_batches_tracked``
-    (a 0-d int64 array, needed when ``momentum`` is None). Returns ``(y, cache)``.
+    ``running`` is ``(running_mean, running_var, num_batches_tracked)``, updated in place (the
+    counter, a 0-d int64 array, may be None unless ``momentum`` is None), or None for no running
+    statistics. Returns ``(y, cache)``; ``name`` is kept for the backward's messages.
     """
+    running_mean, running_var, num_batches_tracked = (None, None, None) if running is None else running
     xp = backend.get_array_module(x)
     n, c, plane = _layout(x)
     dtype = x.dtype
@@ -111,17 +128,15 @@ def batch_norm_forward(
             np.int32(update and track),
         )
         kernels.launch(_FILE, "batch_norm_apply_kernel", dtype, int(x.size), apply_args)
-    cache = {"x": x, "y": y, "mean": mean, "invstd": invstd, "weight": weight, "has_bias": bias is not None,
-             "relu": bool(relu)}  # fmt: skip
-    return y, cache
+    return y, FusedBatchNormCache(x, y, mean, invstd, weight, bias is not None, bool(relu), name)
 
 
-def batch_norm_backward(dy: Any, cache: dict, relu: bool | None = None) -> tuple[Any, Any, Any]:
+def batch_norm_backward(dy: Any, cache: FusedBatchNormCache, relu: bool | None = None) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`; with the forward's ``relu``
     (None: the one recorded in ``cache``), ``dy`` is masked where the output is <= 0 first."""
-    relu = cache["relu"] if relu is None else relu
+    relu = cache.relu if relu is None else relu
     xp = backend.get_array_module(dy)
-    x, y, mean, invstd, weight = cache["x"], cache["y"], cache["mean"], cache["invstd"], cache["weight"]
+    x, y, mean, invstd, weight = cache.x, cache.y, cache.mean, cache.invstd, cache.weight
     n, c, plane = _layout(x)
     dtype = x.dtype
     with backend.device_scope(x):
@@ -139,7 +154,7 @@ def batch_norm_backward(dy: Any, cache: dict, relu: bool | None = None) -> tuple
         apply_args = (dy, x, y, mean, invstd, w, coef_b, coef_c, dx, np.int64(x.size), np.int32(c), np.int64(plane),
                       np.int32(weight is not None), np.int32(bool(relu)))  # fmt: skip
         kernels.launch(_FILE, "batch_norm_backward_apply_kernel", dtype, int(x.size), apply_args)
-    return dx, (dweight if weight is not None else None), (dbias if cache["has_bias"] else None)
+    return dx, (dweight if weight is not None else None), (dbias if cache.has_bias else None)
 
 
 _counters: dict[int, Any] = {}

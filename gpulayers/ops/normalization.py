@@ -128,8 +128,10 @@ def _cpu_batch_stats(x: np.ndarray, count: int, bshape: tuple[int, ...]) -> tupl
     return mean, var
 
 
-def _fusable(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, counter: Any) -> bool:
-    """True when the fused GPU kernels take this call (CuPy, contiguous, matching parameter arrays)."""
+def _fusable(x: Any, weight: Any, bias: Any, running: tuple[Any, Any, Any] | None) -> bool:
+    """True when the fused GPU kernels take this call (CuPy, contiguous, matching parameter arrays);
+    ``running`` is ``(running_mean, running_var, num_batches_tracked)`` to update, or None."""
+    running_mean, running_var, counter = (None, None, None) if running is None else running
     if not batch_norm_cuda.supported(x, weight, bias, running_mean, running_var):
         return False
     return counter is None or (
@@ -191,28 +193,10 @@ def batch_norm_forward(
     bshape, count = _layout(x)
     use_batch_stats = bool(training) or running_mean is None
     update = bool(training) and running_mean is not None
-    if use_batch_stats and _fusable(
-        x,
-        weight,
-        bias,
-        running_mean if update else None,
-        running_var if update else None,
-        num_batches_tracked if update else None,
-    ):
+    running = (running_mean, running_var, num_batches_tracked) if update else None
+    if use_batch_stats and _fusable(x, weight, bias, running):
         # The GPU's two fused launches (statistics with the running update, then the normalisation).
-        y, cache = batch_norm_cuda.batch_norm_forward(
-            x,
-            weight,
-            bias,
-            running_mean if update else None,
-            running_var if update else None,
-            momentum,
-            eps,
-            num_batches_tracked if update else None,
-            relu=relu,
-        )
-        cache["fused"], cache["name"] = True, name
-        return y, cache
+        return batch_norm_cuda.batch_norm_forward(x, weight, bias, running, momentum, eps, relu=relu, name=name)
 
     if use_batch_stats and count == 1:
         raise ValueError(
@@ -287,8 +271,8 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     Returns:
         ``(dx, dweight, dbias)``; ``dweight``/``dbias`` are None when the forward had none.
     """
-    if isinstance(cache, dict) and cache.get("fused"):
-        check_grad(cache["name"], dy, cache["x"].shape, cache["x"])
+    if isinstance(cache, batch_norm_cuda.FusedBatchNormCache):
+        check_grad(cache.name, dy, cache.x.shape, cache.x)
         return batch_norm_cuda.batch_norm_backward(dy, cache)
     if isinstance(cache, batch_norm_cpu.CpuBatchNormCache):
         check_grad(cache.name, dy, cache.x.shape, cache.x)
