@@ -137,7 +137,9 @@ for grid in (None, (3, 4)):
         logits = cp.asarray(rng.standard_normal((300, 10)))
         target = cp.asarray(rng.integers(0, 10, 300))
         weight = cp.asarray(np.ones(10))
-        loss, cache = cross_entropy_cuda.cross_entropy_forward(logits, target, "mean", 0.1, weight, -100)
+        loss, cache = cross_entropy_cuda.cross_entropy_forward(
+            logits, target, reduction="mean", smoothing=0.1, weight=weight, ignore_index=-100, name="cross_entropy"
+        )
         grad = cross_entropy_cuda.cross_entropy_backward(cache)
         shapes = [(40, 60), (2050,), (3,)] * 6
         tensors = [tuple(cp.asarray(rng.standard_normal(s)) for _ in range(3)) for s in shapes]

@@ -65,16 +65,13 @@ def supported(logits: Any, target: Any, weight: Any = None) -> bool:
 
 
 def cross_entropy_forward(
-    logits: Any,
-    target: Any,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    weight: Any = None,
-    ignore_index: int | None = None,
-    *,
-    name: str = "cross_entropy",
+    logits: Any, target: Any, *, reduction: str, smoothing: float, weight: Any, ignore_index: int | None, name: str
 ) -> tuple[Any, FusedCrossEntropyCache]:
-    """The loss (0-d for "mean"/"sum", (N,) for "none") and the cache for the backward."""
+    """The loss (0-d for "mean"/"sum", (N,) for "none") and the cache for the backward.
+
+    Every option is passed by name, already checked by the caller (:mod:`gpulayers.ops.loss`):
+    ``smoothing`` the label smoothing, ``ignore_index`` None for none, ``name`` for the messages.
+    """
     xp = backend.get_array_module(logits)
     n, c = (int(v) for v in logits.shape)
     dtype = logits.dtype
@@ -96,7 +93,7 @@ def cross_entropy_forward(
             invalid,
             np.int32(n),
             np.int32(c),
-            dtype.type(label_smoothing),
+            dtype.type(smoothing),
             np.int32(weight is not None),
             np.int32(ignore_index is not None),
             np.int64(0 if ignore_index is None else ignore_index),
@@ -104,7 +101,7 @@ def cross_entropy_forward(
         )
         kernels.get_function(_FILE, "cross_entropy_forward_kernel", dtype)((1,), (FORWARD_THREADS,), args)
     cache = FusedCrossEntropyCache(
-        name, reduction, invalid, logits, target, weight, ignore_index, lse, scale, float(label_smoothing)
+        name, reduction, invalid, logits, target, weight, ignore_index, lse, scale, float(smoothing)
     )
     return (per_sample if reduction == "none" else loss), cache
 

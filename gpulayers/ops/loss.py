@@ -289,9 +289,8 @@ def cross_entropy_forward(
     ignore_index = check_ignore_index(name, ignore_index)
     weight = class_weight(name, weight, logits)
     if not probabilities and cross_entropy_cuda.supported(logits, target, weight):
-        return cross_entropy_cuda.cross_entropy_forward(
-            logits, target, reduction, smoothing, weight, ignore_index, name=name
-        )
+        options = dict(reduction=reduction, smoothing=smoothing, weight=weight, ignore_index=ignore_index, name=name)
+        return cross_entropy_cuda.cross_entropy_forward(logits, target, **options)
     xp = backend.get_array_module(logits)
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True) if logits.size else logits
