@@ -78,39 +78,21 @@ def _launch_col2im(col, x_grad, batch: int, g: LaunchGeometry) -> None:
     kernels.launch(_FILE, "col2im_kernel", col.dtype, total, args + g.window_args())
 
 
+def _bias_and_output(bias, stand_in, y) -> tuple:
+    """The ``bias, y, total, has_bias`` arguments of the forward kernels; ``stand_in`` (any array
+    of the dtype) takes the place of an absent bias, which the kernel never reads."""
+    return (stand_in if bias is None else bias), y, np.int64(y.size), _i32(bias is not None)
+
+
 def _launch_gemm_to_nchw(gemm_out, bias, y, batch: int, g: LaunchGeometry) -> None:
-    total = y.size
-    has_bias = bias is not None
-    args = (
-        gemm_out,
-        bias if has_bias else gemm_out,  # never read when has_bias == 0
-        y,
-        np.int64(total),
-        _i32(has_bias),
-        _i32(batch),
-        _i32(g.out_channels),
-        np.int64(g.plane_out),
-    )
-    kernels.launch(_FILE, "gemm_to_nchw_kernel", y.dtype, total, args)
+    args = (gemm_out, *_bias_and_output(bias, gemm_out, y), _i32(batch), _i32(g.out_channels), np.int64(g.plane_out))
+    kernels.launch(_FILE, "gemm_to_nchw_kernel", y.dtype, y.size, args)
 
 
 def _launch_direct_forward(x, weight, bias, y, g: LaunchGeometry) -> None:
-    total = y.size
-    has_bias = bias is not None
-    args = (
-        x,
-        weight,
-        bias if has_bias else weight,  # never read when has_bias == 0
-        y,
-        np.int64(total),
-        _i32(has_bias),
-        _i32(g.channels),
-        _i32(g.height),
-        _i32(g.width),
-        _i32(g.out_channels),
-        _i32(g.groups),
-    )
-    kernels.launch(_FILE, "conv2d_direct_forward_kernel", x.dtype, total, args + g.window_args())
+    shape = (_i32(g.channels), _i32(g.height), _i32(g.width), _i32(g.out_channels), _i32(g.groups))
+    args = (x, weight, *_bias_and_output(bias, weight, y), *shape)
+    kernels.launch(_FILE, "conv2d_direct_forward_kernel", x.dtype, y.size, args + g.window_args())
 
 
 def _launch_direct_backward_data(dy, weight, x_grad, g: LaunchGeometry) -> None:
@@ -319,6 +301,17 @@ def _channel_major(xp, dy, n0: int, nb: int, g: LaunchGeometry):
     return dy_t.reshape(g.groups, g.out_per_group, nb * g.plane_out)
 
 
+def _gradient_geometry(
+    what: str, x_shape, weight_shape, dy, stride, padding, dilation, groups, algorithm
+) -> tuple[LaunchGeometry, str]:
+    """The launch geometry of a gradient computed without the forward's cache, after checking that
+    ``dy`` has the convolution's output shape, and the algorithm (``algorithm``, else the choice)."""
+    g = LaunchGeometry.conv(x_shape, weight_shape, stride, padding, dilation, groups)
+    if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
+        raise ValueError(f"{what}: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
+    return g, algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
+
+
 def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups, *, algorithm=None):
     """``dx`` of a convolution of an input of ``x_shape`` for ``dy``, without the forward's cache.
 
@@ -326,10 +319,8 @@ def conv2d_backward_data(dy, weight, x_shape, stride, padding, dilation, groups,
     """
     xp = backend.get_array_module(dy)
     kernels.name_expression("conv2d", dy.dtype)  # float32 / float64 only
-    g = LaunchGeometry.conv(x_shape, weight.shape, stride, padding, dilation, groups)
-    if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
-        raise ValueError(f"conv2d_backward_data: dy of shape {tuple(dy.shape)} does not fit the input {x_shape}")
-    algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
+    args = (x_shape, weight.shape, dy, stride, padding, dilation, groups, algorithm)
+    g, algorithm = _gradient_geometry("conv2d_backward_data", *args)
     with backend.device_scope(dy):  # first: contiguous copies land on dy's device
         dy = xp.ascontiguousarray(dy)
         weight = xp.ascontiguousarray(weight, dtype=dy.dtype)
@@ -355,11 +346,9 @@ def conv2d_backward_weight(x, dy, weight_shape, stride, padding, dilation, group
     """``dW`` of a convolution of ``x`` for ``dy``, without the forward's cache."""
     xp = backend.get_array_module(x)
     kernels.name_expression("conv2d", x.dtype)
-    g = LaunchGeometry.conv(x.shape, weight_shape, stride, padding, dilation, groups)
-    if tuple(dy.shape) != (g.batch, g.out_channels, g.out_h, g.out_w):
-        raise ValueError(f"conv2d_backward_weight: dy of shape {tuple(dy.shape)} does not fit the input {x.shape}")
+    args = (x.shape, weight_shape, dy, stride, padding, dilation, groups, algorithm)
+    g, algorithm = _gradient_geometry("conv2d_backward_weight", *args)
     weight_shape = tuple(int(v) for v in weight_shape)
-    algorithm = algorithm or choose_algorithm(g.channels, g.groups, _flops(g))
     with backend.device_scope(x):  # first: contiguous copies land on x's device
         x = xp.ascontiguousarray(x)
         dy = xp.ascontiguousarray(dy, dtype=x.dtype)
