@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -57,3 +58,11 @@ def require_gpu(script: str, tf32: bool = False):
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     return gl, cupy, torch
+
+
+def finish(results, json_path: str | None) -> int:
+    """Write ``results`` to ``json_path`` (when given) and return the script's exit status (0)."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0

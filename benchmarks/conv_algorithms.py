@@ -13,11 +13,10 @@ batch 256, 64->128 at 32x32.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
-from _timing import median_ms, require_gpu
+from _timing import finish, median_ms, require_gpu
 
 # (batch, in, out, size, kernel, stride)
 SHAPES = [
@@ -138,10 +137,7 @@ def main(argv=None) -> int:
         cupy.get_default_memory_pool().free_all_blocks()
     gm = lambda key: float(np.exp(np.mean([np.log(r[key] / r["cudnn"]) for r in results])))  # noqa: E731
     print(f"geometric mean vs cuDNN: implicit_gemm {gm('implicit_gemm'):.2f}x, im2col {gm('im2col'):.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ the graphed row is the eager fallback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from _reference import build_models
-from _timing import median_ms, require_gpu
+from _timing import finish, median_ms, require_gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -110,10 +109,7 @@ def main(argv=None) -> int:
             print(f"  {mode:>8}: {gpu:7.3f} ms per step ({ratio:.2f}x torch eager), host {host:7.3f} ms")
         reason = results["graph_reason"] or "whole step in one graph"
         print(f"  graph captured: {results['graph_captured']} ({reason})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(everything, f, indent=1)
-    return 0
+    return finish(everything, args.json)
 
 
 if __name__ == "__main__":
