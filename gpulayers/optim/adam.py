@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend
 from .._checks import check_bool
 from . import optim_cuda
-from .optimizer import Optimizer, _number
+from .optimizer import Optimizer, _number, with_defaults
 
 __all__ = ["Adam", "AdamW"]
 
@@ -139,14 +139,4 @@ class AdamW(Adam):
     """
 
     _decoupled = True
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    __init__ = with_defaults(Adam.__init__, weight_decay=1e-2)

@@ -19,6 +19,8 @@ or plain Python numbers, so that ``numpy.savez(path, **sd)`` stores it without p
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable
@@ -47,6 +49,27 @@ def _number(name: str, arg: str, value: Any, low: float = 0.0, high: float | Non
         span = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
         raise ValueError(f"{name}: invalid {arg} {value!r} (expected {span})")
     return float(value)
+
+
+def with_defaults(init: Callable[..., None], **defaults: Any) -> Callable[..., None]:
+    """``init`` with some argument defaults changed, for an optimiser that differs from its base
+    only there (AdamW is Adam with another ``weight_decay`` default); ``inspect.signature`` and
+    ``help`` show the new defaults."""
+    signature = inspect.signature(init)
+    unknown = set(defaults) - set(signature.parameters)
+    if unknown:
+        raise TypeError(f"with_defaults: {init.__qualname__} has no argument {sorted(unknown)}")
+    params = [p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()]
+    signature = signature.replace(parameters=params)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    return __init__
 
 
 class Optimizer:
