@@ -8,6 +8,7 @@ arrays for per-group lists.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,21 @@ from .._checks import check_int
 from .optimizer import Optimizer, _number
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR"]
+
+
+def _positive_int(name: str, option: str, value: Any) -> int:
+    return check_int(name, option, value, 1)
+
+
+def _fraction(name: str, option: str, value: Any) -> float:
+    return _number(name, option, value, 0.0, 1.0)
+
+
+def _start_factor(name: str, option: str, value: Any) -> float:
+    start = _number(name, option, value)
+    if not 0 < start <= 1:
+        raise ValueError(f"{name}: expected {option} in (0, 1], got {value!r}")
+    return start
 
 
 class LRScheduler:
@@ -30,10 +46,14 @@ class LRScheduler:
         last_epoch: index of the last epoch when resuming; -1 (default) starts afresh.
     """
 
-    _hyper: tuple[str, ...] = ()
+    # The options kept in the state dict, each with the check that a subclass's ``__init__`` value
+    # goes through (``check(name, option, value)``), or None where the subclass sets it itself.
+    _hyper: dict[str, Callable[[str, str, Any], Any] | None] = {}
 
-    def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1, **options: Any) -> None:
         name = type(self).__name__
+        for option, value in options.items():
+            setattr(self, option, self._hyper[option](name, option, value))
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
@@ -111,12 +131,10 @@ class StepLR(LRScheduler):
         last_epoch: the last epoch when resuming. Defaults to -1.
     """
 
-    _hyper = ("step_size", "gamma")
+    _hyper = {"step_size": _positive_int, "gamma": _number}
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
-        self.step_size = check_int("StepLR", "step_size", step_size, 1)
-        self.gamma = _number("StepLR", "gamma", gamma)
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, last_epoch, step_size=step_size, gamma=gamma)
 
     def get_lr(self) -> list[float]:
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
@@ -137,12 +155,10 @@ class CosineAnnealingLR(LRScheduler):
         last_epoch: the last epoch when resuming. Defaults to -1.
     """
 
-    _hyper = ("T_max", "eta_min")
+    _hyper = {"T_max": _positive_int, "eta_min": _number}
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
-        self.T_max = check_int("CosineAnnealingLR", "T_max", T_max, 1)
-        self.eta_min = _number("CosineAnnealingLR", "eta_min", eta_min)
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, last_epoch, T_max=T_max, eta_min=eta_min)
 
     def get_lr(self) -> list[float]:
         t, T, eta_min = self.last_epoch, self.T_max, self.eta_min
@@ -175,7 +191,7 @@ class LinearLR(LRScheduler):
         last_epoch: the last epoch when resuming. Defaults to -1.
     """
 
-    _hyper = ("start_factor", "end_factor", "total_iters")
+    _hyper = {"start_factor": _start_factor, "end_factor": _fraction, "total_iters": _positive_int}
 
     def __init__(
         self,
@@ -185,14 +201,8 @@ class LinearLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        name = "LinearLR"
-        start = _number(name, "start_factor", start_factor)
-        if not 0 < start <= 1:
-            raise ValueError(f"{name}: expected start_factor in (0, 1], got {start_factor!r}")
-        self.start_factor = start
-        self.end_factor = _number(name, "end_factor", end_factor, 0.0, 1.0)
-        self.total_iters = check_int(name, "total_iters", total_iters, 1)
-        super().__init__(optimizer, last_epoch)
+        options = dict(start_factor=start_factor, end_factor=end_factor, total_iters=total_iters)
+        super().__init__(optimizer, last_epoch, **options)
 
     def get_lr(self) -> list[float]:
         t = self.last_epoch
@@ -240,7 +250,9 @@ class OneCycleLR(LRScheduler):
         last_epoch: the last step when resuming. Defaults to -1.
     """
 
-    _hyper = ("total_steps", "pct_start", "anneal_strategy", "cycle_momentum", "use_beta1", "three_phase")
+    _hyper = dict.fromkeys(
+        ("total_steps", "pct_start", "anneal_strategy", "cycle_momentum", "use_beta1", "three_phase")
+    )
 
     def __init__(
         self,
