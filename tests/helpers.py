@@ -9,6 +9,7 @@ test-time dependency only).
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,18 @@ SGD_OPTIONS = [
     for m, d, wd, n in itertools.product([0.0, 0.9], [0.0, 0.3], [0.0, 0.05], [False, True])
     if not (n and (m == 0 or d != 0))
 ]
+
+
+def assert_backward_guards(layer: Any, x: np.ndarray, out_shape: tuple) -> None:
+    """``layer.backward`` refuses a call before any forward and then, after a forward on ``x`` (whose
+    output has ``out_shape``), a gradient with one more column; each message names the layer."""
+    name = type(layer).__name__
+    with pytest.raises(RuntimeError, match=rf"{name}\.backward: called before forward"):
+        layer.backward(np.zeros(out_shape, x.dtype))
+    layer(x)
+    want = re.escape(str(tuple(out_shape)))
+    with pytest.raises(ValueError, match=rf"{name}\.backward: expected grad_output of shape {want}, got"):
+        layer.backward(np.zeros((*out_shape[:-1], out_shape[-1] + 1), x.dtype))
 
 
 def option_ids(options: list[dict]) -> list[str]:
