@@ -27,9 +27,16 @@ class _Activation(Module):
         # Accepted for PyTorch compatibility; the output is always a new array.
         self.inplace = check_bool(type(self).__name__, "inplace", inplace)
 
-    # The op pair, set by each subclass as ``staticmethod``s.
+    # The op pair ``ops.<op>_forward`` / ``ops.<op>_backward``, named in each subclass's class
+    # statement (``class Tanh(_Activation, op="tanh")``).
     _forward_fn: Callable[..., tuple[Any, Any]]
     _backward_fn: Callable[[Any, Any], Any]
+
+    def __init_subclass__(cls, op: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if op is not None:
+            cls._forward_fn = staticmethod(getattr(ops, f"{op}_forward"))
+            cls._backward_fn = staticmethod(getattr(ops, f"{op}_backward"))
 
     def _op_args(self) -> tuple:
         """The op's arguments after the input (none for most activations)."""
@@ -47,7 +54,7 @@ class _Activation(Module):
         return "inplace=True" if self.inplace else ""
 
 
-class ReLU(_Activation):
+class ReLU(_Activation, op="relu"):
     """``max(x, 0)`` element-wise; NaN propagates.
 
     Args:
@@ -55,11 +62,8 @@ class ReLU(_Activation):
 
     Shape:
         - Input: (*), any shape
-        - Output: (*), same shape
+        - Output: (*), same shape, values in [-1, 1]
     """
-
-    _forward_fn = staticmethod(ops.relu_forward)
-    _backward_fn = staticmethod(ops.relu_backward)
 
     def _record_fused(self, y: Any) -> None:
         """Stand in for a forward whose ReLU the preceding ``BatchNorm`` applied (``Sequential``
@@ -74,7 +78,7 @@ class ReLU(_Activation):
         return ops.relu_backward(grad_output, cache)
 
 
-class LeakyReLU(_Activation):
+class LeakyReLU(_Activation, op="leaky_relu"):
     """``x`` for ``x > 0``, else ``negative_slope * x``.
 
     Args:
@@ -94,9 +98,6 @@ class LeakyReLU(_Activation):
             raise ValueError(f"LeakyReLU: expected a finite negative_slope, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
-    _forward_fn = staticmethod(ops.leaky_relu_forward)
-    _backward_fn = staticmethod(ops.leaky_relu_backward)
-
     def _op_args(self) -> tuple:
         return (self.negative_slope,)
 
@@ -104,7 +105,7 @@ class LeakyReLU(_Activation):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
-class Sigmoid(_Activation):
+class Sigmoid(_Activation, op="sigmoid"):
     """``1 / (1 + exp(-x))``, computed without overflow for large ``|x|``.
 
     Args:
@@ -112,14 +113,11 @@ class Sigmoid(_Activation):
 
     Shape:
         - Input: (*), any shape
-        - Output: (*), same shape
+        - Output: (*), same shape, values in [0, 1]
     """
 
-    _forward_fn = staticmethod(ops.sigmoid_forward)
-    _backward_fn = staticmethod(ops.sigmoid_backward)
 
-
-class Tanh(_Activation):
+class Tanh(_Activation, op="tanh"):
     """``tanh(x)``.
 
     Args:
@@ -130,11 +128,8 @@ class Tanh(_Activation):
         - Output: (*), same shape
     """
 
-    _forward_fn = staticmethod(ops.tanh_forward)
-    _backward_fn = staticmethod(ops.tanh_backward)
 
-
-class SiLU(_Activation):
+class SiLU(_Activation, op="silu"):
     """``x * sigmoid(x)`` (the sigmoid-weighted linear unit, or swish).
 
     Args:
@@ -142,14 +137,11 @@ class SiLU(_Activation):
 
     Shape:
         - Input: (*), any shape
-        - Output: (*), same shape
+        - Output: (*), same shape, values of at least about -0.2785 (the minimum, at x = -1.2785)
     """
 
-    _forward_fn = staticmethod(ops.silu_forward)
-    _backward_fn = staticmethod(ops.silu_backward)
 
-
-class GELU(_Activation):
+class GELU(_Activation, op="gelu"):
     """``x * Phi(x)``, ``Phi`` the standard normal CDF, exactly (with erf) or by the tanh approximation.
 
     Args:
@@ -160,9 +152,6 @@ class GELU(_Activation):
         - Input: (*), any shape
         - Output: (*), same shape
     """
-
-    _forward_fn = staticmethod(ops.gelu_forward)
-    _backward_fn = staticmethod(ops.gelu_backward)
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
@@ -199,7 +188,7 @@ class _SoftmaxBase(_Activation):
         return f"dim={self.dim}"
 
 
-class Softmax(_SoftmaxBase):
+class Softmax(_SoftmaxBase, op="softmax"):
     """``exp(x) / sum(exp(x))`` along ``dim`` (stabilised by subtracting the maximum).
 
     Args:
@@ -210,11 +199,8 @@ class Softmax(_SoftmaxBase):
         - Output: (*), same shape
     """
 
-    _forward_fn = staticmethod(ops.softmax_forward)
-    _backward_fn = staticmethod(ops.softmax_backward)
 
-
-class LogSoftmax(_SoftmaxBase):
+class LogSoftmax(_SoftmaxBase, op="log_softmax"):
     """``x - log(sum(exp(x)))`` along ``dim``, computed without overflow.
 
     Args:
@@ -224,6 +210,3 @@ class LogSoftmax(_SoftmaxBase):
         - Input: (*), any shape
         - Output: (*), same shape
     """
-
-    _forward_fn = staticmethod(ops.log_softmax_forward)
-    _backward_fn = staticmethod(ops.log_softmax_backward)
