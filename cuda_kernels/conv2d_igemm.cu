@@ -30,6 +30,38 @@
 #define IGEMM_BK 16      // reduction step
 #define IGEMM_THREADS 256
 
+// The output tiles of `layers` GEMMs (one per group, or per group and split) of rows x cols
+// each, numbered column tile fastest, then row tile, then layer; blocks walk them in a
+// grid-stride loop over `count`.
+struct IgemmTiles {
+  int row_tiles, col_tiles;
+  long long count;
+  __device__ IgemmTiles(int rows, int cols, long long layers)
+      : row_tiles((rows + IGEMM_BM - 1) / IGEMM_BM),
+        col_tiles((cols + IGEMM_BN - 1) / IGEMM_BN),
+        count(layers * row_tiles * col_tiles) {}
+  // The first row and column of tile `tile`; returns its layer.
+  __device__ long long decode(long long tile, int& row0, int& col0) const {
+    col0 = (int)(tile % col_tiles) * IGEMM_BN;
+    const long long rest = tile / col_tiles;
+    row0 = (int)(rest % row_tiles) * IGEMM_BM;
+    return rest / row_tiles;
+  }
+};
+
+// x_n[c][h0 + i * dilation_h][w0 + j * dilation_w] for the column-matrix row k = (c, i, j) of a
+// window whose top-left corner is (h0, w0); 0 in the padding.
+template <typename T>
+__device__ __forceinline__ T igemm_window_value(const T* x_n, int k, int kernel_h, int kernel_w, int h0, int w0,
+                                                int dilation_h, int dilation_w, int height, int width) {
+  const int taps = kernel_h * kernel_w;
+  const int c = k / taps, tap = k - c * taps;
+  const int i = tap / kernel_w, j = tap - i * kernel_w;
+  const int h_in = h0 + i * dilation_h, w_in = w0 + j * dilation_w;
+  if (h_in < 0 || h_in >= height || w_in < 0 || w_in >= width) return T(0);
+  return x_n[c * (long long)height * width + (long long)h_in * width + w_in];
+}
+
 // The 4 x 4 register block of thread (ty, tx) += As^T Bs over one reduction step.
 template <typename T>
 __device__ __forceinline__ void igemm_accumulate(T (*As)[IGEMM_BM], T (*Bs)[IGEMM_BN], int ty, int tx,
@@ -65,17 +97,14 @@ __global__ void conv2d_igemm_forward_kernel(const T* __restrict__ x, const T* __
   const int plane_out = out_h * out_w;
   const int cols = batch * plane_out;
   const long long plane_in = (long long)height * width;
-  const int row_tiles = (out_per_group + IGEMM_BM - 1) / IGEMM_BM;
-  const int col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
-  const long long tiles = (long long)groups * row_tiles * col_tiles;
+  const IgemmTiles tiles(out_per_group, cols, groups);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int a_k = tid % IGEMM_BK, a_row = tid / IGEMM_BK;    // weight loads: k fixed, rows a_row + 16 r
   const int b_col = tid % IGEMM_BN, b_k = tid / IGEMM_BN;    // input loads: column fixed, k = b_k + 4 r
 
-  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
-    const int row0 = (int)((tile / col_tiles) % row_tiles) * IGEMM_BM;
-    const int g = (int)(tile / col_tiles / row_tiles);
+  for (long long tile = blockIdx.x; tile < tiles.count; tile += gridDim.x) {
+    int row0, col0;
+    const int g = (int)tiles.decode(tile, row0, col0);
     // The one column this thread gathers: its sample and window origin.
     const int col = col0 + b_col;
     const bool col_ok = col < cols;
@@ -95,15 +124,9 @@ __global__ void conv2d_igemm_forward_kernel(const T* __restrict__ x, const T* __
       }
       for (int r = 0; r < IGEMM_BK / 4; ++r) {
         const int kk = b_k + 4 * r, k = k0 + kk;
-        T value = T(0);
-        if (col_ok && k < depth) {
-          const int c = k / taps, tap = k - c * taps;
-          const int i = tap / kernel_w, j = tap - i * kernel_w;
-          const int h_in = h0 + i * dilation_h, w_in = w0 + j * dilation_w;
-          if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width)
-            value = x_n[c * plane_in + (long long)h_in * width + w_in];
-        }
-        Bs[kk][b_col] = value;
+        Bs[kk][b_col] = (col_ok && k < depth) ? igemm_window_value<T>(x_n, k, kernel_h, kernel_w, h0, w0, dilation_h,
+                                                                      dilation_w, height, width)
+                                              : T(0);
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
@@ -140,17 +163,14 @@ __global__ void conv2d_igemm_backward_data_kernel(const T* __restrict__ dy, cons
   const int plane_in = height * width;
   const int cols = batch * plane_in;
   const long long plane_out = (long long)out_h * out_w;
-  const int row_tiles = (in_per_group + IGEMM_BM - 1) / IGEMM_BM;
-  const int col_tiles = (cols + IGEMM_BN - 1) / IGEMM_BN;
-  const long long tiles = (long long)groups * row_tiles * col_tiles;
+  const IgemmTiles tiles(in_per_group, cols, groups);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int a_k = tid % IGEMM_BK, a_row = tid / IGEMM_BK;
   const int b_col = tid % IGEMM_BN, b_k = tid / IGEMM_BN;
 
-  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
-    const int row0 = (int)((tile / col_tiles) % row_tiles) * IGEMM_BM;
-    const int g = (int)(tile / col_tiles / row_tiles);
+  for (long long tile = blockIdx.x; tile < tiles.count; tile += gridDim.x) {
+    int row0, col0;
+    const int g = (int)tiles.decode(tile, row0, col0);
     const int col = col0 + b_col;  // the input position this thread gathers for
     const bool col_ok = col < cols;
     const int n = col_ok ? col / plane_in : 0;
@@ -222,17 +242,13 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
   const int plane_out = out_h * out_w;
   const int positions = batch * plane_out;
   const long long plane_in = (long long)height * width;
-  const int row_tiles = (out_per_group + IGEMM_BM - 1) / IGEMM_BM;
-  const int col_tiles = (depth + IGEMM_BN - 1) / IGEMM_BN;
-  const long long tiles = (long long)splits * groups * row_tiles * col_tiles;
+  const IgemmTiles tiles(out_per_group, depth, (long long)splits * groups);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int l_off = tid % IGEMM_BK, row = tid / IGEMM_BK;  // both loads: position fixed per step
 
-  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int col0 = (int)(tile % col_tiles) * IGEMM_BN;
-    long long rest = tile / col_tiles;
-    const int row0 = (int)(rest % row_tiles) * IGEMM_BM;
-    rest /= row_tiles;
+  for (long long tile = blockIdx.x; tile < tiles.count; tile += gridDim.x) {
+    int row0, col0;
+    const long long rest = tiles.decode(tile, row0, col0);
     const int g = (int)(rest % groups);
     const int split = (int)(rest / groups);
     const long long begin = split * chunk;
@@ -257,15 +273,9 @@ __global__ void conv2d_igemm_backward_weight_kernel(const T* __restrict__ x, con
       }
       for (int r = 0; r < IGEMM_BN / 16; ++r) {  // B[l][k] = x_col[k][l]
         const int k = col0 + row + 16 * r;
-        T value = T(0);
-        if (l_ok && k < depth) {
-          const int c = k / taps, tap = k - c * taps;
-          const int i = tap / kernel_w, j = tap - i * kernel_w;
-          const int h_in = h0 + i * dilation_h, w_in = w0 + j * dilation_w;
-          if (h_in >= 0 && h_in < height && w_in >= 0 && w_in < width)
-            value = x_n[c * plane_in + (long long)h_in * width + w_in];
-        }
-        Bs[l_off][row + 16 * r] = value;
+        Bs[l_off][row + 16 * r] = (l_ok && k < depth) ? igemm_window_value<T>(x_n, k, kernel_h, kernel_w, h0, w0,
+                                                                              dilation_h, dilation_w, height, width)
+                                                      : T(0);
       }
       __syncthreads();
       igemm_accumulate<T>(As, Bs, ty, tx, acc);
