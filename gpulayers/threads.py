@@ -99,18 +99,68 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+# -- BLAS threads inside the blocks -------------------------------------------------------------------
+
+# The blocks of a pass run GEMMs on one thread each: the pool is the parallelism, so BLAS's own
+# threads neither compete with it nor busy-wait on a core after every call. OpenBLAS (the BLAS of
+# NumPy's wheels) has a per-thread setting for that; other BLAS libraries are left as they are.
+_blas_local: tuple[Callable[[int], int], Callable[[], int]] | None | bool = False
+
+
+def _find_blas_local() -> tuple[Callable[[int], int], Callable[[], int]] | None:
+    """``(set_local, get)`` of the OpenBLAS loaded in this process, or None."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:  # not Linux
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: another handle to the same library
+        except OSError:
+            continue
+        set_local = getattr(lib, "openblas_set_num_threads_local", None)
+        getters = [getattr(lib, name, None) for name in _BLAS_GETTERS]
+        get = next((fn for fn in getters if fn is not None), None)
+        if set_local is not None and get is not None:
+            set_local.argtypes, set_local.restype, get.restype = [ctypes.c_int], ctypes.c_int, ctypes.c_int
+            return set_local, get
+    return None
+
+
+_BLAS_GETTERS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_")
+
+
+def _blas_controls() -> tuple[Callable[[int], int], Callable[[], int]] | None:
+    global _blas_local
+    if _blas_local is False:
+        _blas_local = _find_blas_local()
+    return _blas_local  # type: ignore[return-value]
+
+
+def _single_blas_thread() -> None:
+    """Pool threads: their BLAS calls run on themselves alone."""
+    controls = _blas_controls()
+    if controls is not None:
+        controls[0](1)
+
+
 def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulayers-cpu")
+            _pool = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="gpulayers-cpu", initializer=_single_blas_thread
+            )
         return _pool
 
 
-def batch_blocks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``range(n)``: blocks of whole samples of about ``BLOCK_BYTES``."""
-    step = max(1, BLOCK_BYTES // max(int(bytes_per_sample), 1))
-    return [(start, min(start + step, n)) for start in range(0, n, step)]
+def batch_blocks(n: int, bytes_per_sample: int, block_bytes: int | None = None) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)``: blocks of whole samples of at most ``block_bytes``
+    (``BLOCK_BYTES`` by default), as few as that allows and as even as possible."""
+    per_block = max(1, (BLOCK_BYTES if block_bytes is None else int(block_bytes)) // max(int(bytes_per_sample), 1))
+    count = -(-n // per_block) if n > 0 else 0
+    return [(k * n // count, (k + 1) * n // count) for k in range(count)]
 
 
 def _run(fn: Callable[[int, int], None], blocks: list[tuple[int, int]]) -> None:
@@ -118,15 +168,32 @@ def _run(fn: Callable[[int, int], None], blocks: list[tuple[int, int]]) -> None:
         fn(start, stop)
 
 
-def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int) -> None:
+def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int, block_bytes: int | None = None) -> None:
     """Call ``fn(start, stop)`` for every block of :func:`batch_blocks`, the blocks shared over the threads.
 
-    ``fn`` must write only its own samples (reductions go to per-sample partial results that the
-    caller combines afterwards in a fixed order). The calling thread takes the first share.
+    ``fn`` must write only its own samples (reductions go to per-block or per-sample partial
+    results that the caller combines afterwards in a fixed order). The calling thread takes the
+    first share. With more than one block, BLAS calls inside ``fn`` run single-threaded (OpenBLAS),
+    whatever the thread count, so a block's GEMMs give the same bits on any thread.
     """
-    blocks = batch_blocks(n, bytes_per_sample)
+    blocks = batch_blocks(n, bytes_per_sample, block_bytes)
+    if len(blocks) <= 1 or threading.current_thread().name.startswith("gpulayers-cpu"):
+        _run(fn, blocks)
+        return
+    controls = _blas_controls()
+    previous = controls[0](1) if controls is not None else 0
+    try:
+        _share(fn, blocks)
+    finally:
+        if controls is not None:
+            controls[0](0)  # back to the process-wide count ...
+            if controls[1]() != previous:
+                controls[0](previous)  # ... unless this thread had its own
+
+
+def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]]) -> None:
     threads = min(get_num_threads(), len(blocks))
-    if threads <= 1 or threading.current_thread().name.startswith("gpulayers-cpu"):
+    if threads <= 1:
         _run(fn, blocks)
         return
     shares = [blocks[i * len(blocks) // threads : (i + 1) * len(blocks) // threads] for i in range(threads)]

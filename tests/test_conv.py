@@ -9,7 +9,7 @@ from helpers import assert_backward_guards, requires_gpu
 import gpulayers as gl
 from gpulayers import functional as F
 from gpulayers import nn
-from gpulayers.ops import conv2d as conv_ops
+from gpulayers.ops import conv2d_cpu
 
 torch = pytest.importorskip("torch")
 
@@ -110,7 +110,7 @@ def test_conv2d_matches_torch(device, dtype, cin, cout, k, opts, shape):
 )
 def test_conv2d_both_column_layouts_match_torch(monkeypatch, sample_major, opts):
     """The CPU column layouts (per-sample GEMMs, or one GEMM over the whole batch) agree."""
-    monkeypatch.setattr(conv_ops, "SAMPLE_MAJOR_MAX_RATIO", sample_major)
+    monkeypatch.setattr(conv2d_cpu, "SAMPLE_MAJOR_MAX_RATIO", sample_major)
     ours = nn.Conv2d(3, 6, 3, **opts)
     x = np.random.standard_normal((2, 3, 6, 7))
     mine, theirs = _run_both(ours, x, "cpu")

@@ -40,17 +40,17 @@ def _plain(mod: Module, forward) -> bool:
     return "forward" not in mod.__dict__ and type(mod).forward is forward and type(mod).__call__ is Module.__call__
 
 
-def _fuses_relu(mod: Module, after: Module, x: Any) -> bool:
-    """Whether ``mod`` followed by ``after`` is a BatchNorm and a ReLU to run as one on the GPU.
+def _fuses_relu(mod: Module, after: Module) -> bool:
+    """Whether ``mod`` followed by ``after`` is a BatchNorm and a ReLU to run as one.
 
     Only exact ``ReLU`` modules after a ``BatchNorm1d``/``BatchNorm2d`` whose forwards are not
-    overridden or wrapped (``summary`` wraps them) qualify, for CuPy input. The results are those
-    of the two layers run one after the other: the ReLU's output is always a new array.
+    overridden or wrapped (``summary`` wraps them) qualify. The ReLU then runs inside the
+    BatchNorm's passes (its GPU kernels, or its CPU blocks while they are in cache), with the
+    results of the two layers run one after the other: the ReLU's output is always a new array.
     """
     return (
         isinstance(mod, _BatchNorm)
         and type(after) is ReLU
-        and backend.is_cuda_array(x)
         and _plain(mod, _BatchNorm.forward)
         and _plain(after, ReLU.forward)
     )
@@ -87,8 +87,8 @@ class Sequential(Module):
         i = 0
         while i < len(mods):
             mod = mods[i]
-            if i + 1 < len(mods) and _fuses_relu(mod, mods[i + 1], x):
-                # BatchNorm then ReLU on the GPU: the ReLU runs inside the BatchNorm's kernels.
+            if i + 1 < len(mods) and _fuses_relu(mod, mods[i + 1]):
+                # BatchNorm then ReLU: the ReLU runs inside the BatchNorm's passes.
                 x = mod._forward(x, relu=True)
                 mods[i + 1]._record_fused(x)
                 i += 2

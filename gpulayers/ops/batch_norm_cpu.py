@@ -65,9 +65,15 @@ def channel_mean_var(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def normalize(
-    x: np.ndarray, mean: np.ndarray, var: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, count: int
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    count: int,
+    relu: bool = False,
 ) -> np.ndarray:
-    """``(x - mean) * scale + bias`` per channel, into a new array.
+    """``(x - mean) * scale + bias`` per channel, into a new array; then ``max(., 0)`` with ``relu``.
 
     Computed as ``x * scale + shift`` with ``shift = bias - mean * scale`` (two operations per
     value, PyTorch's CPU form) unless ``x * scale`` could overflow: ``|x - mean|`` is at most
@@ -79,6 +85,7 @@ def normalize(
     y3 = _view3(y)
     mean3, scale3 = mean.reshape(1, c, 1), scale.reshape(1, c, 1)
     bias3 = None if bias is None else bias.reshape(1, c, 1)
+    zero = x.dtype.type(0)
     with np.errstate(over="ignore", invalid="ignore"):
         bound = (np.abs(mean, dtype=np.float64) + np.sqrt(var * np.float64(count))) * np.abs(scale, dtype=np.float64)
         shift3 = -mean3 * scale3 if bias3 is None else bias3 - mean3 * scale3
@@ -89,11 +96,13 @@ def normalize(
         if fast:
             np.multiply(x3[start:stop], scale3, out=out)
             np.add(out, shift3, out=out)
-            return
-        np.subtract(x3[start:stop], mean3, out=out)
-        np.multiply(out, scale3, out=out)
-        if bias3 is not None:
-            np.add(out, bias3, out=out)
+        else:
+            np.subtract(x3[start:stop], mean3, out=out)
+            np.multiply(out, scale3, out=out)
+            if bias3 is not None:
+                np.add(out, bias3, out=out)
+        if relu:  # ReLU's own operation (NaN kept), while the block is in cache
+            np.maximum(out, zero, out=out)
 
     threads.run_blocks(apply, x3.shape[0], _sample_bytes(x))
     return y
@@ -102,16 +111,26 @@ def normalize(
 def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(dx, sum(dy * xhat), sum(dy))`` per channel (the last two are dweight and dbias).
 
-    With batch statistics ``dx = a * dy + b * (x - mean) + c`` with per-channel ``a, b, c`` (the
-    compact form of :func:`gpulayers.ops.normalization.batch_norm_backward`); else ``dx = a * dy``.
+    When the forward applied a ReLU (``cache.relu_out``), ``dy`` is first zeroed where that
+    output is <= 0, block by block, as ReLU's backward does. With batch statistics
+    ``dx = a * dy + b * (x - mean) + c`` with per-channel ``a, b, c`` (the compact form of
+    :func:`gpulayers.ops.normalization.batch_norm_backward`); else ``dx = a * dy``.
     """
     x3, dy3 = _view3(cache.x), _view3(dy)
     n, c, _ = x3.shape
     mean3 = cache.mean.reshape(1, c, 1)
     partial = np.empty((2, n, c), dtype=dy.dtype)
+    dx = np.empty_like(dy)
+    dx3 = _view3(dx)
+    relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
+    zero = dy.dtype.type(0)
 
     def sums(start: int, stop: int) -> None:
         g = dy3[start:stop]
+        if relu_out3 is not None:  # the masked gradient goes to dx's block, which grads() then reads
+            g = dx3[start:stop]
+            np.copyto(g, dy3[start:stop])
+            np.copyto(g, zero, where=np.less_equal(relu_out3[start:stop], zero))
         np.einsum("ncl->nc", g, out=partial[0, start:stop])
         dev = np.subtract(x3[start:stop], mean3)
         np.einsum("ncl,ncl->nc", dev, g, out=partial[1, start:stop])
@@ -122,16 +141,15 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     invstd = cache.invstd
     dweight = dy_centred * invstd
     a = invstd if cache.weight is None else cache.weight * invstd
-    dx = np.empty_like(dy)
-    dx3 = _view3(dx)
     a3 = a.reshape(1, c, 1)
+    grad3 = dy3 if relu_out3 is None else dx3  # the (masked) output gradient
     if cache.batch_stats:
         b3 = (-a * invstd * dweight / cache.count).reshape(1, c, 1)
         c3 = (-a * dbias / cache.count).reshape(1, c, 1)
 
         def grads(start: int, stop: int) -> None:
             out = dx3[start:stop]
-            np.multiply(dy3[start:stop], a3, out=out)
+            np.multiply(grad3[start:stop], a3, out=out)
             dev = np.subtract(x3[start:stop], mean3)
             np.multiply(dev, b3, out=dev)
             np.add(out, dev, out=out)
@@ -140,7 +158,7 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     else:
 
         def grads(start: int, stop: int) -> None:
-            np.multiply(dy3[start:stop], a3, out=dx3[start:stop])
+            np.multiply(grad3[start:stop], a3, out=dx3[start:stop])
 
     threads.run_blocks(grads, n, _sample_bytes(dy))
     return dx, dweight.astype(dy.dtype, copy=False), dbias

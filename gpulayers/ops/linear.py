@@ -3,7 +3,9 @@
 One xp-generic implementation: ``matmul`` is BLAS on NumPy and cuBLAS on CuPy. On CuPy, when
 :func:`gpulayers.cuda.set_conv_algorithm` selects implicit GEMM (the default), the products run
 on the implicit-GEMM kernels instead (a linear layer is a 1x1 convolution of a 1x1 image), so a
-training step makes no cuBLAS call and can be captured as a CUDA graph.
+training step makes no cuBLAS call and can be captured as a CUDA graph. On NumPy, products
+large enough to share run block by block over the threads of :mod:`gpulayers.threads` (rows of
+the batch, or rows of the weight gradient), each block one single-threaded GEMM.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from .._checks import check_channels, check_floating, check_grad, check_same_device
 
 __all__ = ["linear_forward", "linear_backward", "LinearCache"]
@@ -28,6 +30,27 @@ class LinearCache:
     has_bias: bool
     igemm: bool  # the products ran on the implicit-GEMM kernels
     name: str
+
+
+# Multiply-adds of one block's GEMM on NumPy: large enough for BLAS to run near its peak.
+BLOCK_MACS = 1 << 23
+
+
+def _blockwise(*arrays: Any) -> bool:
+    """NumPy arrays of one floating dtype: the products run block by block (see :func:`_products`)."""
+    first = arrays[0]
+    return all(type(a) is np.ndarray and a.dtype == first.dtype for a in arrays) and first.dtype.kind == "f"
+
+
+def _rows_times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D ``a``, block by block over the rows of ``a``."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+
+    def block(start: int, stop: int) -> None:
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    threads.run_blocks(block, a.shape[0], a.shape[1] * b.shape[1], BLOCK_MACS)
+    return out
 
 
 def _implicit_gemm(x: Any) -> bool:
@@ -81,7 +104,10 @@ def linear_forward(x: Any, weight: Any, bias: Any = None, *, name: str = "linear
         x2 = x.reshape(int(np.prod(lead)), int(x.shape[-1]))
         y = conv2d_igemm_cuda.linear_forward(x2, weight, bias).reshape(*lead, out_features)
         return y, LinearCache(x, weight, bias is not None, True, name)
-    y = x @ weight.T
+    if _blockwise(x, weight) and x.ndim > 1:
+        y = _rows_times(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    else:
+        y = x @ weight.T
     if bias is not None:
         y += bias
     return y, LinearCache(x, weight, bias is not None, False, name)
@@ -114,6 +140,11 @@ def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True) -> tup
             dy2.astype(x.dtype, copy=False), x2, weight, need_input_grad=input_grad, bias=cache.has_bias
         )
         return (dx2.reshape(x.shape) if input_grad else None), dweight, dbias
+    if _blockwise(dy2, x2, weight):
+        dx = _rows_times(dy2, weight).reshape(x.shape) if input_grad else None
+        dweight = _rows_times(dy2.T, x2)  # rows of dW: one output feature each
+        dbias = dy2.sum(axis=0) if cache.has_bias else None
+        return dx, dweight, dbias
     dx = dy @ weight if input_grad else None
     dweight = dy2.T @ x2
     dbias = dy2.sum(axis=0) if cache.has_bias else None

@@ -237,33 +237,53 @@ def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list
 
 
 def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Block-wise over the batch (:mod:`gpulayers.threads`): the maximum and its offset per window."""
     buf = _padded(x, a, out, -np.inf)
+    kk = a.kernel[0] * a.kernel[1]
+    y = np.empty((*x.shape[:2], *out), dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int8 if kk <= 127 else np.int32)
+    first_real = _first_real_offsets(x.shape, a, out) if buf is not x else None
+    sample_bytes = buf.itemsize * (buf.size // max(buf.shape[0], 1))
     # NaN and -inf need PyTorch's exact rules; plain data takes the lean path. Both give the same
     # answer unless a NaN or a -inf reaches the output (np.maximum propagates NaN; a -inf maximum
     # is where the padding rule matters), so the lean pass runs first and the careful one only
     # when its (smaller) output shows either.
-    y, argmax = _max_pass(x, buf, a, out, careful=False)
-    low = y.min() if y.size else 0.0
-    if np.isnan(low) or low == -np.inf:
-        y, argmax = _max_pass(x, buf, a, out, careful=True)
+    for careful in (False, True):
+
+        def block(start: int, stop: int, careful: bool = careful) -> None:
+            _max_pass(
+                buf[start:stop], a, out, first_real if careful else None, careful, y[start:stop], argmax[start:stop]
+            )
+
+        threads.run_blocks(block, x.shape[0], sample_bytes)
+        low = y.min() if y.size else 0.0
+        if not (np.isnan(low) or low == -np.inf):
+            break
     return y, argmax
 
 
-def _max_pass(x: np.ndarray, buf: np.ndarray, a: PoolArgs, out: tuple[int, int], careful: bool):
-    kk = a.kernel[0] * a.kernel[1]
-    index_dtype = np.int8 if kk <= 127 else np.int32
-    first_real = _first_real_offsets(x.shape, a, out) if careful and buf is not x else None
+def _max_pass(
+    buf: np.ndarray,
+    a: PoolArgs,
+    out: tuple[int, int],
+    first_real: list[np.ndarray] | None,
+    careful: bool,
+    y: np.ndarray,
+    argmax: np.ndarray,
+) -> None:
+    """One block's maxima and offsets into ``y`` and ``argmax``; ``first_real`` when ``buf`` is padded."""
+    index_dtype = argmax.dtype.type
     # Masked assignments (np.copyto(..., where=)) are branchy and ~20x slower than arithmetic, so
     # the running maximum is np.maximum (which also lets a NaN take over for good) and the argmax
     # is max(argmax, t * wins): offsets come in increasing order, so any win overrides.
-    y = argmax = wins = step = None
+    wins, step = np.empty(y.shape, dtype=bool), np.empty(y.shape, dtype=index_dtype)
     for t, (_, _, view) in enumerate(offset_views(buf, a.kernel, a.stride, a.dilation, out)):
-        if y is None:
-            y = view.copy()
-            argmax = np.zeros(y.shape, dtype=index_dtype)
-            wins, step = np.empty(y.shape, dtype=bool), np.empty(y.shape, dtype=index_dtype)
+        if t == 0:
+            np.copyto(y, view)
             if first_real is not None:  # windows that start in the padding have no candidate yet
                 argmax[...] = np.where(first_real[0], 0, -1)
+            else:
+                argmax.fill(0)
             continue
         np.greater(view, y, out=wins)  # strictly greater: ties keep the first maximum
         if careful:
@@ -273,4 +293,3 @@ def _max_pass(x: np.ndarray, buf: np.ndarray, a: PoolArgs, out: tuple[int, int],
         np.multiply(wins, index_dtype(t), out=step)
         np.maximum(argmax, step, out=argmax)
         np.maximum(y, view, out=y)
-    return y, argmax

@@ -175,8 +175,9 @@ def batch_norm_forward(
         num_batches_tracked: 0-d int64 counter (required when ``momentum`` is None).
         name: who is calling, for error messages (a layer passes its class name).
         ndim: the input ranks accepted (a layer narrows them).
-        relu: also apply ``max(y, 0)`` (NaN kept), fused into the GPU kernel; the backward then
-            masks ``dy`` where the output is <= 0, as ReLU's backward does.
+        relu: also apply ``max(y, 0)`` (NaN kept), in the same pass (the GPU kernel, or the CPU
+            path's blocks); the backward then masks ``dy`` where the output is <= 0, as ReLU's
+            backward does.
 
     Returns:
         ``(y, cache)``; ``y`` has the shape and dtype of ``x``.
@@ -240,9 +241,7 @@ def batch_norm_forward(
     # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
-        y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count)
-        if relu:
-            np.maximum(y, y.dtype.type(0), out=y)
+        y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
         saved = batch_norm_cpu.CpuBatchNormCache(
             x, mean, invstd, weight, bias is not None, use_batch_stats, count, name, y if relu else None
         )
@@ -276,8 +275,6 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
         return batch_norm_cuda.batch_norm_backward(dy, cache)
     if isinstance(cache, batch_norm_cpu.CpuBatchNormCache):
         check_grad(cache.name, dy, cache.x.shape, cache.x)
-        if cache.relu_out is not None:
-            dy = np.where(cache.relu_out <= 0, dy.dtype.type(0), dy)
         dx, dweight, dbias = batch_norm_cpu.backward(np.ascontiguousarray(dy, dtype=cache.x.dtype), cache)
         return dx, dweight if cache.weight is not None else None, dbias if cache.has_bias else None
     centred, invstd, weight = cache.centred, cache.invstd, cache.weight

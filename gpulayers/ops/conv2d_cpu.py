@@ -1,0 +1,290 @@
+"""2-D convolution on NumPy arrays: im2col and GEMM per block of samples, the blocks over threads.
+
+The batch is cut into blocks of whole samples whose columns take about ``COLUMN_BLOCK_BYTES``
+(see :func:`gpulayers.threads.run_blocks`). Each block builds its column matrix with one
+strided copy, multiplies it with the weight through single-threaded BLAS, and in backward
+scatters its column gradient back with one strided ``+=`` per kernel offset (the positions of a
+single offset never repeat, so the in-place add is exact). A block's temporaries stay in the
+core's cache, and the threads of :mod:`gpulayers.threads` run the blocks side by side.
+
+The weight gradient is one partial product per block, summed in block order: the blocks depend
+only on the shapes, so the result is bitwise the same on any number of threads.
+
+Within a block the columns are laid out per sample or for the whole block at once, whichever
+moves less memory for the shape at hand (see :func:`_use_sample_major`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import threads
+from ._window import offset_views
+
+if TYPE_CHECKING:
+    from .conv2d import ConvArgs
+
+__all__ = ["CpuConvCache", "forward", "backward", "input_grad", "weight_grad"]
+
+# Sample-major columns while C/groups*kh*kw times this stays below OH*OW (see _use_sample_major).
+SAMPLE_MAJOR_MAX_RATIO = 2.0
+# Forward takes per-sample GEMMs from this many output pixels on.
+FORWARD_SAMPLE_MAJOR_MIN_PIXELS = 128
+# Bytes of one block's column matrix: GEMMs large enough for BLAS, temporaries that stay in cache.
+COLUMN_BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CpuConvCache:
+    """What :func:`backward` needs: the input (its columns are rebuilt in backward, not kept)."""
+
+    x: np.ndarray
+    weight: np.ndarray
+    has_bias: bool
+    a: ConvArgs
+
+
+def _use_sample_major(rows: int, pixels: int) -> bool:
+    """Column layout: per-sample GEMMs, or one GEMM per group over the whole block.
+
+    Sample-major columns ``(N, C*kh*kw, OH*OW)`` give the output in NCHW directly but leave
+    ``dW`` as N partial products to sum (N*O*rows values); channel-major columns
+    ``(C*kh*kw, N*OH*OW)`` make every product one GEMM at the price of transposing the output
+    and its gradient (N*O*OH*OW values each). Pick whichever moves less memory.
+    """
+    return rows * SAMPLE_MAJOR_MAX_RATIO < pixels
+
+
+def _forward_sample_major(rows: int, pixels: int) -> bool:
+    """Forward needs no ``dW``: per-sample GEMMs (NCHW output, no transpose) unless the images are tiny."""
+    return _use_sample_major(rows, pixels) or pixels >= FORWARD_SAMPLE_MAJOR_MIN_PIXELS
+
+
+def _column_bytes(x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> int:
+    """Bytes of one sample's columns (the largest temporary of a block)."""
+    return x_shape[1] * kernel[0] * kernel[1] * a.out_size[0] * a.out_size[1] * itemsize
+
+
+def _blocks(x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> list[tuple[int, int]]:
+    return threads.batch_blocks(x_shape[0], _column_bytes(x_shape, kernel, a, itemsize), COLUMN_BLOCK_BYTES)
+
+
+def _run(fn, x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> None:
+    threads.run_blocks(fn, x_shape[0], _column_bytes(x_shape, kernel, a, itemsize), COLUMN_BLOCK_BYTES)
+
+
+# -- the whole batch, block by block ------------------------------------------------------------------
+
+
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs):
+    """``(y, cache)`` for contiguous ``x`` and ``weight`` (padding already symmetric)."""
+    out_c, _, kh, kw = weight.shape
+    y = np.empty((x.shape[0], out_c, *a.out_size), dtype=x.dtype)
+
+    def block(start: int, stop: int) -> None:
+        _forward_block(x[start:stop], weight, bias, a, y[start:stop])
+
+    _run(block, x.shape, (kh, kw), a, x.itemsize)
+    return y, CpuConvCache(x, weight, bias is not None, a)
+
+
+def backward(dy: np.ndarray, cache: CpuConvCache, input_grad: bool = True):
+    """``(dx, dw, db)``; ``dx`` is None without ``input_grad``."""
+    x, weight, a = cache.x, cache.weight, cache.a
+    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    dx = np.empty_like(x) if input_grad else None
+    dw = _weight_grad_blocks(x, dy, weight, a, dx)
+    return dx, dw, db
+
+
+def input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs) -> np.ndarray:
+    """``dx`` alone, for an input of ``x_shape`` (the forward of a transposed convolution)."""
+    _, _, kh, kw = weight.shape
+    dx = np.empty(x_shape, dtype=dy.dtype)
+
+    def block(start: int, stop: int) -> None:
+        _input_grad_block(dy[start:stop], weight, a, dx[start:stop])
+
+    _run(block, x_shape, (kh, kw), a, dy.itemsize)
+    return dx
+
+
+def weight_grad(x: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs) -> np.ndarray:
+    """``dW`` alone (the weight gradient of a transposed convolution)."""
+    return _weight_grad_blocks(x, dy, np.empty(weight_shape, dtype=x.dtype), a, None)
+
+
+def _weight_grad_blocks(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: Any) -> np.ndarray:
+    """``dW`` as per-block partial products summed in block order; ``dx`` filled too when given."""
+    kernel = weight.shape[2:]
+    blocks = _blocks(x.shape, kernel, a, x.itemsize)
+    index = {start: k for k, (start, _) in enumerate(blocks)}
+    partial = np.empty((len(blocks), *weight.shape), dtype=x.dtype)
+
+    def block(start: int, stop: int) -> None:
+        sample_major = _use_sample_major(weight[0].size, a.out_size[0] * a.out_size[1])
+        g = dy[start:stop]
+        grad = None if sample_major else _channel_major(g, a.groups)  # shared by both products
+        cols = _im2col(x[start:stop], kernel, a, sample_major)
+        partial[index[start]] = _weight_grad_block(cols, g, weight.shape, a, sample_major, grad)
+        if dx is not None:  # the columns are no longer needed: their scratch takes the column gradient
+            _input_grad_block(g, weight, a, dx[start:stop], grad)
+
+    _run(block, x.shape, kernel, a, x.itemsize)
+    return partial[0].copy() if len(blocks) == 1 else partial.sum(axis=0)
+
+
+# -- one block -----------------------------------------------------------------------------------------
+
+
+def _forward_block(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs, y: np.ndarray) -> None:
+    n = x.shape[0]
+    out_c, cg, kh, kw = weight.shape
+    (oh, ow), g = a.out_size, a.groups
+    rows, pixels = cg * kh * kw, oh * ow
+    sample_major = _forward_sample_major(rows, pixels)
+    cols = _im2col(x, (kh, kw), a, sample_major)
+    w_mat = weight.reshape(g, out_c // g, rows)
+    if sample_major:
+        # (G, O/G, rows) @ (N, G, rows, OH*OW) -> (N, G, O/G, OH*OW): NCHW directly.
+        np.matmul(w_mat, cols.reshape(n, g, rows, pixels), out=y.reshape(n, g, out_c // g, pixels))
+        if bias is not None:
+            y += bias.reshape(1, out_c, 1, 1)
+        return
+    # (G, O/G, rows) @ (G, rows, N*OH*OW) -> (O, N, OH, OW), then to NCHW (adding the bias on the way).
+    prod = threads.workspace("conv2d.product", (g, out_c // g, n * pixels), x.dtype)
+    np.matmul(w_mat, cols.reshape(g, rows, n * pixels), out=prod)
+    y_t = prod.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
+    if bias is not None:
+        np.add(y_t, bias.reshape(1, out_c, 1, 1), out=y)
+    else:
+        np.copyto(y, y_t)
+
+
+def _channel_major(dy: np.ndarray, groups: int) -> np.ndarray:
+    """``dy`` as ``(G, O/G, N*OH*OW)``: the output gradient in the channel-major column order."""
+    n, out_c = dy.shape[:2]
+    grad = threads.workspace("conv2d.grad", (out_c, n) + dy.shape[2:], dy.dtype)
+    np.copyto(grad, dy.transpose(1, 0, 2, 3))
+    return grad.reshape(groups, out_c // groups, -1)
+
+
+def _weight_grad_block(
+    cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, sample_major: bool, grad: Any
+) -> np.ndarray:
+    """The block's share of ``dW`` from its columns and output gradient (``grad``: channel-major ``dy``)."""
+    n = dy.shape[0]
+    out_c, cg, kh, kw = weight_shape
+    g, rows, pixels = a.groups, cg * kh * kw, a.out_size[0] * a.out_size[1]
+    if sample_major:
+        cols_t = cols.reshape(n, g, rows, pixels).transpose(0, 1, 3, 2)
+        return np.matmul(dy.reshape(n, g, out_c // g, pixels), cols_t).sum(axis=0).reshape(weight_shape)
+    return np.matmul(grad, cols.reshape(g, rows, n * pixels).transpose(0, 2, 1)).reshape(weight_shape)
+
+
+def _input_grad_block(dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: np.ndarray, grad: Any = None) -> None:
+    """The block's ``dx``: the column gradient ``W^T dy`` by GEMM, then col2im, into ``dx``."""
+    n, c = dx.shape[:2]
+    out_c, cg, kh, kw = weight.shape
+    g, (oh, ow) = a.groups, a.out_size
+    rows, pixels = cg * kh * kw, oh * ow
+    sample_major = _use_sample_major(rows, pixels)
+    w_t = weight.reshape(g, out_c // g, rows).transpose(0, 2, 1)
+    if not sample_major and a.stride == (1, 1):
+        _input_grad_wide(dy, w_t, (kh, kw), a, dx)
+        return
+    if sample_major:
+        dcols = threads.workspace("conv2d.cols", (n, c, kh, kw, oh, ow), dy.dtype)
+        np.matmul(w_t, dy.reshape(n, g, out_c // g, pixels), out=dcols.reshape(n, g, rows, pixels))
+    else:
+        grad = _channel_major(dy, g) if grad is None else grad
+        dcols = threads.workspace("conv2d.cols", (c, kh, kw, n, oh, ow), dy.dtype)
+        np.matmul(w_t, grad, out=dcols.reshape(g, rows, n * pixels))
+    _col2im(dcols, (kh, kw), a, sample_major, dx)
+
+
+def _input_grad_wide(dy: np.ndarray, w_t: np.ndarray, kernel: tuple[int, int], a: ConvArgs, dx: np.ndarray) -> None:
+    """``dx`` of a stride-1 convolution, channel-major: col2im by contiguous adds over whole rows.
+
+    The column gradient is computed on output rows as wide as the padded image (the extra
+    columns of ``dy`` are zero, so their column gradients are exact zeros). Then every kernel
+    offset adds one contiguous run per image plane into the flat padded image, at a fixed shift
+    (``i*dh*Wp + j*dw``), instead of short strided rows. The zeros of the last runs spill at most
+    ``(kw-1)*dw`` values past a plane, into the next plane's first values or a slack at the end.
+    """
+    n, c, h, w = dx.shape
+    g, out_per_group = w_t.shape[0], w_t.shape[2]
+    (kh, kw), (oh, ow), (ph, pw), (dh, dw) = kernel, a.out_size, a.padding, a.dilation
+    hp, wp = h + 2 * ph, w + 2 * pw
+    grad = threads.workspace("conv2d.grad_wide", (dy.shape[1], n, oh, wp), dy.dtype)
+    grad[..., ow:] = 0
+    np.copyto(grad[..., :ow], dy.transpose(1, 0, 2, 3))
+    dcols = threads.workspace("conv2d.cols", (c, kh, kw, n, oh, wp), dy.dtype)
+    np.matmul(w_t, grad.reshape(g, out_per_group, -1), out=dcols.reshape(g, w_t.shape[1], -1))
+    plane, span = hp * wp, oh * wp
+    flat = threads.workspace("conv2d.image", (c * n * plane + (kw - 1) * dw,), dy.dtype)
+    flat.fill(0)
+    item = flat.itemsize
+    for i in range(kh):
+        for j in range(kw):
+            shift = i * dh * wp + j * dw
+            runs = np.lib.stride_tricks.as_strided(flat[shift:], (c, n, span), (n * plane * item, plane * item, item))
+            runs += dcols[:, i, j].reshape(c, n, span)
+    image = flat[: c * n * plane].reshape(c, n, hp, wp)
+    np.copyto(dx, image[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3))
+
+
+def _padded_image(x: np.ndarray, a: ConvArgs, sample_major: bool) -> np.ndarray:
+    """``x`` zero-padded, with the batch and channel axes in the order of the columns (a scratch array)."""
+    n, c, h, w = x.shape
+    ph, pw = a.padding
+    if sample_major and not (ph or pw):
+        return x
+    image = threads.workspace(
+        "conv2d.image", (n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), x.dtype
+    )
+    image[:, :, :ph] = 0
+    image[:, :, h + ph :] = 0
+    image[:, :, ph : h + ph, :pw] = 0
+    image[:, :, ph : h + ph, w + pw :] = 0
+    image[:, :, ph : ph + h, pw : pw + w] = x if sample_major else x.transpose(1, 0, 2, 3)
+    return image
+
+
+def _im2col(x: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_major: bool) -> np.ndarray:
+    """The columns ``(N, C, kh, kw, OH, OW)`` (sample-major) or ``(C, kh, kw, N, OH, OW)`` of ``x``.
+
+    One copy from a strided view of the padded image (every window of every offset), into a
+    scratch array that stays valid until the next convolution on this thread.
+    """
+    n, c = x.shape[:2]
+    (oh, ow), (sh, sw), (dh, dw) = a.out_size, a.stride, a.dilation
+    image = _padded_image(x, a, sample_major)
+    s0, s1, s2, s3 = image.strides
+    windows = np.lib.stride_tricks.as_strided(
+        image, (image.shape[0], image.shape[1], *kernel, oh, ow), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw)
+    )
+    if sample_major:
+        cols = threads.workspace("conv2d.cols", (n, c, *kernel, oh, ow), x.dtype)
+        np.copyto(cols, windows)
+    else:
+        cols = threads.workspace("conv2d.cols", (c, *kernel, n, oh, ow), x.dtype)
+        np.copyto(cols, windows.transpose(0, 2, 3, 1, 4, 5))
+    return cols
+
+
+def _col2im(dcols: np.ndarray, kernel: tuple[int, int], a: ConvArgs, sample_major: bool, dx: np.ndarray) -> None:
+    """The image gradient from column gradients laid out as :func:`_im2col`'s, into ``dx``."""
+    n, c, h, w = dx.shape
+    ph, pw = a.padding
+    image = threads.workspace(
+        "conv2d.image", (n, c, h + 2 * ph, w + 2 * pw) if sample_major else (c, n, h + 2 * ph, w + 2 * pw), dcols.dtype
+    )
+    image.fill(0)
+    for i, j, view in offset_views(image, kernel, a.stride, a.dilation, a.out_size):
+        view += dcols[:, :, i, j] if sample_major else dcols[:, i, j]
+    inner = image[:, :, ph : ph + h, pw : pw + w]
+    np.copyto(dx, inner if sample_major else inner.transpose(1, 0, 2, 3))
