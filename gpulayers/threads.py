@@ -16,6 +16,7 @@ CPUs this process may run on); the environment variable ``GPULAYERS_NUM_THREADS`
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -224,7 +225,7 @@ def workspace(tag: str, shape: tuple, dtype) -> np.ndarray:
     if cache is None:
         cache = _local.arrays = {}
     shape = tuple(int(v) for v in shape)
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     key = (tag, np.dtype(dtype).str)
     buf = cache.get(key)
     if buf is None or buf.size < size:

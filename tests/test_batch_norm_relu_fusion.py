@@ -1,4 +1,7 @@
-"""``Sequential`` runs BatchNorm followed by ReLU as one on the GPU: the ReLU inside the BatchNorm kernels.
+"""``Sequential`` runs BatchNorm followed by ReLU as one: the ReLU inside the BatchNorm's kernels or CPU blocks.
+
+On NumPy the fused pair must give bitwise the results of the two layers run one by one (finite
+and non-finite gradients, eval mode, modules reused within a step).
 
 On the CuPy stand-in (custom kernels on the host harness, both grids) the fused pair must give
 the NumPy path's outputs, input gradients, parameter gradients and running statistics, with two
@@ -129,3 +132,38 @@ def test_op_relu_flag_on_the_generic_path(running):
     want = normalization.batch_norm_backward(np.where(y <= 0, 0.0, dy), plain_cache)
     for g, w_ in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w_)
+
+
+def _unfused(model):
+    """The same layers, run one by one: every module's forward wrapped, so nothing fuses."""
+    for mod in model:
+        object.__setattr__(mod, "forward", type(mod).forward.__get__(mod))
+    return model
+
+
+@pytest.mark.parametrize(("name", "build", "shape"), _models(), ids=[m[0] for m in _models()])
+@pytest.mark.parametrize("grad", ["finite", "non-finite"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # NaN gradients reach the reductions
+def test_fused_pair_on_numpy_is_bitwise_the_two_layers(name, build, shape, grad, training):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    if grad == "non-finite":
+        dy.flat[::7] = np.inf  # inf * 0 would be NaN: the masked positions must still get 0
+        dy.flat[3::11] = np.nan
+    gl.manual_seed(0)
+    fused = build()
+    gl.manual_seed(0)
+    plain = _unfused(build())
+    fused.train(training)
+    plain.train(training)
+    if not training and name != "pair":  # in eval mode a reused module keeps only its latest forward
+        np.testing.assert_array_equal(fused(x), plain(x))
+        return
+    got, want = _run(fused, x, dy), _run(plain, x, dy)
+    for g, w in zip(got[:2], want[:2], strict=True):
+        np.testing.assert_array_equal(g, w)
+    for part in (2, 3):
+        for key in want[part]:
+            np.testing.assert_array_equal(got[part][key], want[part][key], err_msg=key)

@@ -11,6 +11,7 @@ from helpers import small_cnn
 
 import gpulayers as gl
 from gpulayers import nn, optim, threads
+from gpulayers.ops import conv2d_cpu, linear
 
 
 @pytest.fixture
@@ -41,7 +42,10 @@ def _train_steps(num_threads: int, steps: int = 2) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("num_threads", [2, 3])
 def test_training_is_bitwise_the_same_on_one_and_several_threads(restore_threads, monkeypatch, num_threads):
-    monkeypatch.setattr(threads, "BLOCK_BYTES", 4096)  # many blocks even at this small size
+    # Many blocks even at this small size: elementwise passes, convolutions and linear layers.
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(conv2d_cpu, "COLUMN_BLOCK_BYTES", 8192)
+    monkeypatch.setattr(linear, "BLOCK_MACS", 2048)
     one = _train_steps(1)
     several = _train_steps(num_threads)
     for a, b in zip(one, several, strict=True):
@@ -124,3 +128,25 @@ def test_allocator_tuning_can_be_turned_off(env, expected):
     base = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MALLOC_", "GPULAYERS_MALLOC"))}
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_blocks_are_even_and_depend_only_on_the_sizes():
+    sizes = [stop - start for start, stop in threads.batch_blocks(64, 100, 1000)]  # at most 10 samples a block
+    assert sizes == [9, 9, 9, 9, 9, 9, 10]
+    assert [stop - start for start, stop in threads.batch_blocks(10, 1, 4)] == [3, 3, 4]
+    assert threads.batch_blocks(3, 10**9, 1) == [(0, 1), (1, 2), (2, 3)]  # at least one sample per block
+
+
+def test_blas_runs_single_threaded_inside_blocks_and_is_restored(restore_threads):
+    controls = threads._blas_controls()
+    if controls is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS with per-thread thread counts")
+    _, get = controls
+    before = get()
+    gl.set_num_threads(2)
+    seen = []
+    threads.run_blocks(lambda start, stop: seen.append(get()), 8, 1, 2)  # four blocks over two threads
+    assert seen == [1, 1, 1, 1]
+    assert get() == before
+    threads.run_blocks(lambda start, stop: seen.append(get()), 1, 1, 2)  # one block: BLAS as it is
+    assert seen[-1] == before

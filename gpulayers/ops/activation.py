@@ -85,22 +85,27 @@ def _row_bytes(x: Any) -> int:
     return x.itemsize * (x.size // max(x.shape[0], 1))
 
 
+def relu_grad_block(dy: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """ReLU's backward on one NumPy block: ``out = dy`` where ``y`` is > 0 (or NaN), else 0.
+
+    ``dy`` times the mask ``not (y <= 0)`` when ``dy`` is finite (~4x faster than ``where()``,
+    the same values); ``where()`` otherwise, since ``inf * 0`` would be NaN where PyTorch has 0.
+    ``out`` may be ``dy``.
+    """
+    keep = np.less_equal(y, 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(np.add.reduce(dy, axis=None))
+    if finite:
+        np.logical_not(keep, out=keep)
+        np.multiply(dy, keep, out=out)
+    else:
+        np.copyto(out, np.where(keep, _zero(dy), dy))
+
+
 def _relu_backward_cpu(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Block-wise ``relu_backward``: ``dy`` times the mask ``not (y <= 0)``, one pass per array in cache."""
+    """Block-wise ``relu_backward`` (:func:`relu_grad_block` per block of the batch)."""
     dx = np.empty_like(dy)
-
-    def block(a: int, b: int) -> None:
-        g, out = dy[a:b], dx[a:b]
-        keep = np.less_equal(y[a:b], 0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite(np.add.reduce(g, axis=None))
-        if finite:  # a multiply by the mask, ~4x faster than where(): with finite dy the same values
-            np.logical_not(keep, out=keep)
-            np.multiply(g, keep, out=out)
-        else:  # inf * 0 would be NaN: where() keeps PyTorch's zeros
-            np.copyto(out, np.where(keep, _zero(g), g))
-
-    threads.run_blocks(block, dy.shape[0], _row_bytes(dy))
+    threads.run_blocks(lambda a, b: relu_grad_block(dy[a:b], y[a:b], dx[a:b]), dy.shape[0], _row_bytes(dy))
     return dx
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import threads
+from .activation import relu_grad_block
 
 __all__ = ["CpuBatchNormCache", "channel_mean_var", "normalize", "backward"]
 
@@ -123,14 +124,12 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     dx = np.empty_like(dy)
     dx3 = _view3(dx)
     relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
-    zero = dy.dtype.type(0)
 
     def sums(start: int, stop: int) -> None:
         g = dy3[start:stop]
         if relu_out3 is not None:  # the masked gradient goes to dx's block, which grads() then reads
             g = dx3[start:stop]
-            np.copyto(g, dy3[start:stop])
-            np.copyto(g, zero, where=np.less_equal(relu_out3[start:stop], zero))
+            relu_grad_block(dy3[start:stop], relu_out3[start:stop], g)
         np.einsum("ncl->nc", g, out=partial[0, start:stop])
         dev = np.subtract(x3[start:stop], mean3)
         np.einsum("ncl,ncl->nc", dev, g, out=partial[1, start:stop])
