@@ -181,10 +181,11 @@ def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int, bl
     if len(blocks) <= 1 or threading.current_thread().name.startswith("gpulayers-cpu"):
         _run(fn, blocks)
         return
+    workers = get_num_threads()  # first, while BLAS still reports its own thread count
     controls = _blas_controls()
     previous = controls[0](1) if controls is not None else 0
     try:
-        _share(fn, blocks)
+        _share(fn, blocks, workers)
     finally:
         if controls is not None:
             controls[0](0)  # back to the process-wide count ...
@@ -192,13 +193,13 @@ def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int, bl
                 controls[0](previous)  # ... unless this thread had its own
 
 
-def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]]) -> None:
-    threads = min(get_num_threads(), len(blocks))
+def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]], workers: int) -> None:
+    threads = min(workers, len(blocks))
     if threads <= 1:
         _run(fn, blocks)
         return
     shares = [blocks[i * len(blocks) // threads : (i + 1) * len(blocks) // threads] for i in range(threads)]
-    pool = _executor(get_num_threads() - 1)
+    pool = _executor(workers - 1)
     futures = [pool.submit(_run, fn, share) for share in shares[1:]]
     try:
         _run(fn, shares[0])

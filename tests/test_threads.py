@@ -150,3 +150,16 @@ def test_blas_runs_single_threaded_inside_blocks_and_is_restored(restore_threads
     assert get() == before
     threads.run_blocks(lambda start, stop: seen.append(get()), 1, 1, 2)  # one block: BLAS as it is
     assert seen[-1] == before
+
+
+def test_default_thread_count_is_read_before_blas_goes_single_threaded():
+    """The default count comes from BLAS's pool: reading it inside a pass (BLAS at one thread) would give 1."""
+    code = (
+        "import threading, time, gpulayers.threads as t; names = set()\n"
+        "t.run_blocks(lambda a, b: names.add(threading.current_thread().name) or time.sleep(0.05), 4, 1, 1)\n"
+        "print(t.get_num_threads(), len(names))"
+    )
+    base = {k: v for k, v in __import__("os").environ.items() if not k.endswith("NUM_THREADS")}
+    env = {**base, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2 2"
