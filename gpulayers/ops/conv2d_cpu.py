@@ -33,8 +33,12 @@ __all__ = ["CpuConvCache", "forward", "backward", "input_grad", "weight_grad"]
 SAMPLE_MAJOR_MAX_RATIO = 2.0
 # Forward takes per-sample GEMMs from this many output pixels on.
 FORWARD_SAMPLE_MAJOR_MIN_PIXELS = 128
-# Bytes of one block's column matrix: GEMMs large enough for BLAS, temporaries that stay in cache.
-COLUMN_BLOCK_BYTES = 1 << 20
+# Bytes of one block's column matrix at most: GEMMs large enough for BLAS, temporaries that stay in
+# the caches. Fewer, larger blocks cost less per sample (measured on a 2-core Xeon: 4 MiB blocks ran
+# a 32->64 channel backward at 14x14 in two thirds of the time of 1 MiB blocks).
+COLUMN_BLOCK_BYTES = 1 << 22
+# Blocks a batch is cut into at least (when it has that many samples).
+MIN_BLOCKS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +72,19 @@ def _column_bytes(x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize
     return x_shape[1] * kernel[0] * kernel[1] * a.out_size[0] * a.out_size[1] * itemsize
 
 
+def _block_bytes(x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> tuple[int, int]:
+    """``(bytes per sample, bytes per block)``: blocks of at most ``COLUMN_BLOCK_BYTES``, and at least
+    ``MIN_BLOCKS`` of them when the batch allows (the threads need several to share)."""
+    per_sample = _column_bytes(x_shape, kernel, a, itemsize)
+    return per_sample, min(COLUMN_BLOCK_BYTES, max(1, per_sample * x_shape[0] // MIN_BLOCKS))
+
+
 def _blocks(x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> list[tuple[int, int]]:
-    return threads.batch_blocks(x_shape[0], _column_bytes(x_shape, kernel, a, itemsize), COLUMN_BLOCK_BYTES)
+    return threads.batch_blocks(x_shape[0], *_block_bytes(x_shape, kernel, a, itemsize))
 
 
 def _run(fn, x_shape: tuple, kernel: tuple[int, int], a: ConvArgs, itemsize: int) -> None:
-    threads.run_blocks(fn, x_shape[0], _column_bytes(x_shape, kernel, a, itemsize), COLUMN_BLOCK_BYTES)
+    threads.run_blocks(fn, x_shape[0], *_block_bytes(x_shape, kernel, a, itemsize))
 
 
 # -- the whole batch, block by block ------------------------------------------------------------------
