@@ -85,16 +85,18 @@ def _row_bytes(x: Any) -> int:
     return x.itemsize * (x.size // max(x.shape[0], 1))
 
 
-def relu_grad_block(dy: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+def relu_grad_block(dy: np.ndarray, y: np.ndarray, out: np.ndarray, finite: bool | None = None) -> None:
     """ReLU's backward on one NumPy block: ``out = dy`` where ``y`` is > 0 (or NaN), else 0.
 
     ``dy`` times the mask ``not (y <= 0)`` when ``dy`` is finite (~4x faster than ``where()``,
     the same values); ``where()`` otherwise, since ``inf * 0`` would be NaN where PyTorch has 0.
-    ``out`` may be ``dy``.
+    ``finite``: whether ``dy`` is finite, when the caller knows (or takes the multiply and checks
+    its own results afterwards); None checks. ``out`` may be ``dy``.
     """
     keep = np.less_equal(y, 0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(np.add.reduce(dy, axis=None))
+    if finite is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.isfinite(np.add.reduce(dy, axis=None)))
     if finite:
         np.logical_not(keep, out=keep)
         np.multiply(dy, keep, out=out)

@@ -125,14 +125,26 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     dx3 = _view3(dx)
     relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
 
-    def sums(start: int, stop: int) -> None:
-        g = dy3[start:stop]
-        if relu_out3 is not None:  # the masked gradient goes to dx's block, which grads() then reads
-            g = dx3[start:stop]
-            relu_grad_block(dy3[start:stop], relu_out3[start:stop], g)
+    def block_sums(g: np.ndarray, start: int, stop: int) -> None:
         np.einsum("ncl->nc", g, out=partial[0, start:stop])
         dev = np.subtract(x3[start:stop], mean3)
         np.einsum("ncl,ncl->nc", dev, g, out=partial[1, start:stop])
+
+    def sums(start: int, stop: int) -> None:
+        if relu_out3 is None:
+            block_sums(dy3[start:stop], start, stop)
+            return
+        # The masked gradient goes to dx's block, which grads() then reads. The fast multiply by
+        # the mask is exact unless dy has an inf or a NaN, and then the block's sums show it:
+        # the block is masked again with where() and summed again.
+        g = dx3[start:stop]
+        relu_grad_block(dy3[start:stop], relu_out3[start:stop], g, finite=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            block_sums(g, start, stop)
+            if np.isfinite(partial[:, start:stop]).all():
+                return
+            relu_grad_block(dy3[start:stop], relu_out3[start:stop], g)
+            block_sums(g, start, stop)
 
     threads.run_blocks(sums, n, _sample_bytes(dy))
     total = partial.sum(axis=1)

@@ -105,9 +105,8 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvA
 def backward(dy: np.ndarray, cache: CpuConvCache, input_grad: bool = True):
     """``(dx, dw, db)``; ``dx`` is None without ``input_grad``."""
     x, weight, a = cache.x, cache.weight, cache.a
-    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     dx = np.empty_like(x) if input_grad else None
-    dw = _weight_grad_blocks(x, dy, weight, a, dx)
+    dw, db = _weight_grad_blocks(x, dy, weight, a, dx, cache.has_bias)
     return dx, dw, db
 
 
@@ -125,15 +124,19 @@ def input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs) 
 
 def weight_grad(x: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs) -> np.ndarray:
     """``dW`` alone (the weight gradient of a transposed convolution)."""
-    return _weight_grad_blocks(x, dy, np.empty(weight_shape, dtype=x.dtype), a, None)
+    return _weight_grad_blocks(x, dy, np.empty(weight_shape, dtype=x.dtype), a, None, False)[0]
 
 
-def _weight_grad_blocks(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: Any) -> np.ndarray:
-    """``dW`` as per-block partial products summed in block order; ``dx`` filled too when given."""
+def _weight_grad_blocks(
+    x: np.ndarray, dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: Any, bias: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(dW, db)`` as per-block partial results summed in block order (``db`` with ``bias``);
+    ``dx`` filled too when given."""
     kernel = weight.shape[2:]
     blocks = _blocks(x.shape, kernel, a, x.itemsize)
     index = {start: k for k, (start, _) in enumerate(blocks)}
     partial = np.empty((len(blocks), *weight.shape), dtype=x.dtype)
+    partial_db = np.empty((len(blocks), dy.shape[1]), dtype=dy.dtype) if bias else None
 
     def block(start: int, stop: int) -> None:
         sample_major = _use_sample_major(weight[0].size, a.out_size[0] * a.out_size[1])
@@ -141,11 +144,14 @@ def _weight_grad_blocks(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, a: Co
         grad = None if sample_major else _channel_major(g, a.groups)  # shared by both products
         cols = _im2col(x[start:stop], kernel, a, sample_major)
         partial[index[start]] = _weight_grad_block(cols, g, weight.shape, a, sample_major, grad)
+        if partial_db is not None:
+            np.einsum("ncl->c", g.reshape(*g.shape[:2], -1), out=partial_db[index[start]])
         if dx is not None:  # the columns are no longer needed: their scratch takes the column gradient
             _input_grad_block(g, weight, a, dx[start:stop], grad)
 
     _run(block, x.shape, kernel, a, x.itemsize)
-    return partial[0].copy() if len(blocks) == 1 else partial.sum(axis=0)
+    db = None if partial_db is None else partial_db.sum(axis=0)
+    return (partial[0].copy() if len(blocks) == 1 else partial.sum(axis=0)), db
 
 
 # -- one block -----------------------------------------------------------------------------------------
