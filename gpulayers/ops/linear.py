@@ -33,7 +33,7 @@ class LinearCache:
 
 
 # Multiply-adds of one block's GEMM on NumPy: large enough for BLAS to run near its peak.
-BLOCK_MACS = 1 << 23
+BLOCK_MACS = 1 << 24
 
 
 def _blockwise(*arrays: Any) -> bool:
