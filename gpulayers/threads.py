@@ -16,6 +16,7 @@ CPUs this process may run on); the environment variable ``GPULAYERS_NUM_THREADS`
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 import sys
@@ -194,18 +195,37 @@ def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int, bl
 
 
 def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]], workers: int) -> None:
+    """Every thread takes the next block not yet taken until none is left.
+
+    A worker that wakes late takes fewer blocks (or none, and is then not waited for) instead of
+    holding the caller up; which thread runs a block never changes what the block computes. After
+    an error no thread takes a new block.
+    """
     threads = min(workers, len(blocks))
     if threads <= 1:
         _run(fn, blocks)
         return
-    shares = [blocks[i * len(blocks) // threads : (i + 1) * len(blocks) // threads] for i in range(threads)]
+    counter = itertools.count()  # next() on it is atomic under the GIL
+    failed: list[bool] = []
+
+    def take() -> None:
+        try:
+            k = next(counter)
+            while k < len(blocks) and not failed:
+                fn(*blocks[k])
+                k = next(counter)
+        except BaseException:
+            failed.append(True)
+            raise
+
     pool = _executor(workers - 1)
-    futures = [pool.submit(_run, fn, share) for share in shares[1:]]
+    futures = [pool.submit(take) for _ in range(threads - 1)]
     try:
-        _run(fn, shares[0])
+        take()
     finally:
         for future in futures:
-            future.result()
+            if not future.cancel():  # a worker that has not woken up yet is not waited for
+                future.result()
 
 
 # -- reusable scratch arrays ---------------------------------------------------------------------------
