@@ -112,6 +112,27 @@ def check_same_device(name: str, x: Any, reference: Any, what: str = "weight", *
         )
 
 
+def check_conv_arrays(name: str, x: Any, weight: Any, weight_layout: str) -> None:
+    """The input and weight of a convolution-family op: 4-D floating arrays on one device, one dtype.
+
+    ``weight_layout`` names the weight's axes for the message, e.g. ``"(out, in/groups, kh, kw)"``.
+    """
+    check_input(name, x, 4, "(N, C, H, W)")
+    check_floating(name + " weight", weight)
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D weight {weight_layout}, got shape {tuple(weight.shape)}")
+    check_same_device(name, x, weight)
+
+
+def check_bias(name: str, x: Any, bias: Any, out_channels: int) -> None:
+    """``bias`` is None, or ``(out_channels,)`` on the input's device with its dtype."""
+    if bias is None:
+        return
+    check_same_device(name, x, bias, what="bias")
+    if tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"{name}: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
+
+
 def check_pair_of_floats(name: str, input: Any, target: Any, note: str = "") -> None:
     """``input`` and ``target`` floating-point arrays of one shape on one device (any float dtypes);
     ``note`` is appended to the shape message."""

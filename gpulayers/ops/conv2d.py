@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_floating, check_grad, check_same_device, conv_size, grad_marker, pair
+from .._checks import check_bias, check_conv_arrays, check_grad, conv_size, grad_marker, pair
 from . import conv2d_cpu
 
 __all__ = [
@@ -71,13 +71,7 @@ def conv2d_arguments(
     name: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any
 ) -> ConvArgs:
     """Check input, weight and bias against each other and return the normalised options."""
-    check_floating(name, x)
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    check_floating(name + " weight", weight)
-    if weight.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D weight (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
-    check_same_device(name, x, weight)
+    check_conv_arrays(name, x, weight, "(out, in/groups, kh, kw)")
     kernel = (int(weight.shape[2]), int(weight.shape[3]))
     stride, pad, extra, dilation, groups = normalize_conv_options(name, kernel, stride, padding, dilation, groups)
     out_channels = int(weight.shape[0])
@@ -89,10 +83,7 @@ def conv2d_arguments(
             f"{name}: expected input with {weight.shape[1] * groups} channels{layout}, "
             f"got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
-    if bias is not None:
-        check_same_device(name, x, bias, what="bias")
-        if tuple(bias.shape) != (out_channels,):
-            raise ValueError(f"{name}: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
+    check_bias(name, x, bias, out_channels)
     oh = conv_size(name, x.shape[2] + extra[0], kernel[0], stride[0], pad[0], dilation[0], "height")
     ow = conv_size(name, x.shape[3] + extra[1], kernel[1], stride[1], pad[1], dilation[1], "width")
     return ConvArgs(stride, pad, extra, dilation, groups, (oh, ow))
@@ -114,9 +105,9 @@ def conv2d_forward(
     x: Any,
     weight: Any,
     bias: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     *,
     name: str = "conv2d",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .._checks import check_floating, check_grad, check_same_device, grad_marker, pair
+from .._checks import check_bias, check_conv_arrays, check_grad, grad_marker, pair
 from .conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
 
 __all__ = ["conv_transpose2d_forward", "conv_transpose2d_backward", "conv_transpose2d_options", "TransposeArgs"]
@@ -66,13 +66,7 @@ def conv_transpose2d_options(
 def _arguments(
     name: str, x: Any, weight: Any, bias: Any, stride, padding, output_padding, groups, dilation
 ) -> TransposeArgs:
-    check_floating(name, x)
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    check_floating(name + " weight", weight)
-    if weight.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D weight (in, out/groups, kh, kw), got shape {tuple(weight.shape)}")
-    check_same_device(name, x, weight)
+    check_conv_arrays(name, x, weight, "(in, out/groups, kh, kw)")
     stride, padding, output_padding, dilation, groups = conv_transpose2d_options(
         name, stride, padding, output_padding, dilation, groups
     )
@@ -84,11 +78,7 @@ def _arguments(
             f"{name}: expected input with {in_channels} channels (weight {tuple(weight.shape)}), "
             f"got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
-    out_channels = int(weight.shape[1]) * groups
-    if bias is not None:
-        check_same_device(name, x, bias, what="bias")
-        if tuple(bias.shape) != (out_channels,):
-            raise ValueError(f"{name}: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
+    check_bias(name, x, bias, int(weight.shape[1]) * groups)
     out = []
     for axis, label in enumerate(("height", "width")):
         size, k = int(x.shape[2 + axis]), int(weight.shape[2 + axis])
@@ -125,28 +115,26 @@ def conv_transpose2d_forward(
     x: Any,
     weight: Any,
     bias: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    output_padding: Any = 0,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    output_padding: int | tuple[int, int] = 0,
     groups: int = 1,
-    dilation: Any = 1,
+    dilation: int | tuple[int, int] = 1,
     *,
     name: str = "conv_transpose2d",
 ) -> tuple[Any, TransposeCache]:
     """Transposed convolution of an NCHW batch (PyTorch's ``F.conv_transpose2d``, same argument order).
 
+    The arguments are those of :func:`gpulayers.ops.conv2d.conv2d_forward` (``bias``, ``stride``,
+    ``dilation``, ``groups`` and ``name`` mean the same), but for these:
+
     Args:
-        x: input ``(N, in_channels, H, W)``, float32 or float64, NumPy or CuPy.
-        weight: ``(in_channels, out_channels // groups, kh, kw)``, same device and dtype.
-        bias: ``(out_channels,)`` or None.
-        stride: int or pair. Defaults to 1.
-        padding: int or pair: ``dilation * (kernel - 1) - padding`` zeros are (implicitly) added
-            around the input. Defaults to 0.
+        x: input ``(N, in_channels, H, W)``.
+        weight: ``(in_channels, out_channels // groups, kh, kw)``; ``bias`` is ``(out_channels,)``.
+        padding: int or pair (no strings): ``dilation * (kernel - 1) - padding`` zeros are
+            (implicitly) added around the input. Defaults to 0.
         output_padding: int or pair, extra size on the bottom/right of the output; smaller than
             the stride or the dilation. Defaults to 0.
-        groups: blocked connections from input to output channels. Defaults to 1.
-        dilation: int or pair. Defaults to 1.
-        name: who is calling, for error messages.
 
     Returns:
         ``(y, cache)``; pass ``cache`` to :func:`conv_transpose2d_backward`.
