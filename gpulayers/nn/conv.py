@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -14,21 +15,91 @@ from ._weighted import WeightBiasLayer
 __all__ = ["Conv2d", "ConvTranspose2d"]
 
 
-def _channels_and_kernel(name: str, in_channels: Any, out_channels: Any, kernel_size: Any) -> tuple:
-    return (
-        check_int(name, "in_channels", in_channels, 1),
-        check_int(name, "out_channels", out_channels, 1),
-        pair(name, "kernel_size", kernel_size, minimum=1),
-    )
+_SIZE = int | tuple[int, int]
+#: Every constructor argument of the two layers: (default, annotation); the first three are required.
+_ARGUMENTS = {
+    "in_channels": (inspect.Parameter.empty, int),
+    "out_channels": (inspect.Parameter.empty, int),
+    "kernel_size": (inspect.Parameter.empty, _SIZE),
+    "stride": (1, _SIZE),
+    "padding": (0, _SIZE | str),
+    "output_padding": (0, _SIZE),
+    "dilation": (1, _SIZE),
+    "groups": (1, int),
+    "bias": (True, bool),
+    "padding_mode": ("zeros", str),
+}
 
 
-def _check_groups_and_mode(name: str, in_channels: int, out_channels: int, groups: int, padding_mode: Any) -> str:
-    for what, count in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if count % groups:
-            raise ValueError(f"{name}: expected {what} divisible by groups={groups}, got {count}")
-    if padding_mode != "zeros":
-        raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
-    return padding_mode
+def _pytorch_init(*options: str) -> Any:
+    """An ``__init__`` whose signature is PyTorch's: the channels and the kernel, then ``options`` in order.
+
+    It binds the call to that signature (so positional arguments follow PyTorch's order) and hands
+    every argument by name to :meth:`_ConvLayer._configure`.
+    """
+    names = ("in_channels", "out_channels", "kernel_size", *options)
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for arg in names:
+        default, annotation = _ARGUMENTS[arg]
+        if arg == "padding" and "output_padding" in options:
+            annotation = _SIZE  # the transposed convolution takes no "same"/"valid"
+        params.append(
+            inspect.Parameter(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        )
+    signature = inspect.Signature(params, return_annotation=None)
+
+    def __init__(self: _ConvLayer, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self._name}: {exc}") from None
+        bound.apply_defaults()
+        super(_ConvLayer, self).__init__()
+        del bound.arguments["self"]
+        self._configure(**bound.arguments)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    return __init__
+
+
+class _ConvLayer(WeightBiasLayer):
+    """What Conv2d and ConvTranspose2d share: checking the constructor's arguments, making the parameters."""
+
+    _name: str
+    _transposed: bool
+
+    def _configure(
+        self,
+        in_channels: Any,
+        out_channels: Any,
+        kernel_size: Any,
+        *,
+        groups: Any,
+        bias: Any,
+        padding_mode: Any,
+        **window: Any,
+    ) -> None:
+        name = self._name
+        self.in_channels = check_int(name, "in_channels", in_channels, 1)
+        self.out_channels = check_int(name, "out_channels", out_channels, 1)
+        self.kernel_size = pair(name, "kernel_size", kernel_size, minimum=1)
+        self.groups = self._set_window(groups=groups, **window)
+        for what, count in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if count % self.groups:
+                raise ValueError(f"{name}: expected {what} divisible by groups={self.groups}, got {count}")
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        # Conv2d's weight is (out, in / groups, kh, kw), ConvTranspose2d's (in, out / groups, kh, kw);
+        # PyTorch's fan-in is weight.shape[1] * kh * kw for both.
+        first, second = (
+            (self.in_channels, self.out_channels) if self._transposed else (self.out_channels, self.in_channels)
+        )
+        self._create_parameters(name, (first, second // self.groups, *self.kernel_size), self.out_channels, bias)
+
+    def _set_window(self, **options: Any) -> int:
+        """Check and store stride, padding, dilation (and output_padding); return the groups."""
+        raise NotImplementedError
 
 
 def _conv_repr(layer: Any, *options: tuple) -> str:
@@ -43,7 +114,7 @@ def _conv_repr(layer: Any, *options: tuple) -> str:
     return s
 
 
-class Conv2d(WeightBiasLayer):
+class Conv2d(_ConvLayer):
     """2-D convolution over an NCHW batch, PyTorch's ``nn.Conv2d``.
 
     Args:
@@ -68,31 +139,16 @@ class Conv2d(WeightBiasLayer):
           ``OH = (H + 2*padding[0] - dilation[0]*(kernel_size[0]-1) - 1) // stride[0] + 1``, likewise ``OW``.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-    ) -> None:
-        super().__init__()
-        name = "Conv2d"
-        self.in_channels, self.out_channels, self.kernel_size = _channels_and_kernel(
-            name, in_channels, out_channels, kernel_size
+    _name = "Conv2d"
+    _transposed = False
+    __init__ = _pytorch_init("stride", "padding", "dilation", "groups", "bias", "padding_mode")
+
+    def _set_window(self, stride: Any, padding: Any, dilation: Any, groups: Any) -> int:
+        self.stride, pad, _, self.dilation, groups = ops.normalize_conv_options(
+            self._name, self.kernel_size, stride, padding, dilation, groups
         )
-        stride_, pad, _, dilation_, groups_ = ops.normalize_conv_options(
-            name, self.kernel_size, stride, padding, dilation, groups
-        )
-        self.padding_mode = _check_groups_and_mode(name, self.in_channels, self.out_channels, groups_, padding_mode)
-        self.stride, self.dilation, self.groups = stride_, dilation_, groups_
         self.padding = padding if isinstance(padding, str) else pad
-        shape = (self.out_channels, self.in_channels // groups_, *self.kernel_size)
-        self._create_parameters(name, shape, self.out_channels, bias)
+        return groups
 
     _backward_op = staticmethod(ops.conv2d_backward)
 
@@ -108,7 +164,7 @@ class Conv2d(WeightBiasLayer):
         return _conv_repr(self, ("padding", (0, 0)), ("dilation", (1, 1)), ("groups", 1))
 
 
-class ConvTranspose2d(WeightBiasLayer):
+class ConvTranspose2d(_ConvLayer):
     """2-D transposed convolution over an NCHW batch, PyTorch's ``nn.ConvTranspose2d``.
 
     The adjoint of :class:`Conv2d` with the same weight: it runs the convolution's input
@@ -141,31 +197,15 @@ class ConvTranspose2d(WeightBiasLayer):
           likewise ``OW``.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
-        groups: int = 1,
-        bias: bool = True,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-    ) -> None:
-        super().__init__()
-        name = "ConvTranspose2d"
-        self.in_channels, self.out_channels, self.kernel_size = _channels_and_kernel(
-            name, in_channels, out_channels, kernel_size
+    _name = "ConvTranspose2d"
+    _transposed = True
+    __init__ = _pytorch_init("stride", "padding", "output_padding", "groups", "bias", "dilation", "padding_mode")
+
+    def _set_window(self, stride: Any, padding: Any, output_padding: Any, dilation: Any, groups: Any) -> int:
+        self.stride, self.padding, self.output_padding, self.dilation, groups = transpose_ops.conv_transpose2d_options(
+            self._name, stride, padding, output_padding, dilation, groups
         )
-        self.stride, self.padding, self.output_padding, self.dilation, self.groups = (
-            transpose_ops.conv_transpose2d_options(name, stride, padding, output_padding, dilation, groups)
-        )
-        self.padding_mode = _check_groups_and_mode(name, self.in_channels, self.out_channels, self.groups, padding_mode)
-        shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
-        # PyTorch's fan-in is weight.shape[1] * kh * kw for a transposed convolution too.
-        self._create_parameters(name, shape, self.out_channels, bias)
+        return groups
 
     def forward(self, x: Any, output_size: Any = None) -> Any:
         """The transposed convolution of ``x``.
@@ -195,7 +235,7 @@ class ConvTranspose2d(WeightBiasLayer):
 
     def _output_padding(self, x: Any, output_size: Any) -> tuple[int, int]:
         """The output padding that gives ``output_size`` (PyTorch's rule: within ``stride - 1`` of the minimum)."""
-        name = "ConvTranspose2d"
+        name = self._name
         size = tuple(output_size)
         if len(size) == 4:
             size = size[2:]
