@@ -33,6 +33,12 @@ __device__ __forceinline__ void unravel4(long long index, int size_b, int size_c
   a = (int)(index / size_b);
 }
 
+// The window parameters every kernel here ends with, in the order of the launchers'
+// LaunchGeometry.window_args() (gpulayers/ops/_window.py).
+#define CONV_WINDOW_PARAMS                                                                                      \
+  int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, \
+      int out_h, int out_w
+
 // The output coordinate whose window puts kernel offset k on input coordinate pos, or -1 if none.
 __device__ __forceinline__ int window_source(int pos, int pad, int k, int dilation, int stride, int out) {
   const int span = pos + pad - k * dilation;  // = out_pos * stride when offset k lands on pos
@@ -40,6 +46,25 @@ __device__ __forceinline__ int window_source(int pos, int pad, int k, int dilati
   const int out_pos = span / stride;
   return out_pos < out ? out_pos : -1;
 }
+
+// The window geometry of a convolution, for the gathers of the backward kernels.
+struct ConvWindow {
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, out_h, out_w;
+
+  // Calls visit(i, j, h_out, w_out) for each kernel offset (i, j), in row-major order, whose
+  // window at output (h_out, w_out) puts it on input (h, w).
+  template <typename Visit>
+  __device__ __forceinline__ void for_each_source(int h, int w, Visit visit) const {
+    for (int i = 0; i < kernel_h; ++i) {
+      const int h_out = window_source(h, pad_h, i, dilation_h, stride_h, out_h);
+      if (h_out < 0) continue;
+      for (int j = 0; j < kernel_w; ++j) {
+        const int w_out = window_source(w, pad_w, j, dilation_w, stride_w, out_w);
+        if (w_out >= 0) visit(i, j, h_out, w_out);
+      }
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------
 // GEMM path
@@ -49,9 +74,7 @@ __device__ __forceinline__ int window_source(int pos, int pad, int k, int dilati
 // One thread per (c, n, h_out, w_out); it writes kernel_h * kernel_w column rows.
 template <typename T>
 __global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, long long total, int batch,
-                              int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
-                              int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int out_h,
-                              int out_w) {
+                              int channels, int height, int width, CONV_WINDOW_PARAMS) {
   const long long plane_out = (long long)out_h * out_w;
   const long long row_len = (long long)batch * plane_out;  // length of one column-matrix row
   GRID_STRIDE_LOOP(index, total) {
@@ -79,9 +102,9 @@ __global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, long
 // position lands on an integer output coordinate inside the output.
 template <typename T>
 __global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ x_grad, long long total, int batch,
-                              int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
-                              int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int out_h,
-                              int out_w) {
+                              int channels, int height, int width, CONV_WINDOW_PARAMS) {
+  const ConvWindow window = {kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                             pad_w, dilation_h, dilation_w, out_h, out_w};
   const long long plane_out = (long long)out_h * out_w;
   const long long row_len = (long long)batch * plane_out;
   GRID_STRIDE_LOOP(index, total) {
@@ -90,15 +113,9 @@ __global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ x_grad,
 
     const T* col_c = col + (long long)c * kernel_h * kernel_w * row_len + n * plane_out;
     T sum = T(0);
-    for (int i = 0; i < kernel_h; ++i) {
-      const int h_out = window_source(h, pad_h, i, dilation_h, stride_h, out_h);
-      if (h_out < 0) continue;
-      for (int j = 0; j < kernel_w; ++j) {
-        const int w_out = window_source(w, pad_w, j, dilation_w, stride_w, out_w);
-        if (w_out < 0) continue;
-        sum += col_c[(long long)(i * kernel_w + j) * row_len + (long long)h_out * out_w + w_out];
-      }
-    }
+    window.for_each_source(h, w, [&](int i, int j, int h_out, int w_out) {
+      sum += col_c[(long long)(i * kernel_w + j) * row_len + (long long)h_out * out_w + w_out];
+    });
     x_grad[index] = sum;
   }
 }
@@ -128,9 +145,7 @@ template <typename T>
 __global__ void conv2d_direct_forward_kernel(const T* __restrict__ x, const T* __restrict__ weight,
                                              const T* __restrict__ bias, T* __restrict__ y, long long total,
                                              int has_bias, int channels, int height, int width, int out_channels,
-                                             int groups, int kernel_h, int kernel_w, int stride_h, int stride_w,
-                                             int pad_h, int pad_w, int dilation_h, int dilation_w, int out_h,
-                                             int out_w) {
+                                             int groups, CONV_WINDOW_PARAMS) {
   const int in_per_group = channels / groups;
   const int out_per_group = out_channels / groups;
   GRID_STRIDE_LOOP(index, total) {
@@ -164,9 +179,10 @@ __global__ void conv2d_direct_forward_kernel(const T* __restrict__ x, const T* _
 template <typename T>
 __global__ void conv2d_direct_backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ weight,
                                                    T* __restrict__ x_grad, long long total, int channels,
-                                                   int height, int width, int out_channels, int groups, int kernel_h,
-                                                   int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-                                                   int dilation_h, int dilation_w, int out_h, int out_w) {
+                                                   int height, int width, int out_channels, int groups,
+                                                   CONV_WINDOW_PARAMS) {
+  const ConvWindow window = {kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                             pad_w, dilation_h, dilation_w, out_h, out_w};
   const int in_per_group = channels / groups;
   const int out_per_group = out_channels / groups;
   const long long plane_out = (long long)out_h * out_w;
@@ -181,15 +197,9 @@ __global__ void conv2d_direct_backward_data_kernel(const T* __restrict__ dy, con
       const int oc = g * out_per_group + m;
       const T* dy_plane = dy + ((long long)n * out_channels + oc) * plane_out;
       const T* w_ptr = weight + ((long long)oc * in_per_group + cg) * kernel_h * kernel_w;
-      for (int i = 0; i < kernel_h; ++i) {
-        const int h_out = window_source(h, pad_h, i, dilation_h, stride_h, out_h);
-        if (h_out < 0) continue;
-        for (int j = 0; j < kernel_w; ++j) {
-          const int w_out = window_source(w, pad_w, j, dilation_w, stride_w, out_w);
-          if (w_out < 0) continue;
-          sum += dy_plane[(long long)h_out * out_w + w_out] * w_ptr[i * kernel_w + j];
-        }
-      }
+      window.for_each_source(h, w, [&](int i, int j, int h_out, int w_out) {
+        sum += dy_plane[(long long)h_out * out_w + w_out] * w_ptr[i * kernel_w + j];
+      });
     }
     x_grad[index] = sum;
   }
@@ -207,9 +217,7 @@ template <typename T>
 __global__ void conv2d_direct_backward_weight_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                                                      T* __restrict__ partial, long long total, int lanes, int batch,
                                                      int channels, int height, int width, int out_channels,
-                                                     int groups, int kernel_h, int kernel_w, int stride_h,
-                                                     int stride_w, int pad_h, int pad_w, int dilation_h,
-                                                     int dilation_w, int out_h, int out_w) {
+                                                     int groups, CONV_WINDOW_PARAMS) {
   const int in_per_group = channels / groups;
   const int out_per_group = out_channels / groups;
   const long long plane_out = (long long)out_h * out_w;

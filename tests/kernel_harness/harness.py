@@ -39,6 +39,8 @@ OPT_FLAGS = ["-O2"]
 SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 _KERNEL = re.compile(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+# An object-like macro (no parameter list), its body continued over lines ending in a backslash.
+_OBJECT_MACRO = re.compile(r"^#define\s+(\w+)[ \t]+((?:.*\\\n)*.*)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,12 @@ def _body(source: str, start: int) -> str:
 
 def parse_kernels(source: str) -> list[KernelSignature]:
     """The ``template <typename T> __global__`` kernels of a source, with their parameters."""
+    macros = {name: body.replace("\\\n", " ") for name, body in _OBJECT_MACRO.findall(source)}
     kernels = []
     for match in _KERNEL.finditer(source):
         name, params = match.group(1), match.group(2)
+        for macro, expansion in macros.items():  # a parameter list may use a macro (shared parameters)
+            params = re.sub(rf"\b{macro}\b", expansion, params)
         body = _body(source, match.end())
         cooperative = "__syncthreads" in body or "__shared__" in body
         kernels.append(KernelSignature(name, tuple(_parse_param(p) for p in params.split(",")), cooperative))
