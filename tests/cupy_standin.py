@@ -297,6 +297,16 @@ def _sync(name: str) -> None:
     COUNTER.add("sync", name)
 
 
+def _host_conversion(name: str, convert):
+    """A conversion to a Python scalar (``float(a)``, ``bool(a)``...): a device-to-host copy and a sync."""
+
+    def method(self):
+        _sync(name)
+        return convert(self._a)
+
+    return method
+
+
 def _binary(name: str, reflected: bool = False):
     op = getattr(np, name)
 
@@ -383,21 +393,10 @@ class ndarray:  # noqa: N801 - CuPy's name
         _sync("ndarray.tolist")
         return self._a.tolist()
 
-    def __float__(self):
-        _sync("float(ndarray)")
-        return float(self._a)
-
-    def __int__(self):
-        _sync("int(ndarray)")
-        return int(self._a)
-
-    def __index__(self):
-        _sync("index(ndarray)")
-        return int(self._a)
-
-    def __bool__(self):
-        _sync("bool(ndarray)")
-        return bool(self._a)
+    __float__ = _host_conversion("float(ndarray)", float)
+    __int__ = _host_conversion("int(ndarray)", int)
+    __index__ = _host_conversion("index(ndarray)", int)
+    __bool__ = _host_conversion("bool(ndarray)", bool)
 
     def __repr__(self):
         _sync("repr(ndarray)")
