@@ -8,6 +8,7 @@ test-time dependency only).
 
 from __future__ import annotations
 
+import io
 import itertools
 import re
 from typing import Any
@@ -164,3 +165,23 @@ def plain_step(model: Any, optimizer: Any):
         return y
 
     return step
+
+
+def npz_round_trip(state: dict) -> dict:
+    """``state`` (a state_dict) written to an in-memory ``.npz`` and read back without pickle."""
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    buf.seek(0)
+    return dict(np.load(buf, allow_pickle=False))
+
+
+def assert_schedules_agree(sched: Any, resumed: Any, steps: int, also: Any = None) -> None:
+    """``resumed`` (a scheduler loaded from ``sched``'s state) gives ``sched``'s learning rates now and
+    for ``steps`` more steps of both; ``also()``, when given, runs its own checks after each step."""
+    assert resumed.last_epoch == sched.last_epoch and resumed.get_last_lr() == sched.get_last_lr()
+    for _ in range(steps):
+        sched.step()
+        resumed.step()
+        assert resumed.get_last_lr() == sched.get_last_lr()
+        if also is not None:
+            also()
