@@ -11,7 +11,7 @@ import gpulayers as gl
 if torch is not None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-pytest_plugins = ["kernel_harness.fixtures"]
+pytest_plugins = ["kernel_harness.fixtures", "fake_cupy"]
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_gpu])]
 

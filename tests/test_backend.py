@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
+from fake_cupy import make_fake_cupy
 
 import gpulayers as gl
 from gpulayers import backend
@@ -126,11 +126,6 @@ class _FakeRuntimeError(RuntimeError):
     pass
 
 
-def _fake_cupy(get_count):
-    runtime = types.SimpleNamespace(getDeviceCount=get_count)
-    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime), ndarray=type("ndarray", (), {}))
-
-
 @pytest.mark.parametrize(
     "behaviour, reason_part",
     [
@@ -150,7 +145,7 @@ def test_backend_cuda_probe_never_raises(fresh_probe, behaviour, reason_part):
             return 1 // 0
         return 0
 
-    fresh_probe.setattr(backend, "_cupy", _fake_cupy(get_count))
+    fresh_probe.setattr(backend, "_cupy", make_fake_cupy(get_count))
     assert gl.cuda_is_available() is False
     assert reason_part in backend.cuda_unavailable_reason()
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -104,56 +102,6 @@ def test_the_scan_sees_the_gpu_paths():
 
 
 # -- the backend recognises CuPy arrays that the caller made --------------------------------------
-
-
-class _FakeDevice:
-    def __init__(self, index: int):
-        self.id = index
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _fake_cupy() -> types.ModuleType:
-    """A stand-in ``cupy`` module: an ndarray type wrapping a NumPy array, devices, generators."""
-    module = types.ModuleType("cupy")
-
-    class ndarray:  # noqa: N801 - CuPy's name
-        def __init__(self, host: np.ndarray, device: int = 0):
-            self._host, self.device = host, _FakeDevice(device)
-            self.dtype, self.shape = host.dtype, host.shape
-
-        def get(self):
-            return self._host.copy()
-
-        def __array__(self, *args, **kwargs):  # as CuPy: no implicit conversion to NumPy
-            raise TypeError("Implicit conversion to a NumPy array is not allowed")
-
-    ndarray.__module__ = "cupy"
-    module.ndarray = ndarray
-    module.seeds = []
-
-    def default_rng(seed):
-        module.seeds.append(seed)
-        return ("generator", seed)
-
-    module.random = types.SimpleNamespace(default_rng=default_rng)
-    module.cuda = types.SimpleNamespace(Device=lambda index=0: _FakeDevice(index))
-    return module
-
-
-@pytest.fixture
-def fake_cupy(monkeypatch):
-    """CuPy imported by the caller, never by the backend (its cache still empty)."""
-    fake = _fake_cupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(backend, "_cupy", None)
-    monkeypatch.setattr(backend, "_cupy_import_error", None)
-    monkeypatch.setattr(backend, "_gpu_rngs", {})
-    return fake
 
 
 def test_cupy_arrays_are_recognised_before_the_backend_imports_cupy(fake_cupy):

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
@@ -236,33 +235,7 @@ def test_kernel_dir_source_checkout_and_installed_layout(tmp_path: Path):
     assert (kernels.kernel_dir() / "conv2d.cu").is_file()
 
 
-class _FakeCompileError(Exception):
-    def get_message(self) -> str:
-        return 'kern.cu(3): error: identifier "oops" is undefined'
-
-
-def _fake_cupy(device: dict):
-    class RawModule:
-        created: list = []
-
-        def __init__(self, code, options, name_expressions):
-            self.code, self.options, self.name_expressions = code, options, name_expressions
-            RawModule.created.append(self)
-
-        def get_function(self, name):
-            if "oops" in self.code:
-                raise _FakeCompileError()
-            assert name in self.name_expressions
-            return ("function", device["id"], name)
-
-    cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=device["id"]))
-    return types.SimpleNamespace(RawModule=RawModule, cuda=cuda)
-
-
-def test_loader_builds_one_module_per_device_and_file(monkeypatch):
-    device = {"id": 0}
-    fake = _fake_cupy(device)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+def test_loader_builds_one_module_per_device_and_file(fake_cupy, monkeypatch):
     monkeypatch.setattr(kernels, "_modules", {})
     monkeypatch.setattr(kernels, "_functions", {})
     f32 = kernels.get_function("max_pool2d.cu", "max_pool2d_forward_kernel", np.float32)
@@ -270,20 +243,18 @@ def test_loader_builds_one_module_per_device_and_file(monkeypatch):
     assert f32 == ("function", 0, "max_pool2d_forward_kernel<float>")
     assert f64 == ("function", 0, "max_pool2d_backward_kernel<double>")
     assert kernels.get_function("max_pool2d.cu", "max_pool2d_forward_kernel", np.float32) is f32
-    (module,) = fake.RawModule.created
+    (module,) = fake_cupy.RawModule.created
     assert module.options == kernels.COMPILE_OPTIONS
     assert module.code == kernels.kernel_source("max_pool2d.cu")
     assert sorted(module.name_expressions) == sorted(_expressions("max_pool2d.cu"))
-    device["id"] = 1  # kernels are per device
+    fake_cupy.cuda.Device(1).use()  # kernels are per device
     assert kernels.get_function("max_pool2d.cu", "max_pool2d_forward_kernel", np.float32)[1] == 1
-    assert len(fake.RawModule.created) == 2
+    assert len(fake_cupy.RawModule.created) == 2
     with pytest.raises(TypeError, match="float32 or float64"):
         kernels.get_function("max_pool2d.cu", "max_pool2d_forward_kernel", np.float16)
 
 
-def test_loader_turns_compile_failures_into_runtime_errors(monkeypatch):
-    fake = _fake_cupy({"id": 0})
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+def test_loader_turns_compile_failures_into_runtime_errors(fake_cupy, monkeypatch):
     monkeypatch.setattr(kernels, "_modules", {})
     monkeypatch.setattr(kernels, "_functions", {})
     monkeypatch.setitem(kernels._sources, "broken.cu", "template <typename T> __global__ void k(T* y) { oops; }")
