@@ -1,7 +1,7 @@
 """gl.cuda.graphed and fit(cuda_graph=True): the eager fallback on the CPU, and the captured
 region on the CuPy stand-in (no host synchronisation, no cuBLAS; one launch per replay).
 
-Bitwise equality of graphed and eager steps needs a GPU: ``test_gpu.py`` checks it there.
+Bitwise equality of graphed and eager steps needs a GPU: ``test_gpu_graph.py`` checks it there.
 """
 
 from __future__ import annotations
