@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_input, check_int, pair
+from .._signature import signed_init
 from ..ops import conv2d as ops
 from ..ops import conv_transpose2d as transpose_ops
 from ._weighted import WeightBiasLayer
@@ -35,7 +36,7 @@ def _pytorch_init(*options: str) -> Any:
     """An ``__init__`` whose signature is PyTorch's: the channels and the kernel, then ``options`` in order.
 
     It binds the call to that signature (so positional arguments follow PyTorch's order) and hands
-    every argument by name to :meth:`_ConvLayer._configure`.
+    every argument by name to :meth:`_ConvLayer._configure` (:func:`gpulayers._signature.signed_init`).
     """
     names = ("in_channels", "out_channels", "kernel_size", *options)
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -47,19 +48,9 @@ def _pytorch_init(*options: str) -> Any:
             inspect.Parameter(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
         )
     signature = inspect.Signature(params, return_annotation=None)
-
-    def __init__(self: _ConvLayer, *args: Any, **kwargs: Any) -> None:
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self._name}: {exc}") from None
-        bound.apply_defaults()
-        super(_ConvLayer, self).__init__()
-        del bound.arguments["self"]
-        self._configure(**bound.arguments)
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    return __init__
+    return signed_init(
+        signature, lambda layer, **arguments: layer._configure(**arguments), name=lambda layer: layer._name
+    )
 
 
 class _ConvLayer(WeightBiasLayer):
@@ -79,6 +70,7 @@ class _ConvLayer(WeightBiasLayer):
         padding_mode: Any,
         **window: Any,
     ) -> None:
+        super().__init__()
         name = self._name
         self.in_channels = check_int(name, "in_channels", in_channels, 1)
         self.out_channels = check_int(name, "out_channels", out_channels, 1)

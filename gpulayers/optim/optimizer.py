@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from .._signature import signed_init
 from ..nn.module import Parameter
 from . import optim_cuda
 
@@ -60,16 +61,7 @@ def with_defaults(init: Callable[..., None], **defaults: Any) -> Callable[..., N
     if unknown:
         raise TypeError(f"with_defaults: {init.__qualname__} has no argument {sorted(unknown)}")
     params = [p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()]
-    signature = signature.replace(parameters=params)
-
-    @functools.wraps(init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        init(*bound.args, **bound.kwargs)
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    return __init__
+    return functools.wraps(init)(signed_init(signature.replace(parameters=params), init))
 
 
 class Optimizer:
