@@ -174,8 +174,8 @@ def run_blocks(fn: Callable[[int, int], None], n: int, bytes_per_sample: int, bl
     """Call ``fn(start, stop)`` for every block of :func:`batch_blocks`, the blocks shared over the threads.
 
     ``fn`` must write only its own samples (reductions go to per-block or per-sample partial
-    results that the caller combines afterwards in a fixed order). The calling thread takes the
-    first share. With more than one block, BLAS calls inside ``fn`` run single-threaded (OpenBLAS),
+    results that the caller combines afterwards in a fixed order). The calling thread takes blocks
+    too (see :func:`_share`). With more than one block, BLAS calls inside ``fn`` run single-threaded (OpenBLAS),
     whatever the thread count, so a block's GEMMs give the same bits on any thread.
     """
     blocks = batch_blocks(n, bytes_per_sample, block_bytes)

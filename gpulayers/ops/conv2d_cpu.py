@@ -16,6 +16,7 @@ moves less memory for the shape at hand (see :func:`_use_sample_major`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,7 @@ def backward(dy: np.ndarray, cache: CpuConvCache, input_grad: bool = True):
     """``(dx, dw, db)``; ``dx`` is None without ``input_grad``."""
     x, weight, a = cache.x, cache.weight, cache.a
     dx = np.empty_like(x) if input_grad else None
-    dw, db = _weight_grad_blocks(x, dy, weight, a, dx, cache.has_bias)
+    dw, db = _weight_grad_blocks(x, dy, weight.shape, a, cache.has_bias, dx, weight)
     return dx, dw, db
 
 
@@ -124,26 +125,26 @@ def input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs) 
 
 def weight_grad(x: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs) -> np.ndarray:
     """``dW`` alone (the weight gradient of a transposed convolution)."""
-    return _weight_grad_blocks(x, dy, np.empty(weight_shape, dtype=x.dtype), a, None, False)[0]
+    return _weight_grad_blocks(x, dy, tuple(weight_shape), a, False)[0]
 
 
 def _weight_grad_blocks(
-    x: np.ndarray, dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: Any, bias: bool
+    x: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, bias: bool, dx: Any = None, weight: Any = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(dW, db)`` as per-block partial results summed in block order (``db`` with ``bias``);
-    ``dx`` filled too when given."""
-    kernel = weight.shape[2:]
+    ``dx`` filled too when given (from ``weight``)."""
+    kernel = weight_shape[2:]
     blocks = _blocks(x.shape, kernel, a, x.itemsize)
     index = {start: k for k, (start, _) in enumerate(blocks)}
-    partial = np.empty((len(blocks), *weight.shape), dtype=x.dtype)
+    partial = np.empty((len(blocks), *weight_shape), dtype=x.dtype)
     partial_db = np.empty((len(blocks), dy.shape[1]), dtype=dy.dtype) if bias else None
+    sample_major = _use_sample_major(math.prod(weight_shape[1:]), a.out_size[0] * a.out_size[1])
 
     def block(start: int, stop: int) -> None:
-        sample_major = _use_sample_major(weight[0].size, a.out_size[0] * a.out_size[1])
         g = dy[start:stop]
         grad = None if sample_major else _channel_major(g, a.groups)  # shared by both products
         cols = _im2col(x[start:stop], kernel, a, sample_major)
-        partial[index[start]] = _weight_grad_block(cols, g, weight.shape, a, sample_major, grad)
+        partial[index[start]] = _weight_grad_block(cols, g, weight_shape, a, sample_major, grad)
         if partial_db is not None:
             np.einsum("ncl->c", g.reshape(*g.shape[:2], -1), out=partial_db[index[start]])
         if dx is not None:  # the columns are no longer needed: their scratch takes the column gradient

@@ -37,7 +37,7 @@ BLOCK_MACS = 1 << 24
 
 
 def _blockwise(*arrays: Any) -> bool:
-    """NumPy arrays of one floating dtype: the products run block by block (see :func:`_products`)."""
+    """NumPy arrays of one floating dtype: the products run block by block (see :func:`_rows_times`)."""
     first = arrays[0]
     return all(type(a) is np.ndarray and a.dtype == first.dtype for a in arrays) and first.dtype.kind == "f"
 
@@ -143,9 +143,8 @@ def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True) -> tup
     if _blockwise(dy2, x2, weight):
         dx = _rows_times(dy2, weight).reshape(x.shape) if input_grad else None
         dweight = _rows_times(dy2.T, x2)  # rows of dW: one output feature each
-        dbias = dy2.sum(axis=0) if cache.has_bias else None
-        return dx, dweight, dbias
-    dx = dy @ weight if input_grad else None
-    dweight = dy2.T @ x2
+    else:
+        dx = dy @ weight if input_grad else None
+        dweight = dy2.T @ x2
     dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias

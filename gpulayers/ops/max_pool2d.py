@@ -242,23 +242,25 @@ def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[
     kk = a.kernel[0] * a.kernel[1]
     y = np.empty((*x.shape[:2], *out), dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int8 if kk <= 127 else np.int32)
-    first_real = _first_real_offsets(x.shape, a, out) if buf is not x else None
     sample_bytes = buf.itemsize * (buf.size // max(buf.shape[0], 1))
+
+    def run(first_real: list[np.ndarray] | None, careful: bool) -> None:
+        threads.run_blocks(
+            lambda start, stop: _max_pass(
+                buf[start:stop], a, out, first_real, careful, y[start:stop], argmax[start:stop]
+            ),
+            x.shape[0],
+            sample_bytes,
+        )
+
     # NaN and -inf need PyTorch's exact rules; plain data takes the lean path. Both give the same
     # answer unless a NaN or a -inf reaches the output (np.maximum propagates NaN; a -inf maximum
     # is where the padding rule matters), so the lean pass runs first and the careful one only
     # when its (smaller) output shows either.
-    for careful in (False, True):
-
-        def block(start: int, stop: int, careful: bool = careful) -> None:
-            _max_pass(
-                buf[start:stop], a, out, first_real if careful else None, careful, y[start:stop], argmax[start:stop]
-            )
-
-        threads.run_blocks(block, x.shape[0], sample_bytes)
-        low = y.min() if y.size else 0.0
-        if not (np.isnan(low) or low == -np.inf):
-            break
+    run(None, False)
+    low = y.min() if y.size else 0.0
+    if np.isnan(low) or low == -np.inf:
+        run(_first_real_offsets(x.shape, a, out) if buf is not x else None, True)
     return y, argmax
 
 
