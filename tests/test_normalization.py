@@ -362,3 +362,67 @@ def test_batchnorm_safe_statistics_path_matches_fast_path():
     safe = ops._safe_stats(x, 80, bshape)
     for a, b in zip(fast, safe, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _float64_batch_norm(x, dy, weight, bias, eps=1e-5):
+    """BatchNorm2d forward and backward in float64 from the textbook formulas: (y, dx, dw, db)."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    axes = (0, 2, 3)
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    w = weight.reshape(1, -1, 1, 1).astype(np.float64)
+    y = xhat * w + bias.reshape(1, -1, 1, 1)
+    m = x.size // x.shape[1]
+    db = dy.sum(axis=axes)
+    dw = (dy * xhat).sum(axis=axes)
+    dxhat = dy * w
+    dx = (m * dxhat - dxhat.sum(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True)) / (
+        m * np.sqrt(var + eps)
+    )
+    return y, dx, dw, db
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.5, 40.0], ids=["centred", "one-pass-limit", "two-pass"])
+def test_batchnorm_cpu_statistics_paths_match_float64(offset):
+    """Channels whose mean^2 is at most 16 variances take the one-pass sums (and the uncentred
+    backward); larger offsets take the two-pass path. Both stay within a few float32 ulps."""
+    from gpulayers.ops import batch_norm_cpu
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((6, 3, 5, 7)) + offset * np.array([1.0, -1.0, 0.5]).reshape(1, 3, 1, 1)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 3).astype(np.float32), rng.uniform(-0.5, 0.5, 3).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean64, var64 = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    mean, var = batch_norm_cpu.channel_mean_var(x, x.size // 3)
+    np.testing.assert_allclose(mean, mean64, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, var64, rtol=2e-6)
+    one_pass = bool((mean64**2 <= batch_norm_cpu.ONE_PASS_MAX_RATIO * var64).all())
+    assert one_pass == (offset < 4), "the offsets are chosen on either side of the threshold"
+    y, cache = F.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5)
+    assert cache.uncentred == one_pass
+    dx, dw, db = F.batch_norm_backward(dy, cache)
+    y64, dx64, dw64, db64 = _float64_batch_norm(x, dy, w, b)
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx64, rtol=1e-4, atol=1e-5)
+    # dw sums ~200 products of size ~1: the float32 mean's rounding alone moves it by ~1e-5 * sum(dy).
+    np.testing.assert_allclose(dw, dw64, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, db64, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_cpu_uncentred_backward_matches_the_centred_one():
+    """``sum(x*g) - mean*sum(g)`` and ``b*x + (c - b*mean)`` (uncentred) against the centred forms."""
+    import dataclasses
+
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((8, 4, 6, 6)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 4).astype(np.float32), rng.uniform(-0.5, 0.5, 4).astype(np.float32)
+    for relu in (False, True):
+        _, cache = F.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, relu=relu)
+        assert cache.uncentred
+        fast = F.batch_norm_backward(dy, cache)
+        exact = F.batch_norm_backward(dy, dataclasses.replace(cache, uncentred=False))
+        for a, e in zip(fast, exact, strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(fast[0], np.zeros_like(fast[0]))

@@ -243,7 +243,16 @@ def batch_norm_forward(
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
         y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
         saved = batch_norm_cpu.CpuBatchNormCache(
-            x, mean, invstd, weight, bias is not None, use_batch_stats, count, name, y if relu else None
+            x,
+            mean,
+            invstd,
+            weight,
+            bias is not None,
+            use_batch_stats,
+            count,
+            name,
+            y if relu else None,
+            uncentred=use_batch_stats and batch_norm_cpu.uncentred_ok(mean, var),
         )
         return y, saved
     y = centred * scale.reshape(bshape)
