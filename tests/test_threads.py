@@ -137,6 +137,17 @@ def test_blocks_are_even_and_depend_only_on_the_sizes():
     assert threads.batch_blocks(3, 10**9, 1) == [(0, 1), (1, 2), (2, 3)]  # at least one sample per block
 
 
+def test_default_blocks_are_capped_in_bytes_and_at_least_min_blocks():
+    per_block = threads.BLOCK_BYTES // 1000
+    assert per_block * threads.MIN_BLOCKS < 10 * per_block  # the byte cap decides for a large batch
+    sizes = [stop - start for start, stop in threads.batch_blocks(10 * per_block, 1000)]
+    assert max(sizes) <= per_block and len(sizes) == 10
+    # a small batch is still cut into MIN_BLOCKS blocks (one sample each at least)
+    assert len(threads.batch_blocks(64, 8)) == threads.MIN_BLOCKS
+    assert len(threads.batch_blocks(threads.MIN_BLOCKS - 1, 8)) == threads.MIN_BLOCKS - 1
+    assert len(threads.batch_blocks(64, 8, 1 << 20)) == 1  # an explicit size is taken as it is
+
+
 def test_blas_runs_single_threaded_inside_blocks_and_is_restored(restore_threads):
     controls = threads._blas_controls()
     if controls is None:
