@@ -385,3 +385,28 @@ def test_load_state_dict_of_another_optimizer_type_raises():
     sd.update({k: v for k, v in adam.state_dict().items() if k.startswith("param_groups.")})
     with pytest.raises(ValueError, match=r"Adam.load_state_dict: unknown per-parameter state \['momentum_buffer'\]"):
         optim.Adam(p).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=option_ids(SGD_OPTIONS))
+def test_sgd_blockwise_numpy_update_matches_torch_and_the_plain_update_bitwise(monkeypatch, options):
+    """Large NumPy parameters update block by block on the thread pool: the same values, bit for bit."""
+    from gpulayers import threads
+    from gpulayers.optim import sgd
+
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 16)  # blocks of 4 float32 values
+    previous = threads.get_num_threads()
+    gl.set_num_threads(2)
+    try:
+        runs = []
+        for min_size in (1, 10**9):  # blockwise, then the whole-array update
+            monkeypatch.setattr(sgd, "BLOCKWISE_MIN_SIZE", min_size)
+            ours, ref, grads = _setup(np.float32, "cpu", seed=3)
+            opt, topt = optim.SGD(ours, lr=0.1, **options), torch.optim.SGD(ref, lr=0.1, **options)
+            for g in grads:
+                _step_both(opt, topt, ours, ref, g)
+                _assert_params_match(ours, ref, np.float32)
+            runs.append([p.data.copy() for p in ours])
+        for a, b in zip(*runs, strict=True):
+            assert a.tobytes() == b.tobytes()
+    finally:
+        gl.set_num_threads(previous)

@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import math
 
-from .. import backend
+import numpy as np
+
+from .. import backend, threads
 from .._checks import check_bool
 from . import optim_cuda
 from .optimizer import Optimizer, _number
 
 __all__ = ["SGD"]
+
+# NumPy parameters of at least this many values update block by block over the thread pool.
+BLOCKWISE_MIN_SIZE = 1 << 16
+
+
+def _blockwise(*arrays) -> bool:
+    """C-contiguous NumPy arrays (None skipped) of one shape and dtype, large enough to share out."""
+    given = [a for a in arrays if a is not None]
+    first = given[0]
+    return (
+        first.size >= BLOCKWISE_MIN_SIZE
+        and all(type(a) is np.ndarray and a.flags.c_contiguous for a in given)
+        and all(a.dtype == first.dtype and a.shape == first.shape for a in given)
+    )
 
 
 class SGD(Optimizer):
@@ -68,6 +84,9 @@ class SGD(Optimizer):
                 state["momentum_buffer"] = buf
             self._fuse(group, first_step, (p.data, grad, buf if momentum != 0 else None), state)
             return
+        if _blockwise(p.data, grad, buf):
+            self._update_blocks(p.data, grad, buf, state, group)
+            return
         if wd != 0:
             grad = grad + wd * p.data
         if momentum != 0:
@@ -80,6 +99,33 @@ class SGD(Optimizer):
                 buf += grad if dampening == 0 else (1 - dampening) * grad  # (1 - 0) * grad is grad
             grad = grad + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * grad
+
+    def _update_blocks(self, data, grad, buf, state, group):
+        """The NumPy update above, the same operations on blocks of the flattened arrays, in parallel
+        (:mod:`gpulayers.threads`): each block's values stay in cache between the operations."""
+        momentum, wd, lr = group["momentum"], group["weight_decay"], group["lr"]
+        dampening, nesterov = group["dampening"], group["nesterov"]
+        first_step = momentum != 0 and buf is None
+        if first_step:
+            buf = state["momentum_buffer"] = np.empty_like(data)
+        flat_p, flat_g = data.reshape(-1), grad.reshape(-1)
+        flat_buf = None if momentum == 0 else buf.reshape(-1)
+
+        def block(start: int, stop: int) -> None:
+            p, g = flat_p[start:stop], flat_g[start:stop]
+            if wd != 0:
+                g = g + wd * p
+            if momentum != 0:
+                b = flat_buf[start:stop]
+                if first_step:
+                    np.copyto(b, g)
+                else:
+                    b *= momentum
+                    b += g if dampening == 0 else (1 - dampening) * g
+                g = g + momentum * b if nesterov else b
+            p -= lr * g
+
+        threads.run_blocks(block, flat_p.size, flat_p.itemsize)
 
     def _batch(self, group, key, tensors, state):
         return optim_cuda.sgd_batch(
