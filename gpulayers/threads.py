@@ -11,9 +11,10 @@ stay in the core's cache, and large enough for each NumPy call to run long: a th
 ufunc must take the GIL back, and when the other thread holds it (between two of its calls) it
 sleeps until it is handed over, and waking it costs more than a short call. Measured on a
 2-core Xeon VM, blocks of 16 ``np.exp`` calls on 25,000 floats ran 1.4x faster on two threads
-than on one, blocks of 2 calls on 250,000 floats 1.9x, and calls on 2,500 floats ran slower. Blocks of up to 1 MiB per array (``BLOCK_BYTES``), and at least
-``MIN_BLOCKS`` of them so that both threads share even a small batch, made the reference
-training step about 1 ms faster than half-MiB blocks.
+than on one, blocks of 2 calls on 250,000 floats 1.9x, and calls on 2,500 floats ran slower.
+Blocks of up to 1 MiB per array (``BLOCK_BYTES``), and at least ``MIN_BLOCKS`` of them so that
+both threads share even a small batch, made the reference training step about 1 ms faster than
+half-MiB blocks.
 
 The number of threads defaults to the size of NumPy's BLAS pool (``threadpoolctl`` when it is
 installed, else ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, else the

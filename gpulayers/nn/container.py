@@ -17,6 +17,7 @@ from .. import backend
 from .activation import ReLU
 from .module import Module
 from .normalization import _BatchNorm
+from .pooling import MaxPool2d, _Pool
 
 __all__ = ["Sequential", "ModuleList", "Residual", "Concat"]
 
@@ -56,6 +57,18 @@ def _fuses_relu(mod: Module, after: Module) -> bool:
     )
 
 
+def _fuses_pool(mod: Module | None) -> bool:
+    """Whether ``mod`` (after a fused BatchNorm and ReLU) is a ``MaxPool2d`` to run inside them too:
+    an exact ``MaxPool2d`` whose forward and backward are not overridden or wrapped. The BatchNorm's
+    op decides per call whether it can (NumPy input, windows that tile it)."""
+    return (
+        type(mod) is MaxPool2d
+        and _plain(mod, _Pool.forward)
+        and "backward" not in mod.__dict__
+        and "_record_fused" not in mod.__dict__
+    )
+
+
 class Sequential(Module):
     """A chain of modules; ``backward`` runs the children in reverse order.
 
@@ -88,10 +101,21 @@ class Sequential(Module):
         while i < len(mods):
             mod = mods[i]
             if i + 1 < len(mods) and _fuses_relu(mod, mods[i + 1]):
-                # BatchNorm then ReLU: the ReLU runs inside the BatchNorm's passes.
-                x = mod._forward(x, relu=True)
+                # BatchNorm then ReLU: the ReLU runs inside the BatchNorm's passes, and so does a
+                # MaxPool2d after them when the op can take it on.
+                pool = mods[i + 2] if i + 2 < len(mods) and _fuses_pool(mods[i + 2]) else None
+                if pool is None:
+                    x = mod._forward(x, relu=True)
+                    mods[i + 1]._record_fused(x)
+                    i += 2
+                    continue
+                x, pooled = mod._forward_relu_pool(x, pool)
                 mods[i + 1]._record_fused(x)
-                i += 2
+                if pooled:
+                    pool._record_fused(x)
+                    i += 3
+                else:
+                    i += 2
                 continue
             x = mod(x)
             i += 1

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_bool
+from ..ops import max_pool2d as max_pool_ops
 from ..ops import normalization as ops
 from ..ops.group_norm import group_norm_backward, group_norm_forward
 from ..ops.layer_norm import layer_norm_backward, layer_norm_forward
@@ -91,6 +92,17 @@ class _BatchNorm(_Affine):
     def _forward(self, x: Any, relu: bool = False) -> Any:
         """The forward, optionally with a ReLU applied to the output (``Sequential`` fuses a
         ``BatchNorm`` followed by ``ReLU`` this way); ``backward`` then masks the gradient too."""
+        return self._run(x, relu, None)[0]
+
+    def _forward_relu_pool(self, x: Any, pool: Any) -> tuple[Any, bool]:
+        """``(y, pooled)``: the forward with a ReLU and, when the op can take it on (NumPy, windows
+        that tile the input), the ``MaxPool2d`` ``pool`` after it in the same blocks; ``y`` is then
+        the pooled output and ``backward`` takes its gradient (``Sequential`` fuses the three)."""
+        pool_args = max_pool_ops.pool_arguments("MaxPool2d", *pool._op_args())
+        y, cache = self._run(x, True, pool_args)
+        return y, getattr(cache, "pool", None) is not None
+
+    def _run(self, x: Any, relu: bool, pool: Any) -> tuple[Any, Any]:
         y, cache = ops.batch_norm_forward(
             x,
             self.weight.data if self.weight is not None else None,
@@ -104,9 +116,10 @@ class _BatchNorm(_Affine):
             name=type(self).__name__,
             ndim=self._ranks,
             relu=relu,
+            pool=pool,
         )
         self.save_for_backward(cache, output=y)
-        return y
+        return y, cache
 
     def extra_repr(self) -> str:
         return (

@@ -11,6 +11,9 @@ from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
+# What a MaxPool2d keeps for a use whose forward the BatchNorm before it ran (see _record_fused).
+_FUSED = "applied by the preceding BatchNorm"
+
 
 class _Pool(Module):
     """Shared forward/backward plumbing: validate, call the op, keep its cache."""
@@ -65,6 +68,18 @@ class MaxPool2d(_Pool):
 
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def _record_fused(self, y: Any) -> None:
+        """Stand in for a forward that the preceding ``BatchNorm`` ran inside its own blocks
+        (``Sequential`` fuses BatchNorm, ReLU and MaxPool2d): this use's backward passes the
+        gradient on, and the BatchNorm's backward spreads it back over the windows."""
+        self.save_for_backward(_FUSED, output=y)
+
+    def backward(self, grad_output: Any) -> Any:
+        cache = self._op_cache(grad_output)
+        if cache is _FUSED:
+            return grad_output
+        return ops.max_pool2d_backward(grad_output, cache)
 
     def extra_repr(self) -> str:
         return (

@@ -26,14 +26,32 @@ import numpy as np
 
 from .. import threads
 from .activation import relu_grad_block
+from .max_pool2d import PoolArgs, max_pool_block, tiles_backward_block
 
-__all__ = ["CpuBatchNormCache", "channel_mean_var", "normalize", "backward", "ONE_PASS_MAX_RATIO"]
+__all__ = [
+    "CpuBatchNormCache",
+    "PooledOutput",
+    "channel_mean_var",
+    "normalize",
+    "normalize_pool",
+    "backward",
+    "ONE_PASS_MAX_RATIO",
+]
 
 #: The one-pass variance is kept when ``mean^2 <= ONE_PASS_MAX_RATIO * var`` in every channel.
 #: Its relative error grows with that ratio: measured on float32 (64, 8, 196) inputs, at most
 #: 5e-8 at ratio 1, 6e-7 at 16 and 2e-6 at 64, against 3e-8 for two passes (float32 itself
 #: rounds at 6e-8). Convolution outputs after a ReLU often have ratios of 1 to 10.
 ONE_PASS_MAX_RATIO = 16.0
+
+
+@dataclass(frozen=True, slots=True)
+class PooledOutput:
+    """A max pool run on the (ReLU'd) output inside the forward's blocks (:func:`normalize_pool`)."""
+
+    a: PoolArgs
+    argmax: np.ndarray  # the winning kernel offset per window
+    out: np.ndarray  # the pooled output (its sign is the ReLU mask of each window's winner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,7 @@ class CpuBatchNormCache:
     name: str
     relu_out: np.ndarray | None = None  # the output, when a ReLU was applied to it
     uncentred: bool = False  # backward may use sum(x * g) - mean * sum(g) (see the module's docstring)
+    pool: PooledOutput | None = None  # a max pool the forward applied after the ReLU
 
 
 def _view3(x: np.ndarray) -> np.ndarray:
@@ -103,6 +122,37 @@ def channel_mean_var(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]
     return mean, var
 
 
+def _normalizer(x, mean, var, scale, bias, count, relu):
+    """``apply(start, stop, out)``: samples ``start:stop`` of ``x`` normalised into ``out`` (see :func:`normalize`)."""
+    x3 = _view3(x)
+    length = x3.shape[2]
+    zero = x.dtype.type(0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = (np.abs(mean, dtype=np.float64) + np.sqrt(var * np.float64(count))) * np.abs(scale, dtype=np.float64)
+        shift = -mean * scale if bias is None else bias - mean * scale
+        fast = bool((bound < np.finfo(x.dtype).max / 4).all() and np.isfinite(shift).all())
+    scale_rows = _rows(scale, length, x.dtype)
+    if fast:
+        shift_rows = _rows(shift, length, x.dtype)
+    else:
+        mean_rows = _rows(mean, length, x.dtype)
+        bias_rows = None if bias is None else _rows(bias, length, x.dtype)
+
+    def apply(start: int, stop: int, out: np.ndarray) -> None:
+        if fast:
+            np.multiply(x3[start:stop], scale_rows, out=out)
+            np.add(out, shift_rows, out=out)
+        else:
+            np.subtract(x3[start:stop], mean_rows, out=out)
+            np.multiply(out, scale_rows, out=out)
+            if bias_rows is not None:
+                np.add(out, bias_rows, out=out)
+        if relu:  # ReLU's own operation (NaN kept), while the block is in cache
+            np.maximum(out, zero, out=out)
+
+    return apply
+
+
 def normalize(
     x: np.ndarray,
     mean: np.ndarray,
@@ -118,37 +168,50 @@ def normalize(
     value, PyTorch's CPU form) unless ``x * scale`` could overflow: ``|x - mean|`` is at most
     ``sqrt(count * var)``, which bounds ``|x|``.
     """
-    x3 = _view3(x)
-    length = x3.shape[2]
+    apply = _normalizer(x, mean, var, scale, bias, count, relu)
     y = np.empty_like(x)
     y3 = _view3(y)
-    zero = x.dtype.type(0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        bound = (np.abs(mean, dtype=np.float64) + np.sqrt(var * np.float64(count))) * np.abs(scale, dtype=np.float64)
-        shift = -mean * scale if bias is None else bias - mean * scale
-        fast = bool((bound < np.finfo(x.dtype).max / 4).all() and np.isfinite(shift).all())
-    scale_rows = _rows(scale, length, x.dtype)
-    if fast:
-        shift_rows = _rows(shift, length, x.dtype)
-    else:
-        mean_rows = _rows(mean, length, x.dtype)
-        bias_rows = None if bias is None else _rows(bias, length, x.dtype)
-
-    def apply(start: int, stop: int) -> None:
-        out = y3[start:stop]
-        if fast:
-            np.multiply(x3[start:stop], scale_rows, out=out)
-            np.add(out, shift_rows, out=out)
-        else:
-            np.subtract(x3[start:stop], mean_rows, out=out)
-            np.multiply(out, scale_rows, out=out)
-            if bias_rows is not None:
-                np.add(out, bias_rows, out=out)
-        if relu:  # ReLU's own operation (NaN kept), while the block is in cache
-            np.maximum(out, zero, out=out)
-
-    threads.run_blocks(apply, x3.shape[0], _sample_bytes(x))
+    threads.run_blocks(lambda start, stop: apply(start, stop, y3[start:stop]), x.shape[0], _sample_bytes(x))
     return y
+
+
+def normalize_pool(
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    count: int,
+    a: PoolArgs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pooled, argmax)``: :func:`normalize` with ``relu``, then a max pool whose windows tile
+    the input (:func:`gpulayers.ops.max_pool2d.tiles_input`), each block pooled while it is in
+    cache; the normalised input itself is never written out.
+
+    The pooling is :func:`gpulayers.ops.max_pool2d.max_pool_block`'s, lean pass first and the
+    careful one (NaN, -inf) only when the pooled output shows either, as in ``max_pool2d_forward``.
+    """
+    n, c, h, w = x.shape
+    out_size = (h // a.kernel[0], w // a.kernel[1])
+    apply = _normalizer(x, mean, var, scale, bias, count, True)
+    pooled = np.empty((n, c, *out_size), dtype=x.dtype)
+    argmax = np.empty(pooled.shape, dtype=np.int8 if a.kernel[0] * a.kernel[1] <= 127 else np.int32)
+
+    def run(careful: bool) -> None:
+        def block(start: int, stop: int) -> None:
+            y = threads.workspace("batch_norm.pool_input", (stop - start, c, h * w), x.dtype)
+            apply(start, stop, y)
+            max_pool_block(
+                y.reshape(stop - start, c, h, w), a, out_size, None, careful, pooled[start:stop], argmax[start:stop]
+            )
+
+        threads.run_blocks(block, n, _sample_bytes(x))
+
+    run(False)
+    low = pooled.min() if pooled.size else 0.0
+    if np.isnan(low) or low == -np.inf:
+        run(True)
+    return pooled, argmax
 
 
 def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,6 +222,10 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     ``dx = a * dy + b * (x - mean) + c`` with per-channel ``a, b, c`` (the compact form of
     :func:`gpulayers.ops.normalization.batch_norm_backward`), computed as
     ``a * dy + b * x + (c - b * mean)`` when ``cache.uncentred``; else ``dx = a * dy``.
+
+    When the forward also pooled (``cache.pool``), ``dy`` is the pooled output's gradient: each
+    block masks it by the ReLU at the windows' winners (the pooled output's sign) and spreads it
+    back to the winners (max pooling's backward) before the sums, all in cache.
     """
     x3, dy3 = _view3(cache.x), _view3(dy)
     n, c, length = x3.shape
@@ -166,16 +233,32 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     uncentred = cache.uncentred
     mean_rows = None if uncentred else _rows(cache.mean, length, dtype)
     partial = np.empty((2, n, c), dtype=dtype)
-    dx = np.empty_like(dy)
+    dx = np.empty_like(cache.x)
     dx3 = _view3(dx)
     relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
+    pool = cache.pool
 
     def block_sums(g: np.ndarray, start: int, stop: int) -> None:
         np.einsum("ncl->nc", g, out=partial[0, start:stop])
         dev = x3[start:stop] if uncentred else np.subtract(x3[start:stop], mean_rows)
         np.einsum("ncl,ncl->nc", dev, g, out=partial[1, start:stop])
 
+    def unpool(start: int, stop: int, finite: bool | None) -> np.ndarray:
+        """The pooled gradient, masked by the ReLU at each window's winner, back in ``dx``'s block."""
+        g = dy[start:stop]
+        masked = threads.workspace("batch_norm.pooled_grad", g.shape, dtype)
+        relu_grad_block(g, pool.out[start:stop], masked, finite=finite)
+        block = dx[start:stop]
+        tiles_backward_block(masked, pool.argmax[start:stop], pool.a, block)
+        return _view3(block)
+
     def sums(start: int, stop: int) -> None:
+        if pool is not None:  # the same fast-then-check scheme as the ReLU mask below
+            with np.errstate(over="ignore", invalid="ignore"):
+                block_sums(unpool(start, stop, True), start, stop)
+                if not np.isfinite(partial[:, start:stop]).all():
+                    block_sums(unpool(start, stop, None), start, stop)
+            return
         if relu_out3 is None:
             block_sums(dy3[start:stop], start, stop)
             return
@@ -191,7 +274,7 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
             relu_grad_block(dy3[start:stop], relu_out3[start:stop], g)
             block_sums(g, start, stop)
 
-    threads.run_blocks(sums, n, _sample_bytes(dy))
+    threads.run_blocks(sums, n, _sample_bytes(cache.x))
     with np.errstate(over="ignore", invalid="ignore"):
         total = partial.sum(axis=1, dtype=np.float64)
         dbias64 = total[0]
@@ -200,7 +283,7 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
         dweight64 = dy_centred * invstd
         a64 = invstd if cache.weight is None else cache.weight * invstd
     a_rows = _rows(a64, length, dtype)
-    grad3 = dy3 if relu_out3 is None else dx3  # the (masked) output gradient
+    grad3 = dy3 if relu_out3 is None and pool is None else dx3  # the (masked, unpooled) output gradient
     if cache.batch_stats:
         with np.errstate(over="ignore", invalid="ignore"):
             b64 = -a64 * invstd * dweight64 / cache.count
@@ -223,5 +306,5 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
         def grads(start: int, stop: int) -> None:
             np.multiply(grad3[start:stop], a_rows, out=dx3[start:stop])
 
-    threads.run_blocks(grads, n, _sample_bytes(dy))
+    threads.run_blocks(grads, n, _sample_bytes(cache.x))
     return dx, dweight64.astype(dtype), dbias64.astype(dtype)

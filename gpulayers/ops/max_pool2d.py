@@ -27,6 +27,9 @@ __all__ = [
     "pool_arguments",
     "max_pool2d_forward",
     "max_pool2d_backward",
+    "tiles_input",
+    "max_pool_block",
+    "tiles_backward_block",
 ]
 
 
@@ -61,6 +64,21 @@ def pooled_output_size(name: str, x: Any, a: PoolArgs) -> tuple[int, int]:
     oh = pooled_size(name, h, kh, sh, ph, dh, a.ceil_mode, "height")
     ow = pooled_size(name, w, kw, sw, pw, dw, a.ceil_mode, "width")
     return oh, ow
+
+
+def tiles_input(shape: tuple, a: PoolArgs) -> bool:
+    """Whether the windows tile an input of ``shape`` exactly: stride = kernel, no padding or
+    dilation, and the height and width multiples of the kernel (the fast block paths below)."""
+    (kh, kw), h, w = a.kernel, shape[2], shape[3]
+    return (
+        a.stride == a.kernel
+        and a.padding == (0, 0)
+        and a.dilation == (1, 1)
+        and h > 0
+        and w > 0
+        and h % kh == 0
+        and w % kw == 0
+    )
 
 
 def _padded_shape(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -199,27 +217,29 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
 
 
 def _max_backward_tiles(dy: np.ndarray, argmax: np.ndarray, a: PoolArgs, shape: tuple) -> np.ndarray:
-    """Backward of windows that tile the input exactly (stride = kernel, no padding or dilation).
-
-    Block-wise over the batch (:mod:`gpulayers.threads`): per kernel offset, the gradient times a
-    0/1 mask of the windows it won, straight into that offset's strided view of ``dx``.
-    """
+    """Backward of windows that tile the input exactly (stride = kernel, no padding or dilation),
+    block-wise over the batch (:mod:`gpulayers.threads`, :func:`tiles_backward_block`)."""
     dx = np.empty(shape, dtype=dy.dtype)
 
     def block(start: int, stop: int) -> None:
-        g, arg, out = dy[start:stop], argmax[start:stop], dx[start:stop]
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = bool(np.isfinite(np.add.reduce(g, axis=None)))
-        mask = np.empty(g.shape, dtype=g.dtype if finite else bool)
-        for t, (_, _, view) in enumerate(offset_views(out, a.kernel, a.stride, a.dilation, g.shape[2:])):
-            np.equal(arg, t, out=mask, casting="unsafe")
-            if finite:  # dy * hit is fast but would turn a non-finite dy into NaN where hit is False
-                np.multiply(g, mask, out=view)
-            else:
-                np.copyto(view, np.where(mask, g, g.dtype.type(0)))
+        tiles_backward_block(dy[start:stop], argmax[start:stop], a, dx[start:stop])
 
     threads.run_blocks(block, dy.shape[0], dy.itemsize * (dy.size // dy.shape[0]) * a.kernel[0] * a.kernel[1])
     return dx
+
+
+def tiles_backward_block(g: np.ndarray, arg: np.ndarray, a: PoolArgs, out: np.ndarray) -> None:
+    """One block of a tiling max pool's backward into ``out`` (every element written): per kernel
+    offset, the gradient times a 0/1 mask of the windows it won, into that offset's strided view."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(np.add.reduce(g, axis=None)))
+    mask = np.empty(g.shape, dtype=g.dtype if finite else bool)
+    for t, (_, _, view) in enumerate(offset_views(out, a.kernel, a.stride, a.dilation, g.shape[2:])):
+        np.equal(arg, t, out=mask, casting="unsafe")
+        if finite:  # dy * hit is fast but would turn a non-finite dy into NaN where hit is False
+            np.multiply(g, mask, out=view)
+        else:
+            np.copyto(view, np.where(mask, g, g.dtype.type(0)))
 
 
 def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list[np.ndarray]:
@@ -246,7 +266,7 @@ def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[
 
     def run(first_real: list[np.ndarray] | None, careful: bool) -> None:
         threads.run_blocks(
-            lambda start, stop: _max_pass(
+            lambda start, stop: max_pool_block(
                 buf[start:stop], a, out, first_real, careful, y[start:stop], argmax[start:stop]
             ),
             x.shape[0],
@@ -264,7 +284,7 @@ def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[
     return y, argmax
 
 
-def _max_pass(
+def max_pool_block(
     buf: np.ndarray,
     a: PoolArgs,
     out: tuple[int, int],

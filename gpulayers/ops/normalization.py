@@ -21,6 +21,7 @@ import numpy as np
 from .. import backend
 from .._checks import check_channels, check_grad, check_input, check_same_device
 from . import batch_norm_cpu, batch_norm_cuda
+from .max_pool2d import tiles_input
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -153,6 +154,7 @@ def batch_norm_forward(
     name: str = "batch_norm",
     ndim: tuple[int, ...] = (2, 3, 4),
     relu: bool = False,
+    pool: Any = None,
 ) -> tuple[Any, BatchNormCache]:
     """Normalise ``x`` per channel, then scale by ``weight`` and shift by ``bias``.
 
@@ -241,6 +243,22 @@ def batch_norm_forward(
     # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
+        uncentred = use_batch_stats and batch_norm_cpu.uncentred_ok(mean, var)
+        if relu and pool is not None and x.ndim == 4 and tiles_input(x.shape, pool):
+            y, argmax = batch_norm_cpu.normalize_pool(x, mean, var, scale, bias, count, pool)
+            saved = batch_norm_cpu.CpuBatchNormCache(
+                x,
+                mean,
+                invstd,
+                weight,
+                bias is not None,
+                use_batch_stats,
+                count,
+                name,
+                uncentred=uncentred,
+                pool=batch_norm_cpu.PooledOutput(pool, argmax, y),
+            )
+            return y, saved
         y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
         saved = batch_norm_cpu.CpuBatchNormCache(
             x,
@@ -252,7 +270,7 @@ def batch_norm_forward(
             count,
             name,
             y if relu else None,
-            uncentred=use_batch_stats and batch_norm_cpu.uncentred_ok(mean, var),
+            uncentred=uncentred,
         )
         return y, saved
     y = centred * scale.reshape(bshape)
@@ -283,7 +301,7 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
         check_grad(cache.name, dy, cache.x.shape, cache.x)
         return batch_norm_cuda.batch_norm_backward(dy, cache)
     if isinstance(cache, batch_norm_cpu.CpuBatchNormCache):
-        check_grad(cache.name, dy, cache.x.shape, cache.x)
+        check_grad(cache.name, dy, cache.x.shape if cache.pool is None else cache.pool.out.shape, cache.x)
         dx, dweight, dbias = batch_norm_cpu.backward(np.ascontiguousarray(dy, dtype=cache.x.dtype), cache)
         return dx, dweight if cache.weight is not None else None, dbias if cache.has_bias else None
     centred, invstd, weight = cache.centred, cache.invstd, cache.weight
