@@ -95,9 +95,12 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvA
     """``(y, cache)`` for contiguous ``x`` and ``weight`` (padding already symmetric)."""
     out_c, _, kh, kw = weight.shape
     y = np.empty((x.shape[0], out_c, *a.out_size), dtype=x.dtype)
+    # The bias spread over whole rows: NumPy adds a broadcast (1, O, 1, 1) array ~1.6x slower.
+    pixels = a.out_size[0] * a.out_size[1]
+    bias_rows = None if bias is None else np.repeat(bias.astype(x.dtype, copy=False), pixels).reshape(1, out_c, pixels)
 
     def block(start: int, stop: int) -> None:
-        _forward_block(x[start:stop], weight, bias, a, y[start:stop])
+        _forward_block(x[start:stop], weight, bias_rows, a, y[start:stop])
 
     _run(block, x.shape, (kh, kw), a, x.itemsize)
     return y, CpuConvCache(x, weight, bias is not None, a)
@@ -158,7 +161,8 @@ def _weight_grad_blocks(
 # -- one block -----------------------------------------------------------------------------------------
 
 
-def _forward_block(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a: ConvArgs, y: np.ndarray) -> None:
+def _forward_block(x: np.ndarray, weight: np.ndarray, bias_rows: np.ndarray | None, a: ConvArgs, y: np.ndarray) -> None:
+    """One block's output into ``y``; ``bias_rows``: the bias as ``(1, O, OH*OW)`` rows, or None."""
     n = x.shape[0]
     out_c, cg, kh, kw = weight.shape
     (oh, ow), g = a.out_size, a.groups
@@ -169,17 +173,17 @@ def _forward_block(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, a
     if sample_major:
         # (G, O/G, rows) @ (N, G, rows, OH*OW) -> (N, G, O/G, OH*OW): NCHW directly.
         np.matmul(w_mat, cols.reshape(n, g, rows, pixels), out=y.reshape(n, g, out_c // g, pixels))
-        if bias is not None:
-            y += bias.reshape(1, out_c, 1, 1)
+        if bias_rows is not None:
+            np.add(y.reshape(n, out_c, pixels), bias_rows, out=y.reshape(n, out_c, pixels))
         return
     # (G, O/G, rows) @ (G, rows, N*OH*OW) -> (O, N, OH, OW), then to NCHW (adding the bias on the way).
     prod = threads.workspace("conv2d.product", (g, out_c // g, n * pixels), x.dtype)
     np.matmul(w_mat, cols.reshape(g, rows, n * pixels), out=prod)
-    y_t = prod.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
-    if bias is not None:
-        np.add(y_t, bias.reshape(1, out_c, 1, 1), out=y)
+    y_t = prod.reshape(out_c, n, pixels).transpose(1, 0, 2)
+    if bias_rows is not None:
+        np.add(y_t, bias_rows, out=y.reshape(n, out_c, pixels))
     else:
-        np.copyto(y, y_t)
+        np.copyto(y.reshape(n, out_c, pixels), y_t)
 
 
 def _channel_major(dy: np.ndarray, groups: int) -> np.ndarray:
