@@ -197,14 +197,20 @@ def _channel_major(dy: np.ndarray, groups: int) -> np.ndarray:
 def _weight_grad_block(
     cols: np.ndarray, dy: np.ndarray, weight_shape: tuple, a: ConvArgs, sample_major: bool, grad: Any
 ) -> np.ndarray:
-    """The block's share of ``dW`` from its columns and output gradient (``grad``: channel-major ``dy``)."""
+    """The block's share of ``dW`` from its columns and output gradient (``grad``: channel-major ``dy``).
+
+    Computed as ``dW^T = cols @ dy^T`` and transposed back: OpenBLAS runs that orientation about
+    20% faster than ``dy @ cols^T`` at a 32->64 channel layer's sizes (2-core Xeon, one thread).
+    """
     n = dy.shape[0]
     out_c, cg, kh, kw = weight_shape
     g, rows, pixels = a.groups, cg * kh * kw, a.out_size[0] * a.out_size[1]
     if sample_major:
-        cols_t = cols.reshape(n, g, rows, pixels).transpose(0, 1, 3, 2)
-        return np.matmul(dy.reshape(n, g, out_c // g, pixels), cols_t).sum(axis=0).reshape(weight_shape)
-    return np.matmul(grad, cols.reshape(g, rows, n * pixels).transpose(0, 2, 1)).reshape(weight_shape)
+        dy_t = dy.reshape(n, g, out_c // g, pixels).transpose(0, 1, 3, 2)
+        dw_t = np.matmul(cols.reshape(n, g, rows, pixels), dy_t).sum(axis=0)
+    else:
+        dw_t = np.matmul(cols.reshape(g, rows, n * pixels), grad.transpose(0, 2, 1))
+    return np.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight_shape)
 
 
 def _input_grad_block(dy: np.ndarray, weight: np.ndarray, a: ConvArgs, dx: np.ndarray, grad: Any = None) -> None:
