@@ -123,6 +123,7 @@ class PoolCache:
     x_like: Any  # a 0-size array on the input's device and dtype (for checks)
     name: str  # who ran forward, for backward's messages
     on_gpu: bool = False
+    index: Any = None  # max pooling on NumPy: each window's winner as a flat index (see _winner_index)
 
 
 def _check_backward(name: str, dy: Any, cache: PoolCache | None) -> Any:
@@ -146,6 +147,7 @@ def max_pool2d_forward(
     ceil_mode: bool = False,
     *,
     name: str = "max_pool2d",
+    winner_index: bool = True,
 ) -> tuple[Any, PoolCache]:
     """Max pooling of an NCHW batch, PyTorch's ``F.max_pool2d``.
 
@@ -157,6 +159,10 @@ def max_pool2d_forward(
         dilation: spacing between window elements. Defaults to 1.
         ceil_mode: round the output size up instead of down. Defaults to False.
         name: who is calling, for error messages (a layer passes its class name).
+        winner_index: on NumPy, when the windows tile the (padded) input, also keep each
+            window's winner as a flat index (4 bytes per output value), so that backward is one
+            scatter (:func:`_winner_index`). ``MaxPool2d`` passes True while gradients are enabled.
+            Defaults to True.
 
     Returns:
         ``(y, cache)``.
@@ -177,7 +183,51 @@ def max_pool2d_forward(
         return y, PoolCache(inner, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name, on_gpu=True)
     x = np.ascontiguousarray(x)
     y, argmax = _max_forward_cpu(x, a, out)
-    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name)
+    shape = _padded_shape(x.shape, a, out)
+    index = _winner_index(argmax, a, shape) if winner_index and _tiled(shape, a, out) and y.size else None
+    return y, PoolCache(argmax, a, tuple(x.shape), tuple(y.shape), grad_marker(x), name, index=index)
+
+
+def _tiled(padded_shape: tuple, a: PoolArgs, out: tuple[int, int]) -> bool:
+    """Whether the windows tile the padded input exactly (every element in one window)."""
+    (kh, kw), (oh, ow) = a.kernel, out
+    return a.dilation == (1, 1) and a.stride == a.kernel and tuple(padded_shape[2:]) == (oh * kh, ow * kw)
+
+
+def _winner_index(argmax: np.ndarray, a: PoolArgs, padded_shape: tuple) -> np.ndarray:
+    """Each window's winner as a flat index into the padded input (windows that tile it).
+
+    Offset ``t`` of a window is ``t // kw`` rows and ``t % kw`` columns into it, that is
+    ``t + (t // kw) * (Wp - kw)`` values past the window's first one. Built block by block from
+    ``argmax`` with integer arithmetic; int32 while the input has fewer than 2**31 values.
+    """
+    n, c, hp, wp = padded_shape
+    (kh, kw), (oh, ow) = a.kernel, argmax.shape[2:]
+    dtype = np.int32 if n * c * hp * wp < 2**31 else np.int64
+    sample = c * hp * wp
+    blocks = threads.batch_blocks(n, 4 * dtype(0).itemsize * c * oh * ow)
+    longest = max(stop - start for start, stop in blocks)
+    # The first value of every window of `longest` samples (the block's first sample at 0).
+    first = (
+        np.arange(longest, dtype=dtype)[:, None, None, None] * sample
+        + np.arange(c, dtype=dtype)[:, None, None] * (hp * wp)
+        + np.arange(oh, dtype=dtype)[:, None] * (kh * wp)
+        + np.arange(ow, dtype=dtype) * kw
+    )
+    index = np.empty(argmax.shape, dtype=dtype)
+    shift = kw.bit_length() - 1 if kw & (kw - 1) == 0 else None  # t // kw as a shift when kw is 2**k
+
+    def block(start: int, stop: int) -> None:
+        out = index[start:stop]
+        np.copyto(out, argmax[start:stop], casting="unsafe")
+        rows = np.right_shift(out, shift) if shift is not None else np.floor_divide(out, kw)
+        np.multiply(rows, wp - kw, out=rows)
+        np.add(out, rows, out=out)
+        np.add(out, first[: stop - start], out=out)
+        np.add(out, dtype(start * sample), out=out)
+
+    threads.run_blocks(block, n, 4 * index.itemsize * c * oh * ow)
+    return index
 
 
 def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
@@ -192,6 +242,8 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     shape = _padded_shape(cache.in_shape, a, (oh, ow))
     # Windows that tile the whole buffer write every element below: no need to zero it first.
     tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
+    if cache.index is not None and dy.shape[0] > 0:
+        return _crop(_max_backward_scatter(dy, cache.index, shape), a, cache.in_shape)
     if tiles and dy.shape[0] > 0:
         return _crop(_max_backward_tiles(dy, argmax, a, shape), a, cache.in_shape)
     disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
@@ -214,6 +266,20 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
         else:
             view += share
     return _crop(dx, a, cache.in_shape)
+
+
+def _max_backward_scatter(dy: np.ndarray, index: np.ndarray, shape: tuple) -> np.ndarray:
+    """Backward from the winners' flat indices: per block of samples, zeros and then one scatter of
+    ``dy`` (exact for any value, inf and NaN included; the losers get +0 as in PyTorch)."""
+    dx = np.empty(shape, dtype=dy.dtype)
+    flat = dx.reshape(-1)
+
+    def block(start: int, stop: int) -> None:
+        dx[start:stop].fill(0)
+        flat[index[start:stop].reshape(-1)] = dy[start:stop].reshape(-1)
+
+    threads.run_blocks(block, dy.shape[0], dx.itemsize * (dx.size // dx.shape[0]))
+    return dx
 
 
 def _max_backward_tiles(dy: np.ndarray, argmax: np.ndarray, a: PoolArgs, shape: tuple) -> np.ndarray:
