@@ -32,6 +32,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -221,12 +222,16 @@ def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]], worker
         return
     counter = itertools.count()  # next() on it is atomic under the GIL
     failed: list[bool] = []
+    # The pass's work, emptied when the pass is over: a cancelled task stays in the executor's
+    # queue until a worker wakes up, and must not keep the arrays that ``fn`` refers to alive.
+    job: list[Any] = [fn, blocks]
 
     def take() -> None:
+        work, parts = job if job else (None, ())
         try:
             k = next(counter)
-            while k < len(blocks) and not failed:
-                fn(*blocks[k])
+            while k < len(parts) and not failed:
+                work(*parts[k])
                 k = next(counter)
         except BaseException:
             failed.append(True)
@@ -240,6 +245,7 @@ def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]], worker
         for future in futures:
             if not future.cancel():  # a worker that has not woken up yet is not waited for
                 future.result()
+        job.clear()
 
 
 # -- reusable scratch arrays ---------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def normalize_pool(
 
     def run(careful: bool) -> None:
         def block(start: int, stop: int) -> None:
-            y = threads.workspace("batch_norm.pool_input", (stop - start, c, h * w), x.dtype)
+            y = np.empty((stop - start, c, h * w), dtype=x.dtype)  # one block, freed (and reused) at once
             apply(start, stop, y)
             max_pool_block(
                 y.reshape(stop - start, c, h, w), a, out_size, None, careful, pooled[start:stop], argmax[start:stop]
@@ -246,7 +246,7 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     def unpool(start: int, stop: int, finite: bool | None) -> np.ndarray:
         """The pooled gradient, masked by the ReLU at each window's winner, back in ``dx``'s block."""
         g = dy[start:stop]
-        masked = threads.workspace("batch_norm.pooled_grad", g.shape, dtype)
+        masked = np.empty_like(g)
         relu_grad_block(g, pool.out[start:stop], masked, finite=finite)
         block = dx[start:stop]
         tiles_backward_block(masked, pool.argmax[start:stop], pool.a, block)
