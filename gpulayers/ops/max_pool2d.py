@@ -160,7 +160,7 @@ def max_pool2d_forward(
         ceil_mode: round the output size up instead of down. Defaults to False.
         name: who is calling, for error messages (a layer passes its class name).
         winner_index: on NumPy, when the windows tile the (padded) input, also keep each
-            window's winner as a flat index (4 bytes per output value), so that backward is one
+            window's winner as a flat index (8 bytes per output value), so that backward is one
             scatter (:func:`_winner_index`). ``MaxPool2d`` passes True while gradients are enabled.
             Defaults to True.
 
@@ -199,11 +199,12 @@ def _winner_index(argmax: np.ndarray, a: PoolArgs, padded_shape: tuple) -> np.nd
 
     Offset ``t`` of a window is ``t // kw`` rows and ``t % kw`` columns into it, that is
     ``t + (t // kw) * (Wp - kw)`` values past the window's first one. Built block by block from
-    ``argmax`` with integer arithmetic; int32 while the input has fewer than 2**31 values.
+    ``argmax`` with integer arithmetic, as ``intp`` (what NumPy's scatter takes without a cast,
+    ~30% faster than int32; PyTorch keeps int64 indices of the same count).
     """
     n, c, hp, wp = padded_shape
     (kh, kw), (oh, ow) = a.kernel, argmax.shape[2:]
-    dtype = np.int32 if n * c * hp * wp < 2**31 else np.int64
+    dtype = np.intp
     sample = c * hp * wp
     blocks = threads.batch_blocks(n, 4 * dtype(0).itemsize * c * oh * ow)
     longest = max(stop - start for start, stop in blocks)
