@@ -304,50 +304,37 @@ def test_pooling_rejects_gradient_on_another_device(layer):
     ids=["k2", "k3x2", "k1x3", "k2-pad1", "k3-ceil"],
 )
 @pytest.mark.parametrize("special", ["finite", "nan-inf"])
-def test_max_pool2d_winner_index_backward_is_the_mask_backward(window, special):
-    """Tiling windows keep each winner's flat index and backward is one scatter; it gives the
-    values of the per-offset mask backward, and +0 (PyTorch's zeros) for every loser."""
+def test_max_pool2d_scatter_backward_of_tiling_windows(monkeypatch, window, special):
+    """Windows that tile the (padded) input: backward scatters each gradient to its winner's flat
+    index, block by block. It must give PyTorch's gradient exactly (inf and NaN gradients, NaN and
+    -inf inputs, ties), +0 for every loser, and the per-offset mask backward's values."""
+    from gpulayers import threads
     from gpulayers.ops import max_pool2d as ops
 
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 3 * 36 * 4)  # one sample a block: the block offsets count
     rng = np.random.default_rng(21)
-    x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)
-    if window == dict(kernel_size=3, ceil_mode=True):
-        x = rng.standard_normal((5, 3, 7, 7)).astype(np.float32)
+    size = 7 if window.get("ceil_mode") else 6
+    x = rng.standard_normal((5, 3, size, size)).astype(np.float32)
     x.flat[::9] = 0.5  # ties
     if special == "nan-inf":
         x.flat[4::23] = NAN
         x.flat[7::29] = -INF
-    y, indexed = ops.max_pool2d_forward(x, **window)
-    _, masked = ops.max_pool2d_forward(x, **window, winner_index=False)
-    assert indexed.index is not None and masked.index is None
+    y, cache = ops.max_pool2d_forward(x, **window)
     g = rng.standard_normal(y.shape).astype(np.float32)
     if special == "nan-inf":
         g.flat[::5] = INF
         g.flat[2::7] = NAN
-    dx = ops.max_pool2d_backward(g, indexed)
-    np.testing.assert_array_equal(dx, ops.max_pool2d_backward(g, masked))
+    previous = gl.get_num_threads()
+    gl.set_num_threads(2)
+    try:
+        dx = ops.max_pool2d_backward(g, cache)
+    finally:
+        gl.set_num_threads(previous)
     assert not np.signbit(dx[dx == 0]).any()
     xt = torch.from_numpy(x).requires_grad_(True)
     TF.max_pool2d(xt, **window).backward(torch.from_numpy(g))
     np.testing.assert_array_equal(dx, xt.grad.numpy())
-
-
-def test_max_pool2d_keeps_no_winner_index_without_grad_or_for_overlapping_windows(monkeypatch):
-    from gpulayers.ops import max_pool2d as ops
-
-    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    assert ops.max_pool2d_forward(x, 3, stride=2)[1].index is None  # overlapping windows
-    assert ops.max_pool2d_forward(x, 3)[1].index is None  # 8 is not a multiple of 3
-    kept = []
-
-    def spy(*args, **kwargs):
-        y, cache = ops.max_pool2d_forward(*args, **kwargs)
-        kept.append(cache.index is not None)
-        return y, cache
-
-    monkeypatch.setattr(nn.MaxPool2d, "_forward_op", staticmethod(spy))
-    layer = nn.MaxPool2d(2)
-    layer(x)
-    with gl.no_grad():
-        layer(x)
-    assert kept == [True, False]
+    if "padding" not in window and not window.get("ceil_mode"):
+        masked = np.empty_like(x)
+        ops.tiles_backward_block(g, cache.data, cache.a, masked)
+        np.testing.assert_array_equal(dx, masked)

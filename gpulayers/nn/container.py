@@ -17,7 +17,7 @@ from .. import backend
 from .activation import ReLU
 from .module import Module
 from .normalization import _BatchNorm
-from .pooling import MaxPool2d
+from .pooling import MaxPool2d, _Pool
 
 __all__ = ["Sequential", "ModuleList", "Residual", "Concat"]
 
@@ -63,7 +63,7 @@ def _fuses_pool(mod: Module | None) -> bool:
     op decides per call whether it can (NumPy input, windows that tile it)."""
     return (
         type(mod) is MaxPool2d
-        and _plain(mod, MaxPool2d.forward)
+        and _plain(mod, _Pool.forward)
         and "backward" not in mod.__dict__
         and "_record_fused" not in mod.__dict__
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .._checks import check_bool
-from ..grad_mode import is_grad_enabled
 from ..ops import avg_pool2d as avg_ops
 from ..ops import max_pool2d as ops
 from .module import Module
@@ -69,12 +68,6 @@ class MaxPool2d(_Pool):
 
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
-
-    def forward(self, x: Any) -> Any:
-        # The winners' flat indices make backward one scatter; not kept when no backward can come.
-        y, cache = type(self)._forward_op(x, *self._op_args(), name="MaxPool2d", winner_index=is_grad_enabled())
-        self.save_for_backward(cache, output=y)
-        return y
 
     def _record_fused(self, y: Any) -> None:
         """Stand in for a forward that the preceding ``BatchNorm`` ran inside its own blocks
