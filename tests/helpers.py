@@ -185,3 +185,17 @@ def assert_schedules_agree(sched: Any, resumed: Any, steps: int, also: Any = Non
         assert resumed.get_last_lr() == sched.get_last_lr()
         if also is not None:
             also()
+
+
+def fused_and_unfused(build: Any, training: bool = True) -> tuple[Any, Any]:
+    """Two models from ``build`` with the same seeded weights: one as built, and one whose layers
+    run one by one (every child's forward wrapped, so ``Sequential`` fuses nothing)."""
+    gl.manual_seed(0)
+    fused = build()
+    gl.manual_seed(0)
+    plain = build()
+    for mod in plain:
+        object.__setattr__(mod, "forward", type(mod).forward.__get__(mod))
+    fused.train(training)
+    plain.train(training)
+    return fused, plain

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cupy_standin import COUNTER
+from helpers import fused_and_unfused
 
 import gpulayers as gl
 from gpulayers.ops import normalization
@@ -134,13 +135,6 @@ def test_op_relu_flag_on_the_generic_path(running):
         np.testing.assert_array_equal(g, w_)
 
 
-def _unfused(model):
-    """The same layers, run one by one: every module's forward wrapped, so nothing fuses."""
-    for mod in model:
-        object.__setattr__(mod, "forward", type(mod).forward.__get__(mod))
-    return model
-
-
 @pytest.mark.parametrize(("name", "build", "shape"), _models(), ids=[m[0] for m in _models()])
 @pytest.mark.parametrize("grad", ["finite", "non-finite"])
 @pytest.mark.parametrize("training", [True, False])
@@ -152,12 +146,7 @@ def test_fused_pair_on_numpy_is_bitwise_the_two_layers(name, build, shape, grad,
     if grad == "non-finite":
         dy.flat[::7] = np.inf  # inf * 0 would be NaN: the masked positions must still get 0
         dy.flat[3::11] = np.nan
-    gl.manual_seed(0)
-    fused = build()
-    gl.manual_seed(0)
-    plain = _unfused(build())
-    fused.train(training)
-    plain.train(training)
+    fused, plain = fused_and_unfused(build, training)
     if not training and name != "pair":  # in eval mode a reused module keeps only its latest forward
         np.testing.assert_array_equal(fused(x), plain(x))
         return

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import fused_and_unfused
 
-import gpulayers as gl
 from gpulayers import nn
 
 torch = pytest.importorskip("torch")
@@ -26,13 +26,6 @@ def _run(model, x, dy):
     grads = {name: p.grad.copy() for name, p in model.named_parameters()}
     buffers = {name: b.copy() for name, b in model.named_buffers()}
     return y, dx, grads, buffers
-
-
-def _unfused(model):
-    """The same layers, run one by one: every module's forward wrapped, so nothing fuses."""
-    for mod in model:
-        object.__setattr__(mod, "forward", type(mod).forward.__get__(mod))
-    return model
 
 
 def _models():
@@ -100,12 +93,7 @@ def test_fused_triple_is_bitwise_the_three_layers(monkeypatch, name, build, shap
     rng = np.random.default_rng(13)
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
     x.flat[::17] = 0.25  # repeated values: ties inside windows
-    gl.manual_seed(0)
-    fused = build()
-    gl.manual_seed(0)
-    plain = _unfused(build())
-    fused.train(training)
-    plain.train(training)
+    fused, plain = fused_and_unfused(build, training)
     if not training and name == "reused":  # in eval mode a reused module keeps only its latest forward
         np.testing.assert_array_equal(fused(x), plain(x))
         return
@@ -113,9 +101,7 @@ def test_fused_triple_is_bitwise_the_three_layers(monkeypatch, name, build, shap
     if grad == "non-finite":
         dy.flat[::7] = np.inf  # inf * 0 would be NaN: masked and losing positions must still get 0
         dy.flat[3::11] = np.nan
-    gl.manual_seed(0)
-    plain = _unfused(build())
-    plain.train(training)
+    _, plain = fused_and_unfused(build, training)  # a fresh unfused model: the one above ran a forward
     calls = _count_pool_forwards(monkeypatch)
     got = _run(fused, x, dy)
     fused_calls = len(calls)
@@ -133,10 +119,7 @@ def test_fused_triple_with_nan_and_infinite_inputs_in_eval_mode(monkeypatch, spe
     x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
     x[0, 0, 0, :4] = special
     x[1, 1, 2:4, 2:4] = special
-    gl.manual_seed(0)
-    fused = nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2))
-    gl.manual_seed(0)
-    plain = _unfused(nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2)))
+    fused, plain = fused_and_unfused(lambda: nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2)))
     for m in (fused, plain):
         m[0].running_mean[...] = [0.1, -0.2]
         m[0].running_var[...] = [1.5, 0.5]

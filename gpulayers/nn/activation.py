@@ -10,13 +10,10 @@ from typing import Any
 
 from .._checks import check_bool
 from ..ops import activation as ops
+from ._fused import FusedStandIn
 from .module import Module
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Softmax", "LogSoftmax"]
-
-
-# What a ReLU keeps for a use whose forward the BatchNorm before it did (see ReLU._record_fused).
-_FUSED = "applied by the preceding BatchNorm"
 
 
 class _Activation(Module):
@@ -54,7 +51,7 @@ class _Activation(Module):
         return "inplace=True" if self.inplace else ""
 
 
-class ReLU(_Activation, op="relu"):
+class ReLU(FusedStandIn, _Activation, op="relu"):
     """``max(x, 0)`` element-wise; NaN propagates.
 
     Args:
@@ -65,16 +62,7 @@ class ReLU(_Activation, op="relu"):
         - Output: (*), same shape, values in [-1, 1]
     """
 
-    def _record_fused(self, y: Any) -> None:
-        """Stand in for a forward whose ReLU the preceding ``BatchNorm`` applied (``Sequential``
-        fuses the pair): this use's backward passes the gradient on, and the BatchNorm's backward
-        masks it by the output."""
-        self.save_for_backward(_FUSED, output=y)
-
-    def backward(self, grad_output: Any) -> Any:
-        cache = self._op_cache(grad_output)
-        if cache is _FUSED:
-            return grad_output
+    def _unfused_backward(self, grad_output: Any, cache: Any) -> Any:
         return ops.relu_backward(grad_output, cache)
 
 

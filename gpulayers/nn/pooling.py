@@ -7,12 +7,10 @@ from typing import Any
 from .._checks import check_bool
 from ..ops import avg_pool2d as avg_ops
 from ..ops import max_pool2d as ops
+from ._fused import FusedStandIn
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
-
-# What a MaxPool2d keeps for a use whose forward the BatchNorm before it ran (see _record_fused).
-_FUSED = "applied by the preceding BatchNorm"
 
 
 class _Pool(Module):
@@ -34,7 +32,7 @@ class _Pool(Module):
         return type(self)._backward_op(grad_output, self._op_cache(grad_output))
 
 
-class MaxPool2d(_Pool):
+class MaxPool2d(FusedStandIn, _Pool):
     """Max pooling over an NCHW batch, PyTorch's ``nn.MaxPool2d``.
 
     Args:
@@ -69,16 +67,7 @@ class MaxPool2d(_Pool):
     def _op_args(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
-    def _record_fused(self, y: Any) -> None:
-        """Stand in for a forward that the preceding ``BatchNorm`` ran inside its own blocks
-        (``Sequential`` fuses BatchNorm, ReLU and MaxPool2d): this use's backward passes the
-        gradient on, and the BatchNorm's backward spreads it back over the windows."""
-        self.save_for_backward(_FUSED, output=y)
-
-    def backward(self, grad_output: Any) -> Any:
-        cache = self._op_cache(grad_output)
-        if cache is _FUSED:
-            return grad_output
+    def _unfused_backward(self, grad_output: Any, cache: Any) -> Any:
         return ops.max_pool2d_backward(grad_output, cache)
 
     def extra_repr(self) -> str:

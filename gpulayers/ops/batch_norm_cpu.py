@@ -243,36 +243,29 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
         dev = x3[start:stop] if uncentred else np.subtract(x3[start:stop], mean_rows)
         np.einsum("ncl,ncl->nc", dev, g, out=partial[1, start:stop])
 
-    def unpool(start: int, stop: int, finite: bool | None) -> np.ndarray:
-        """The pooled gradient, masked by the ReLU at each window's winner, back in ``dx``'s block."""
+    def masked(start: int, stop: int, finite: bool | None) -> np.ndarray:
+        """The block's output gradient masked by the ReLU (and spread back over the pool's
+        windows, when the forward pooled), in ``dx``'s block, which grads() then reads."""
+        if pool is None:
+            g = dx3[start:stop]
+            relu_grad_block(dy3[start:stop], relu_out3[start:stop], g, finite=finite)
+            return g
         g = dy[start:stop]
-        masked = np.empty_like(g)
-        relu_grad_block(g, pool.out[start:stop], masked, finite=finite)
-        block = dx[start:stop]
-        tiles_backward_block(masked, pool.argmax[start:stop], pool.a, block)
-        return _view3(block)
+        pooled_grad = np.empty_like(g)
+        relu_grad_block(g, pool.out[start:stop], pooled_grad, finite=finite)
+        tiles_backward_block(pooled_grad, pool.argmax[start:stop], pool.a, dx[start:stop])
+        return dx3[start:stop]
 
     def sums(start: int, stop: int) -> None:
-        if pool is not None:  # the same fast-then-check scheme as the ReLU mask below
-            with np.errstate(over="ignore", invalid="ignore"):
-                block_sums(unpool(start, stop, True), start, stop)
-                if not np.isfinite(partial[:, start:stop]).all():
-                    block_sums(unpool(start, stop, None), start, stop)
-            return
-        if relu_out3 is None:
+        if relu_out3 is None and pool is None:
             block_sums(dy3[start:stop], start, stop)
             return
-        # The masked gradient goes to dx's block, which grads() then reads. The fast multiply by
-        # the mask is exact unless dy has an inf or a NaN, and then the block's sums show it:
-        # the block is masked again with where() and summed again.
-        g = dx3[start:stop]
-        relu_grad_block(dy3[start:stop], relu_out3[start:stop], g, finite=True)
+        # The fast multiply by the mask is exact unless dy has an inf or a NaN, and then the
+        # block's sums show it: the block is masked again with where() and summed again.
         with np.errstate(over="ignore", invalid="ignore"):
-            block_sums(g, start, stop)
-            if np.isfinite(partial[:, start:stop]).all():
-                return
-            relu_grad_block(dy3[start:stop], relu_out3[start:stop], g)
-            block_sums(g, start, stop)
+            block_sums(masked(start, stop, True), start, stop)
+            if not np.isfinite(partial[:, start:stop]).all():
+                block_sums(masked(start, stop, None), start, stop)
 
     threads.run_blocks(sums, n, _sample_bytes(cache.x))
     with np.errstate(over="ignore", invalid="ignore"):

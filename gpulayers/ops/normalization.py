@@ -243,23 +243,12 @@ def batch_norm_forward(
     # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
-        uncentred = use_batch_stats and batch_norm_cpu.uncentred_ok(mean, var)
+        pooled = None
         if relu and pool is not None and x.ndim == 4 and tiles_input(x.shape, pool):
             y, argmax = batch_norm_cpu.normalize_pool(x, mean, var, scale, bias, count, pool)
-            saved = batch_norm_cpu.CpuBatchNormCache(
-                x,
-                mean,
-                invstd,
-                weight,
-                bias is not None,
-                use_batch_stats,
-                count,
-                name,
-                uncentred=uncentred,
-                pool=batch_norm_cpu.PooledOutput(pool, argmax, y),
-            )
-            return y, saved
-        y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
+            pooled = batch_norm_cpu.PooledOutput(pool, argmax, y)
+        else:
+            y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
         saved = batch_norm_cpu.CpuBatchNormCache(
             x,
             mean,
@@ -269,8 +258,9 @@ def batch_norm_forward(
             use_batch_stats,
             count,
             name,
-            y if relu else None,
-            uncentred=uncentred,
+            y if relu and pooled is None else None,
+            uncentred=use_batch_stats and batch_norm_cpu.uncentred_ok(mean, var),
+            pool=pooled,
         )
         return y, saved
     y = centred * scale.reshape(bshape)
