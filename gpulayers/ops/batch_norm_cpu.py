@@ -33,7 +33,6 @@ __all__ = [
     "PooledOutput",
     "channel_mean_var",
     "normalize",
-    "normalize_pool",
     "backward",
     "ONE_PASS_MAX_RATIO",
 ]
@@ -47,7 +46,7 @@ ONE_PASS_MAX_RATIO = 16.0
 
 @dataclass(frozen=True, slots=True)
 class PooledOutput:
-    """A max pool run on the (ReLU'd) output inside the forward's blocks (:func:`normalize_pool`)."""
+    """A max pool run on the (ReLU'd) output inside the forward's blocks (:func:`normalize`)."""
 
     a: PoolArgs
     argmax: np.ndarray  # the winning kernel offset per window
@@ -161,39 +160,28 @@ def normalize(
     bias: np.ndarray | None,
     count: int,
     relu: bool = False,
-) -> np.ndarray:
-    """``(x - mean) * scale + bias`` per channel, into a new array; then ``max(., 0)`` with ``relu``.
+    pool: PoolArgs | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(y, None)``: ``(x - mean) * scale + bias`` per channel, into a new array, then ``max(., 0)``
+    with ``relu``. With a ``pool`` (and ``relu``) whose windows tile the input
+    (:func:`gpulayers.ops.max_pool2d.tiles_input`): ``(pooled, argmax)``, each block pooled while
+    it is in cache, and the normalised input itself never written out.
 
     Computed as ``x * scale + shift`` with ``shift = bias - mean * scale`` (two operations per
     value, PyTorch's CPU form) unless ``x * scale`` could overflow: ``|x - mean|`` is at most
-    ``sqrt(count * var)``, which bounds ``|x|``.
+    ``sqrt(count * var)``, which bounds ``|x|``. The pooling is
+    :func:`gpulayers.ops.max_pool2d.max_pool_block`'s, lean pass first and the careful one (NaN,
+    -inf) only when the pooled output shows either, as in ``max_pool2d_forward``.
     """
     apply = _normalizer(x, mean, var, scale, bias, count, relu)
-    y = np.empty_like(x)
-    y3 = _view3(y)
-    threads.run_blocks(lambda start, stop: apply(start, stop, y3[start:stop]), x.shape[0], _sample_bytes(x))
-    return y
-
-
-def normalize_pool(
-    x: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    scale: np.ndarray,
-    bias: np.ndarray | None,
-    count: int,
-    a: PoolArgs,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(pooled, argmax)``: :func:`normalize` with ``relu``, then a max pool whose windows tile
-    the input (:func:`gpulayers.ops.max_pool2d.tiles_input`), each block pooled while it is in
-    cache; the normalised input itself is never written out.
-
-    The pooling is :func:`gpulayers.ops.max_pool2d.max_pool_block`'s, lean pass first and the
-    careful one (NaN, -inf) only when the pooled output shows either, as in ``max_pool2d_forward``.
-    """
+    if pool is None:
+        y = np.empty_like(x)
+        y3 = _view3(y)
+        threads.run_blocks(lambda start, stop: apply(start, stop, y3[start:stop]), x.shape[0], _sample_bytes(x))
+        return y, None
+    a = pool
     n, c, h, w = x.shape
     out_size = (h // a.kernel[0], w // a.kernel[1])
-    apply = _normalizer(x, mean, var, scale, bias, count, True)
     pooled = np.empty((n, c, *out_size), dtype=x.dtype)
     argmax = np.empty(pooled.shape, dtype=np.int8 if a.kernel[0] * a.kernel[1] <= 127 else np.int32)
 

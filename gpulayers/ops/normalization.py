@@ -243,12 +243,9 @@ def batch_norm_forward(
     # y = centred * (weight * invstd) + bias: per-channel coefficients, two passes over the data.
     scale = invstd if weight is None else weight * invstd
     if on_cpu:  # block-wise passes that keep the input, not the centred copy
-        pooled = None
-        if relu and pool is not None and x.ndim == 4 and tiles_input(x.shape, pool):
-            y, argmax = batch_norm_cpu.normalize_pool(x, mean, var, scale, bias, count, pool)
-            pooled = batch_norm_cpu.PooledOutput(pool, argmax, y)
-        else:
-            y = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu)
+        pool = pool if relu and pool is not None and x.ndim == 4 and tiles_input(x.shape, pool) else None
+        y, argmax = batch_norm_cpu.normalize(x, mean, var, scale, bias, count, relu, pool)
+        pooled = None if pool is None else batch_norm_cpu.PooledOutput(pool, argmax, y)
         saved = batch_norm_cpu.CpuBatchNormCache(
             x,
             mean,
