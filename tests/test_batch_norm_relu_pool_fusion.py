@@ -158,3 +158,22 @@ def test_fused_triple_gradient_of_the_wrong_shape_names_the_layer():
     model(np.ones((2, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match="MaxPool2d"):
         model.backward(np.ones((2, 3, 4, 4), np.float32))
+
+
+def test_triple_on_the_cupy_standin_pools_on_its_own_and_agrees(cp):
+    """On CuPy the BatchNorm and ReLU run as the fused GPU kernels and the pool as its own kernel
+    (the in-block pooling is the NumPy path's): the same results as the NumPy layers."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((4, 3, 6, 6)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+    def build():
+        return nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2))
+
+    want = _run(build(), x, dy)
+    model = build().to("cuda")
+    y = model(cp.asarray(x))
+    dx = model.backward(cp.asarray(dy))
+    np.testing.assert_allclose(y.get(), want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx.get(), want[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model[0].weight.grad.get(), want[2]["0.weight"], rtol=1e-4, atol=1e-5)
