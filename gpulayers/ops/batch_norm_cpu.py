@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import threads
 from .activation import relu_grad_block
-from .max_pool2d import PoolArgs, max_pool_block, tiles_backward_block
+from .max_pool2d import PoolArgs, TileScatter, max_pool_block
 
 __all__ = [
     "CpuBatchNormCache",
@@ -225,6 +225,8 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     dx3 = _view3(dx)
     relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
     pool = cache.pool
+    blocks = threads.batch_blocks(n, _sample_bytes(cache.x))
+    unpool = None if pool is None else TileScatter(pool.a, cache.x.shape, pool.out.shape[2:], blocks)
 
     def block_sums(g: np.ndarray, start: int, stop: int) -> None:
         np.einsum("ncl->nc", g, out=partial[0, start:stop])
@@ -241,7 +243,7 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
         g = dy[start:stop]
         pooled_grad = np.empty_like(g)
         relu_grad_block(g, pool.out[start:stop], pooled_grad, finite=finite)
-        tiles_backward_block(pooled_grad, pool.argmax[start:stop], pool.a, dx[start:stop])
+        unpool(pooled_grad, pool.argmax[start:stop], dx[start:stop])
         return dx3[start:stop]
 
     def sums(start: int, stop: int) -> None:
