@@ -59,7 +59,7 @@ class ReLU(FusedStandIn, _Activation, op="relu"):
 
     Shape:
         - Input: (*), any shape
-        - Output: (*), same shape, values in [-1, 1]
+        - Output: (*), same shape, values >= 0 (NaN kept)
     """
 
     def _unfused_backward(self, grad_output: Any, cache: Any) -> Any:

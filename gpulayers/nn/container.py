@@ -104,18 +104,11 @@ class Sequential(Module):
                 # BatchNorm then ReLU: the ReLU runs inside the BatchNorm's passes, and so does a
                 # MaxPool2d after them when the op can take it on.
                 pool = mods[i + 2] if i + 2 < len(mods) and _fuses_pool(mods[i + 2]) else None
-                if pool is None:
-                    x = mod._forward(x, relu=True)
-                    mods[i + 1]._record_fused(x)
-                    i += 2
-                    continue
-                x, pooled = mod._forward_relu_pool(x, pool)
+                x, pooled = (mod._forward(x, relu=True), False) if pool is None else mod._forward_relu_pool(x, pool)
                 mods[i + 1]._record_fused(x)
                 if pooled:
                     pool._record_fused(x)
-                    i += 3
-                else:
-                    i += 2
+                i += 3 if pooled else 2
                 continue
             x = mod(x)
             i += 1

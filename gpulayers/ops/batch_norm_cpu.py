@@ -225,8 +225,8 @@ def backward(dy: np.ndarray, cache: CpuBatchNormCache) -> tuple[np.ndarray, np.n
     dx3 = _view3(dx)
     relu_out3 = None if cache.relu_out is None else _view3(cache.relu_out)
     pool = cache.pool
-    blocks = threads.batch_blocks(n, _sample_bytes(cache.x))
-    unpool = None if pool is None else TileScatter(pool.a, cache.x.shape, pool.out.shape[2:], blocks)
+    if pool is not None:  # for the blocks of run_blocks(sums, ...) below
+        unpool = TileScatter(pool.a, cache.x.shape, pool.out.shape[2:], threads.batch_blocks(n, _sample_bytes(cache.x)))
 
     def block_sums(g: np.ndarray, start: int, stop: int) -> None:
         np.einsum("ncl->nc", g, out=partial[0, start:stop])

@@ -190,12 +190,11 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     a, argmax = cache.a, cache.data
     (kh, kw), (oh, ow) = a.kernel, cache.out_shape[2:]
     shape = _padded_shape(cache.in_shape, a, (oh, ow))
-    # Windows that tile the whole buffer write every element below: no need to zero it first.
     tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
-    if tiles and dy.shape[0] > 0:
+    if tiles and dy.shape[0] > 0:  # windows that tile the (padded) buffer: one scatter per block
         return _crop(_max_backward_scatter(dy, argmax, a, shape), a, cache.in_shape)
     disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
-    dx = (np.empty if tiles else np.zeros)(shape, dtype=dy.dtype)
+    dx = np.zeros(shape, dtype=dy.dtype)
     # dy * hit is fast but would turn a non-finite dy into NaN where hit is False.
     with np.errstate(over="ignore", invalid="ignore"):
         finite = bool(np.isfinite(dy.sum()))

@@ -32,6 +32,29 @@ def _blockwise(*arrays) -> bool:
     )
 
 
+def _step(p, grad, buf, group, first_step: bool = False):
+    """One update of ``p`` in place (``torch.optim.SGD``'s arithmetic); returns the momentum buffer.
+
+    ``buf`` is None on the first step with momentum (a new buffer is made), or, with
+    ``first_step``, a given array that the buffer's first value is written into.
+    """
+    momentum, wd = group["momentum"], group["weight_decay"]
+    if wd != 0:
+        grad = grad + wd * p
+    if momentum != 0:
+        if buf is None:
+            buf = grad.copy()
+        elif first_step:
+            buf[...] = grad
+        else:
+            buf *= momentum
+            dampening = group["dampening"]
+            buf += grad if dampening == 0 else (1 - dampening) * grad  # (1 - 0) * grad is grad
+        grad = grad + momentum * buf if group["nesterov"] else buf
+    p -= group["lr"] * grad
+    return buf
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, dampening, Nesterov and weight decay.
 
@@ -75,57 +98,30 @@ class SGD(Optimizer):
             )
 
     def _update(self, p, grad, state, group):
-        momentum, wd = group["momentum"], group["weight_decay"]
+        momentum = group["momentum"]
         buf = state.get("momentum_buffer")
+        first_step = momentum != 0 and buf is None
         if optim_cuda.can_fuse(p.data, grad, buf):
-            first_step = momentum != 0 and buf is None
             if first_step:  # set to the (decayed) gradient by the kernel
                 buf = backend.get_array_module(p.data).empty_like(p.data)
                 state["momentum_buffer"] = buf
             self._fuse(group, first_step, (p.data, grad, buf if momentum != 0 else None), state)
             return
-        if _blockwise(p.data, grad, buf):
-            self._update_blocks(p.data, grad, buf, state, group)
-            return
-        if wd != 0:
-            grad = grad + wd * p.data
-        if momentum != 0:
-            if buf is None:
-                buf = grad.copy()
+        if not _blockwise(p.data, grad, buf):
+            buf = _step(p.data, grad, buf, group)
+            if momentum != 0:
                 state["momentum_buffer"] = buf
-            else:
-                buf *= momentum
-                dampening = group["dampening"]
-                buf += grad if dampening == 0 else (1 - dampening) * grad  # (1 - 0) * grad is grad
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * grad
-
-    def _update_blocks(self, data, grad, buf, state, group):
-        """The NumPy update above, the same operations on blocks of the flattened arrays, in parallel
-        (:mod:`gpulayers.threads`): each block's values stay in cache between the operations."""
-        momentum, wd, lr = group["momentum"], group["weight_decay"], group["lr"]
-        dampening, nesterov = group["dampening"], group["nesterov"]
-        first_step = momentum != 0 and buf is None
+            return
+        # Large NumPy arrays: the same operations on blocks of the flattened arrays, in parallel
+        # (:mod:`gpulayers.threads`), each block's values staying in cache between them.
         if first_step:
-            buf = state["momentum_buffer"] = np.empty_like(data)
-        flat_p, flat_g = data.reshape(-1), grad.reshape(-1)
-        flat_buf = None if momentum == 0 else buf.reshape(-1)
+            buf = state["momentum_buffer"] = np.empty_like(p.data)
+        flat = [None if a is None else a.reshape(-1) for a in (p.data, grad, buf)]
 
         def block(start: int, stop: int) -> None:
-            p, g = flat_p[start:stop], flat_g[start:stop]
-            if wd != 0:
-                g = g + wd * p
-            if momentum != 0:
-                b = flat_buf[start:stop]
-                if first_step:
-                    np.copyto(b, g)
-                else:
-                    b *= momentum
-                    b += g if dampening == 0 else (1 - dampening) * g
-                g = g + momentum * b if nesterov else b
-            p -= lr * g
+            _step(*(None if a is None else a[start:stop] for a in flat), group, first_step)
 
-        threads.run_blocks(block, flat_p.size, flat_p.itemsize)
+        threads.run_blocks(block, flat[0].size, flat[0].itemsize)
 
     def _batch(self, group, key, tensors, state):
         return optim_cuda.sgd_batch(
