@@ -9,6 +9,7 @@ from helpers import assert_backward_guards, requires_gpu
 import gpulayers as gl
 from gpulayers import functional as F
 from gpulayers import nn
+from gpulayers.ops import conv2d as conv_ops
 from gpulayers.ops import conv2d_cpu
 
 torch = pytest.importorskip("torch")
@@ -116,6 +117,92 @@ def test_conv2d_both_column_layouts_match_torch(monkeypatch, sample_major, opts)
     mine, theirs = _run_both(ours, x, "cpu")
     for a, b in zip(mine, theirs, strict=True):
         np.testing.assert_allclose(a, b, **TOL[np.float64])
+
+
+FLAT = [
+    # (in, out, kernel, options, input (N, H, W)): stride 1 and an output as wide as the input
+    pytest.param(3, 6, 3, dict(padding=1), (9, 6, 7), id="3x3-pad1"),
+    pytest.param(4, 2, 3, dict(padding=1), (9, 6, 7), id="fewer-out-channels"),
+    pytest.param(2, 8, 3, dict(padding=1), (9, 6, 7), id="more-out-channels"),
+    pytest.param(2, 3, 3, dict(padding=(0, 1)), (9, 6, 7), id="no-vertical-padding"),
+    pytest.param(2, 3, 3, dict(padding=(3, 1)), (9, 4, 7), id="taller-output"),
+    pytest.param(2, 3, 3, dict(padding=(2, 2), dilation=2), (9, 6, 7), id="dilated"),
+    pytest.param(2, 3, (2, 5), dict(padding=(1, 2)), (9, 6, 3), id="padding-wider-than-half-the-input"),
+    pytest.param(2, 3, 5, dict(padding=6, dilation=3), (9, 7, 2), id="dilated-wider-than-the-input"),
+    pytest.param(4, 6, 3, dict(padding=1, groups=2), (9, 6, 7), id="groups"),
+    pytest.param(3, 4, 3, dict(padding="same", dilation=(1, 2)), (9, 6, 7), id="same-dilated"),
+    pytest.param(3, 4, 1, {}, (9, 6, 7), id="1x1"),
+    pytest.param(1, 4, 3, dict(padding=1, bias=False), (9, 9, 9), id="one-channel"),
+]
+
+
+def _values(layer: nn.Conv2d, x: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
+    y = layer(x)
+    dx = layer.backward(g)
+    return [y, dx, layer.weight.grad] + ([] if layer.bias is None else [layer.bias.grad])
+
+
+@pytest.mark.parametrize("dx_route", ["as-conv", "col2im"])
+@pytest.mark.parametrize("cin, cout, k, opts, shape", FLAT)
+def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, dx_route, cin, cout, k, opts, shape):
+    """Stride-1 convolutions with an output as wide as the input take the flat-run columns: each dx
+    route, chunks of 2 samples (a batch of 9 makes blocks of 3: chunks of 2 and 1), against PyTorch and against
+    the general im2col path; also the ops that compute dx or dW alone (the transposed convolution's)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((shape[0], cin, *shape[1:]))
+    ours = nn.Conv2d(cin, cout, k, **opts).to(dtype=np.float64)
+    ref = _torch_twin(ours, np.float64)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = ref(xt)
+    g = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.from_numpy(g))
+    theirs = [yt.detach().numpy(), xt.grad.numpy(), ref.weight.grad.numpy()]
+    theirs += [] if ref.bias is None else [ref.bias.grad.numpy()]
+
+    with monkeypatch.context() as m:  # the general path, for comparison
+        m.setattr(conv2d_cpu, "_flat", lambda *_: False)
+        general = nn.Conv2d(cin, cout, k, **opts).to(dtype=np.float64)
+        general.load_state_dict(ours.state_dict())
+        expected = _values(general, x, g)
+        # the ops behind ConvTranspose2d: dx alone and dW alone (int padding only)
+        alone = (ours.weight.data, (1, 1), ours.padding, ours.dilation, ours.groups)
+        if not isinstance(ours.padding, str):
+            expected += [conv_ops.conv2d_input_grad(g, alone[0], x.shape, *alone[1:])]
+            expected += [conv_ops.conv2d_weight_grad(x, g, alone[0].shape, *alone[1:])]
+
+    plans, sizes = [], []
+    real_plan, real_chunks = conv2d_cpu._flat_backward, conv2d_cpu._chunks
+
+    def spy_plan(*args, **kwargs):
+        plans.append(real_plan(*args, **kwargs))
+        return plans[-1]
+
+    def two_per_chunk(n, size, scratch):
+        sizes.append([stop - start for start, stop, _ in real_chunks(n, 2, lambda s: None)])
+        yield from real_chunks(n, 2, scratch)
+
+    monkeypatch.setattr(conv2d_cpu, "_flat_backward", spy_plan)
+    monkeypatch.setattr(conv2d_cpu, "_chunks", two_per_chunk)
+    monkeypatch.setattr(conv2d_cpu, "DX_AS_CONV_MAX_RATIO", 1e9 if dx_route == "as-conv" else 0.0)
+    mine = _values(ours, x, g)
+    assert [2, 1] in sizes  # the forward at least ran the flat path, in unequal chunks
+    plan = plans[0]
+    if plan is not None:  # None: sample-major columns and a col2im, where the general path is faster
+        dh, kh = ours.dilation[0], ours.kernel_size[0]
+        ph = dh * (kh - 1) // 2 if ours.padding == "same" else ours.padding[0]
+        assert (plan.w_conv is not None) == (dx_route == "as-conv" and ph <= dh * (kh - 1))
+    if not isinstance(ours.padding, str):
+        mine += [conv_ops.conv2d_input_grad(g, alone[0], x.shape, *alone[1:])]
+        mine += [conv_ops.conv2d_weight_grad(x, g, alone[0].shape, *alone[1:])]
+        theirs += [theirs[1], theirs[2]]
+    names = (
+        ["y", "dx", "dW"]
+        + ([] if ours.bias is None else ["db"])
+        + ["dx alone", "dW alone"][: len(mine) - 3 - (ours.bias is not None)]
+    )
+    for name, got, want, ref_value in zip(names, mine, expected, theirs, strict=True):
+        np.testing.assert_allclose(got, ref_value, err_msg=name, **TOL[np.float64])
+        np.testing.assert_allclose(got, want, err_msg=name, rtol=1e-12, atol=1e-12)
 
 
 def test_conv2d_state_dict_round_trip_with_torch():
