@@ -334,10 +334,17 @@ def test_max_pool2d_scatter_backward_of_tiling_windows(monkeypatch, window, spec
     xt = torch.from_numpy(x).requires_grad_(True)
     TF.max_pool2d(xt, **window).backward(torch.from_numpy(g))
     np.testing.assert_array_equal(dx, xt.grad.numpy())
-    if "padding" not in window and not window.get("ceil_mode"):  # from the offsets, one strided view each
+    if "padding" not in window and not window.get("ceil_mode"):
+        # forward kept the winners' flat indices: each in its own window, at a value equal to the maximum
         (kh, kw), (oh, ow) = cache.a.kernel, y.shape[2:]
+        n, c, r, col = np.unravel_index(cache.data, x.shape)
+        grid = np.indices(y.shape)
+        assert (n == grid[0]).all() and (c == grid[1]).all()
+        assert (r // kh == grid[2]).all() and (col // kw == grid[3]).all()
+        np.testing.assert_array_equal(x[n, c, r, col], y)
+        # and one strided write per kernel offset, from those indices, gives the same gradient
         want = np.zeros_like(x)
         for t in range(kh * kw):
             view = want[:, :, t // kw :: kh, t % kw :: kw][:, :, :oh, :ow]
-            view[...] = np.where(cache.data == t, g, view)
+            view[...] = np.where((r % kh == t // kw) & (col % kw == t % kw), g, view)
         np.testing.assert_array_equal(dx, want)

@@ -187,12 +187,11 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
         from . import max_pool2d_cuda  # noqa: PLC0415
 
         return max_pool2d_cuda.max_pool2d_backward(dy, cache.data)
-    a, argmax = cache.a, cache.data
+    a, argmax = cache.a, cache.data  # the winners' flat indices where the windows tile (see forward)
     (kh, kw), (oh, ow) = a.kernel, cache.out_shape[2:]
     shape = _padded_shape(cache.in_shape, a, (oh, ow))
-    tiles = a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (oh * kh, ow * kw)
-    if tiles and dy.shape[0] > 0:  # windows that tile the (padded) buffer: one scatter per block
-        return _crop(_max_backward_scatter(dy, argmax, a, shape), a, cache.in_shape)
+    if _tiles_padded(a, shape, (oh, ow)) and dy.shape[0] > 0:
+        return _crop(_max_backward_scatter(dy, argmax, shape), a, cache.in_shape)
     disjoint = a.stride[0] >= a.dilation[0] * (kh - 1) + 1 and a.stride[1] >= a.dilation[1] * (kw - 1) + 1
     dx = np.zeros(shape, dtype=dy.dtype)
     # dy * hit is fast but would turn a non-finite dy into NaN where hit is False.
@@ -215,23 +214,30 @@ def max_pool2d_backward(dy: Any, cache: PoolCache | None) -> Any:
     return _crop(dx, a, cache.in_shape)
 
 
-def _max_backward_scatter(dy: np.ndarray, argmax: np.ndarray, a: PoolArgs, shape: tuple) -> np.ndarray:
-    """Backward of windows that tile the padded input, block by block (:class:`TileScatter`)."""
+def _tiles_padded(a: PoolArgs, shape: tuple, out: tuple[int, int]) -> bool:
+    """Whether the windows tile the padded extent ``shape`` exactly (one scatter per block in backward)."""
+    return a.dilation == (1, 1) and a.stride == a.kernel and shape[2:] == (out[0] * a.kernel[0], out[1] * a.kernel[1])
+
+
+def _max_backward_scatter(dy: np.ndarray, winners: np.ndarray, shape: tuple) -> np.ndarray:
+    """Backward of windows that tile the padded input: per block, zeros and one scatter of ``dy`` to
+    the winners' flat indices into the padded input (kept by forward, see :func:`_max_forward_cpu`)."""
     dx = np.empty(shape, dtype=dy.dtype)
-    sample_bytes = dy.itemsize * (dy.size // shape[0]) * a.kernel[0] * a.kernel[1]
-    scatter = TileScatter(a, shape, dy.shape[2:], threads.batch_blocks(shape[0], sample_bytes))
+    flat = dx.reshape(-1)
 
     def block(start: int, stop: int) -> None:
-        scatter(dy[start:stop], argmax[start:stop], dx[start:stop])
+        dx[start:stop].fill(0)
+        flat[winners[start:stop].reshape(-1)] = dy[start:stop].reshape(-1)
 
-    threads.run_blocks(block, shape[0], sample_bytes)
+    threads.run_blocks(block, shape[0], dx.itemsize * (dx.size // shape[0]))
     return dx
 
 
 class TileScatter:
     """Max pooling's backward for windows that tile the (padded) input, one block at a time:
     ``scatter(g, argmax, out)`` zeroes ``out`` (a C-contiguous block of whole samples) and writes
-    each gradient to its window's winner through flat indices. Exact for any value (inf and NaN
+    each gradient to its window's winner through flat indices (:meth:`winners`, which the
+    standalone forward calls itself to keep the indices). Exact for any value (inf and NaN
     included), the losers get +0 as in PyTorch; measured 15-20% faster on a 2-core Xeon than one
     strided write per kernel offset.
 
@@ -258,10 +264,17 @@ class TileScatter:
             + np.arange(ow, dtype=np.intp) * kw
         )
         self.offsets = np.array([t + (t // kw) * (wp - kw) for t in range(kh * kw)], dtype=np.intp)
+        self.sample_size = c * hp * wp
+
+    def winners(self, argmax: np.ndarray, start: int = 0) -> np.ndarray:
+        """The flat indices of a block's winners, counted from sample ``start`` of the whole batch
+        (0: from the block's first value)."""
+        index = np.take(self.offsets + start * self.sample_size, argmax)
+        np.add(index, self.first[: argmax.shape[0]], out=index)
+        return index
 
     def __call__(self, g: np.ndarray, argmax: np.ndarray, out: np.ndarray) -> None:
-        index = np.take(self.offsets, argmax)
-        np.add(index, self.first[: g.shape[0]], out=index)
+        index = self.winners(argmax)
         out.fill(0)
         out.reshape(-1)[index.reshape(-1)] = g.reshape(-1)
 
@@ -305,7 +318,22 @@ def _max_forward_cpu(x: np.ndarray, a: PoolArgs, out: tuple[int, int]) -> tuple[
     low = y.min() if y.size else 0.0
     if np.isnan(low) or low == -np.inf:
         run(_first_real_offsets(x.shape, a, out) if buf is not x else None, True)
-    return y, argmax
+    if not (_tiles_padded(a, buf.shape, out) and x.shape[0] > 0):
+        return y, argmax
+    # Windows that tile the padded input: keep the winners' flat indices (intp, as PyTorch keeps
+    # int64 indices) instead of the offsets, so that backward is a zero fill and one scatter per
+    # block. Building them here costs forward what it saves backward, but the pool's forward has
+    # the room and its backward had not (32 channels at 28x28 on a 2-core Xeon: forward 2.2 ms
+    # against PyTorch's 4.1, backward 1.4 ms against 0.56). The fused BatchNorm-ReLU-pool path of
+    # Sequential keeps the int8 offsets.
+    winners = np.empty(y.shape, dtype=np.intp)
+    scatter = TileScatter(a, buf.shape, out, threads.batch_blocks(x.shape[0], sample_bytes))
+
+    def index(start: int, stop: int) -> None:
+        winners[start:stop] = scatter.winners(argmax[start:stop], start)
+
+    threads.run_blocks(index, x.shape[0], sample_bytes)
+    return y, winners
 
 
 def max_pool_block(
