@@ -16,6 +16,10 @@ work (OpenBLAS for about 0.1 s after each call, OpenMP after each parallel regio
 that directly follows the other library's step runs against its spinning threads. Measured on
 the 2-core box, strict alternation inflated PyTorch's step from ~30 ms to ~65 ms (and ours by
 ~20%), which flatters the ratio; the untimed switch-in step absorbs that.
+
+The layer table times conv2d and max_pool2d alone the same way, each call being one forward
+and its backward with one of the two timed: a backward always follows its own forward, as in
+training, rather than reusing one graph (PyTorch) or a cache kept dozens of forwards earlier.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 from _reference import build_models
@@ -86,11 +91,14 @@ def step_functions(batch: int):
     return ours_step, torch_step
 
 
-def alternate(fns: dict, steps: int, warmup: int, per_turn: int = 3) -> dict[str, list[float]]:
+def alternate(
+    fns: dict, steps: int, warmup: int, per_turn: int = 3, self_timed: bool = False
+) -> dict[str, list[float]]:
     """Seconds of ``steps`` timed calls per callable, the callables taking turns.
 
     Each callable first runs ``warmup`` untimed calls; then every turn is one untimed call (the
     switch-in, while the previous library's threads may still spin) and ``per_turn`` timed ones.
+    With ``self_timed`` each call returns the seconds of the part it times itself.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -101,8 +109,8 @@ def alternate(fns: dict, steps: int, warmup: int, per_turn: int = 3) -> dict[str
             fn()
             for _ in range(min(per_turn, steps - len(times[name]))):
                 start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+                seconds = fn()
+                times[name].append(seconds if self_timed else time.perf_counter() - start)
     return times
 
 
@@ -114,6 +122,7 @@ def layer_functions(batch: int) -> list[tuple[str, dict]]:
     """conv2d and max_pool2d alone at the model's shapes; every gradient is computed in both."""
     import torch
 
+    import gpulayers as gl
     from gpulayers import nn
 
     rng = np.random.default_rng(1)
@@ -127,32 +136,32 @@ def layer_functions(batch: int) -> list[tuple[str, dict]]:
         channels, size = shape
         x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
         tx = torch.from_numpy(x.copy()).requires_grad_(True)
-        y = ours_layer(x)
+        with gl.no_grad():  # the output's shape, keeping nothing for a backward
+            y = ours_layer(x)
         dy = rng.standard_normal(y.shape).astype(np.float32)
-        ty = torch_layer(tx)
         tdy = torch.from_numpy(dy)
         inputs = [tx, *torch_layer.parameters()]
 
-        def torch_forward(layer=torch_layer, tx=tx):
+        # Each call is a forward and its backward, timing one of them: every backward gets a fresh
+        # forward, as in training (a module's forward keeps what its backward needs until then).
+        def torch_pass(timed: str, layer=torch_layer, tx=tx, inputs=inputs, tdy=tdy) -> float:
+            start = time.perf_counter()
             with torch.enable_grad():
-                return layer(tx)
+                ty = layer(tx)
+            middle = time.perf_counter()
+            torch.autograd.grad(ty, inputs, tdy)
+            return middle - start if timed == "forward" else time.perf_counter() - middle
 
-        def torch_backward(ty=ty, inputs=inputs, tdy=tdy):
-            return torch.autograd.grad(ty, inputs, tdy, retain_graph=True)
-
-        def ours_backward(layer=ours_layer, dy=dy):
+        def ours_pass(timed: str, layer=ours_layer, x=x, dy=dy) -> float:
             layer.zero_grad()
-            return layer.backward(dy)
+            start = time.perf_counter()
+            layer(x)
+            middle = time.perf_counter()
+            layer.backward(dy)
+            return middle - start if timed == "forward" else time.perf_counter() - middle
 
-        cases.append(
-            (
-                name,
-                {
-                    "forward": (lambda layer=ours_layer, x=x: layer(x), torch_forward),
-                    "backward": (ours_backward, torch_backward),
-                },
-            )
-        )
+        passes = {which: (partial(ours_pass, which), partial(torch_pass, which)) for which in ("forward", "backward")}
+        cases.append((name, passes))
     return cases
 
 
@@ -255,7 +264,7 @@ def main() -> int:
     print(f"{'layer':28s} {'pass':9s} {'gpulayers':>10s} {'torch':>10s} {'ratio':>7s}")
     for name, passes in layer_functions(args.batch):
         for which, (ours_fn, torch_fn) in passes.items():
-            t = alternate({"ours": ours_fn, "torch": torch_fn}, max(args.steps, 20), 3, args.per_turn)
+            t = alternate({"ours": ours_fn, "torch": torch_fn}, max(args.steps, 20), 3, args.per_turn, self_timed=True)
             o, p = ms(t["ours"]), ms(t["torch"])
             print(f"{name:28s} {which:9s} {o:10.3f} {p:10.3f} {o / p:6.2f}x")
 
