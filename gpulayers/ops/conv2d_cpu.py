@@ -136,7 +136,7 @@ def input_grad(dy: np.ndarray, weight: np.ndarray, x_shape: tuple, a: ConvArgs) 
     """``dx`` alone, for an input of ``x_shape`` (the forward of a transposed convolution)."""
     _, _, kh, kw = weight.shape
     dx = np.empty(x_shape, dtype=dy.dtype)
-    plan = _flat_backward(x_shape, weight.shape, weight, a, weight_grad=False, input_grad=True)
+    plan = _flat_backward(x_shape, weight.shape, weight, a, dy.itemsize, weight_grad=False, input_grad=True)
 
     def block(start: int, stop: int) -> None:
         if plan is not None:
@@ -164,7 +164,7 @@ def _weight_grad_blocks(
     partial = np.empty((len(blocks), *weight_shape), dtype=x.dtype)
     partial_db = np.empty((len(blocks), dy.shape[1]), dtype=dy.dtype) if bias else None
     sample_major = _use_sample_major(math.prod(weight_shape[1:]), a.out_size[0] * a.out_size[1])
-    plan = _flat_backward(x.shape, weight_shape, weight, a, weight_grad=True, input_grad=dx is not None)
+    plan = _flat_backward(x.shape, weight_shape, weight, a, x.itemsize, weight_grad=True, input_grad=dx is not None)
 
     def block(start: int, stop: int) -> None:
         g = dy[start:stop]
@@ -380,7 +380,7 @@ def _dx_as_conv(weight_shape: tuple, a: ConvArgs) -> bool:
 
 
 def _flat_backward(
-    x_shape: tuple, weight_shape: tuple, weight: Any, a: ConvArgs, *, weight_grad: bool, input_grad: bool
+    x_shape: tuple, weight_shape: tuple, weight: Any, a: ConvArgs, itemsize: int, *, weight_grad: bool, input_grad: bool
 ) -> _FlatBackward | None:
     """The flat-run backward for these shapes, or None where the general path is faster: when the
     columns are sample-major (few rows per output pixel, see :func:`_use_sample_major`) and ``dx``
@@ -392,7 +392,7 @@ def _flat_backward(
     channel_major = not _use_sample_major(cg * kh * kw, a.out_size[0] * a.out_size[1])
     if not (as_conv or channel_major):
         return None
-    return _FlatBackward(x_shape, weight_shape, weight, a, weight_grad, input_grad, as_conv, channel_major)
+    return _FlatBackward(x_shape, weight_shape, weight, a, itemsize, weight_grad, input_grad, as_conv, channel_major)
 
 
 class _FlatImage:
@@ -500,6 +500,7 @@ class _FlatBackward:
         weight_shape: tuple,
         weight: Any,
         a: ConvArgs,
+        itemsize: int,
         weight_grad: bool,
         input_grad: bool,
         as_conv: bool,
@@ -516,8 +517,7 @@ class _FlatBackward:
         elif input_grad:
             self.w_t = weight.reshape(g, out_c // g, self.rows).transpose(0, 2, 1)
         channels = max(x_shape[1], out_c if self.w_conv is not None else 0)
-        item = (weight.dtype if weight is not None else np.dtype(np.float32)).itemsize
-        self.chunk = max(1, FLAT_BACKWARD_CHUNK_BYTES // (channels * kh * kw * oh * ow * item))
+        self.chunk = max(1, FLAT_BACKWARD_CHUNK_BYTES // (channels * kh * kw * oh * ow * itemsize))
 
     def _scratch(self, s: int, x_shape: tuple, dy_shape: tuple, dtype: Any) -> SimpleNamespace:
         a, (kh, kw) = self.a, self.kernel
