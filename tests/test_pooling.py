@@ -292,6 +292,27 @@ def test_pooling_rejects_gradient_on_another_device(layer):
         layer.backward(np.zeros((1, 2, 3, 3), np.float32))
 
 
+def _torch_rule_winners(x: np.ndarray, kernel: tuple, padding: tuple, out: tuple) -> np.ndarray:
+    """Each window's winning offset (row-major) by PyTorch's CPU rules, one strided view per
+    offset of an explicitly padded copy: the first real pixel is the starting candidate, then a
+    real pixel wins when it is greater or NaN (padding never does). Stride = kernel, no dilation."""
+    (kh, kw), (ph, pw), (oh, ow) = kernel, padding, out
+    n, c, h, w = x.shape
+    buf = np.full((n, c, oh * kh, ow * kw), -INF, dtype=x.dtype)
+    real = np.zeros(buf.shape, dtype=bool)
+    buf[:, :, ph : ph + h, pw : pw + w] = x
+    real[:, :, ph : ph + h, pw : pw + w] = True
+    best = np.full((n, c, oh, ow), NAN, dtype=x.dtype)
+    win = np.full((n, c, oh, ow), -1)
+    for t in range(kh * kw):
+        v = buf[:, :, t // kw :: kh, t % kw :: kw]
+        takes = real[:, :, t // kw :: kh, t % kw :: kw] & ((win < 0) | (v > best) | np.isnan(v))
+        best, win = np.where(takes, v, best), np.where(takes, t, win)
+    assert (win >= 0).all()
+    return win
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "window",
     [
@@ -300,51 +321,79 @@ def test_pooling_rejects_gradient_on_another_device(layer):
         dict(kernel_size=(1, 3)),
         dict(kernel_size=2, padding=1),  # the padded 8x8 buffer is tiled
         dict(kernel_size=3, ceil_mode=True),  # 7 -> 9 with the ceil-mode extension: tiled
+        dict(kernel_size=3, padding=1, ceil_mode=True),  # 6 + 2 -> 9: padding and the ceil extension
     ],
-    ids=["k2", "k3x2", "k1x3", "k2-pad1", "k3-ceil"],
+    ids=["k2", "k3x2", "k1x3", "k2-pad1", "k3-ceil", "k3-pad1-ceil"],
 )
 @pytest.mark.parametrize("special", ["finite", "nan-inf"])
-def test_max_pool2d_scatter_backward_of_tiling_windows(monkeypatch, window, special):
-    """Windows that tile the (padded) input: backward scatters each gradient to its winner's flat
-    index, block by block. It must give PyTorch's gradient exactly (inf and NaN gradients, NaN and
-    -inf inputs, ties), +0 for every loser, and the values the winners' offsets say."""
+def test_max_pool2d_scatter_backward_of_tiling_windows(monkeypatch, dtype, window, special):
+    """Windows that tile the (padded) input: the forward keeps each winner's absolute flat index
+    in the padded gradient, and backward zeroes each block and scatters to those indices. It must
+    give PyTorch's gradient bitwise and the one of an independent per-offset reference (inf and
+    NaN gradients, NaN and +-inf inputs, ties), +0 for every loser, over several uneven blocks of
+    more than one sample, and the same again from a second backward on the same cache."""
     from gpulayers import threads
     from gpulayers.ops import max_pool2d as ops
 
-    monkeypatch.setattr(threads, "BLOCK_BYTES", 3 * 36 * 4)  # one sample a block: the block offsets count
     rng = np.random.default_rng(21)
-    size = 7 if window.get("ceil_mode") else 6
-    x = rng.standard_normal((5, 3, size, size)).astype(np.float32)
-    x.flat[::9] = 0.5  # ties
+    size = 7 if window.get("ceil_mode") and "padding" not in window else 6
+    x = rng.integers(-3, 4, (9, 3, size, size)).astype(dtype)  # small integers: many ties
+    x[::2] += rng.standard_normal(x[::2].shape).astype(dtype)
     if special == "nan-inf":
         x.flat[4::23] = NAN
         x.flat[7::29] = -INF
-    y, cache = ops.max_pool2d_forward(x, **window)
-    g = rng.standard_normal(y.shape).astype(np.float32)
-    if special == "nan-inf":
-        g.flat[::5] = INF
-        g.flat[2::7] = NAN
+        x.flat[11::31] = INF
+        x[1, 2] = NAN  # a whole plane of NaN: the last NaN of each window wins
+        x[2, 1] = -INF  # all -inf: the first real pixel wins
+    a = ops.pool_arguments(
+        "t", window["kernel_size"], None, window.get("padding", 0), 1, window.get("ceil_mode", False)
+    )
+    out = ops.pooled_output_size("t", x, a)
+    padded = (out[0] * a.kernel[0]) * (out[1] * a.kernel[1])
+    assert ops._padded_shape(x.shape, a, out)[2:] == (out[0] * a.kernel[0], out[1] * a.kernel[1])  # tiling
+    # Two padded samples a block (the forward's and the backward's unit): blocks (0, 1), (1, 3),
+    # (3, 5), (5, 7), (7, 9), so the indices must count from the batch's start, not the block's.
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 2 * 3 * padded * np.dtype(dtype).itemsize)
+    assert len(threads.batch_blocks(9, 3 * padded * np.dtype(dtype).itemsize)) == 5
     previous = gl.get_num_threads()
     gl.set_num_threads(2)
     try:
-        dx = ops.max_pool2d_backward(g, cache)
-    finally:
-        gl.set_num_threads(previous)
-    assert not np.signbit(dx[dx == 0]).any()
-    xt = torch.from_numpy(x).requires_grad_(True)
-    TF.max_pool2d(xt, **window).backward(torch.from_numpy(g))
-    np.testing.assert_array_equal(dx, xt.grad.numpy())
-    if "padding" not in window and not window.get("ceil_mode"):
-        # forward kept the winners' flat indices: each in its own window, at a value equal to the maximum
-        (kh, kw), (oh, ow) = cache.a.kernel, y.shape[2:]
-        n, c, r, col = np.unravel_index(cache.data, x.shape)
+        y, cache = ops.max_pool2d_forward(x, **window)
+        assert cache.data.dtype == np.intp and cache.data.shape == y.shape  # the tiling path's indices
+        # each kept index lies in its own window of the padded input, at a value equal to the maximum
+        padded_x = np.full((*x.shape[:2], out[0] * a.kernel[0], out[1] * a.kernel[1]), -INF, dtype=dtype)
+        padded_x[:, :, a.padding[0] : a.padding[0] + size, a.padding[1] : a.padding[1] + size] = x
+        n, c, r, col = np.unravel_index(cache.data, padded_x.shape)
         grid = np.indices(y.shape)
         assert (n == grid[0]).all() and (c == grid[1]).all()
-        assert (r // kh == grid[2]).all() and (col // kw == grid[3]).all()
-        np.testing.assert_array_equal(x[n, c, r, col], y)
-        # and one strided write per kernel offset, from those indices, gives the same gradient
-        want = np.zeros_like(x)
-        for t in range(kh * kw):
-            view = want[:, :, t // kw :: kh, t % kw :: kw][:, :, :oh, :ow]
-            view[...] = np.where((r % kh == t // kw) & (col % kw == t % kw), g, view)
-        np.testing.assert_array_equal(dx, want)
+        assert (r // a.kernel[0] == grid[2]).all() and (col // a.kernel[1] == grid[3]).all()
+        np.testing.assert_array_equal(padded_x[n, c, r, col], y)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        if special == "nan-inf":
+            g.flat[::5] = INF
+            g.flat[1::6] = -INF
+            g.flat[2::7] = NAN
+        kept = cache.data.copy()
+        dx = ops.max_pool2d_backward(g, cache)
+        again = ops.max_pool2d_backward(g, cache)
+    finally:
+        gl.set_num_threads(previous)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    np.testing.assert_array_equal(cache.data, kept)
+    np.testing.assert_array_equal(again, dx)
+    assert not np.signbit(dx[dx == 0]).any()
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = TF.max_pool2d(xt, **window)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    # The independent reference: PyTorch's rules on a padded copy, one strided write per offset.
+    (kh, kw), (ph, pw) = a.kernel, a.padding
+    win = _torch_rule_winners(x, a.kernel, a.padding, out)
+    want = np.zeros((*x.shape[:2], out[0] * kh, out[1] * kw), dtype=dtype)
+    for t in range(kh * kw):
+        view = want[:, :, t // kw :: kh, t % kw :: kw]
+        view[...] = np.where(win == t, g, view)
+    want = want[:, :, ph : ph + size, pw : pw + size]
+    np.testing.assert_array_equal(dx, want)
+    assert np.array_equal(np.signbit(dx), np.signbit(want))
