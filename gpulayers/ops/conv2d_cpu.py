@@ -524,7 +524,7 @@ class _FlatBackward:
         a, (kh, kw) = self.a, self.kernel
         (c, h, w), (out_c, oh) = x_shape[1:], dy_shape[1:3]
         (ph, pw), (dh, dw) = a.padding, a.dilation
-        v = SimpleNamespace()
+        v = SimpleNamespace(grad=None)
         cm = self.channel_major
         if cm and (self.weight_grad or self.w_t is not None):  # dy channel-major, (O, S, OH*W)
             v.grad = threads.workspace("conv2d.grad", (out_c, s, oh * w), dtype)
@@ -546,9 +546,8 @@ class _FlatBackward:
             # the column gradient takes the columns' scratch: dW's GEMM has read them by then
             v.dcols = threads.workspace("conv2d.cols", (c, kh, kw, s, oh, w), dtype)
             v.dcol_wrapped = _wrapped(np.moveaxis(v.dcols, 2, 0), pw, dw)
-            v.planes = threads.workspace("conv2d.grad_image", (s, c, (h + 2 * ph) * w + 2 * pw), dtype)
-            start = pw + ph * w
-            v.planes_in = v.planes[:, :, start : start + h * w]
+            image = _FlatImage("conv2d.grad_image", s, c, (h, w), a.padding, dtype)
+            v.planes, v.planes_in = image.buf, image.interior
             planes = v.planes.transpose(1, 0, 2)  # (C, S, length)
             shifts = [(i, j, i * dh * w + j * dw) for i in range(kh) for j in range(kw)]
             v.adds = [(planes[:, :, k : k + oh * w], v.dcols[:, i, j].reshape(c, s, oh * w)) for i, j, k in shifts]
@@ -562,7 +561,7 @@ class _FlatBackward:
         acc = None
         for start, stop, v in _chunks(n, self.chunk, lambda s: self._scratch(s, x_shape, dy.shape, dy.dtype)):
             s = stop - start
-            if hasattr(v, "grad"):
+            if v.grad is not None:
                 np.copyto(v.grad, dy[start:stop].reshape(s, out_c, pixels).transpose(1, 0, 2))
                 grad = v.grad.reshape(g, out_c // g, s * pixels)
             else:

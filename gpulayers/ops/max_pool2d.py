@@ -238,8 +238,7 @@ def _max_backward_scatter(dy: np.ndarray, index: np.ndarray, shape: tuple) -> np
     flat = dx.reshape(-1)
 
     def block(start: int, stop: int) -> None:
-        dx[start:stop].fill(0)
-        flat[index[start:stop].reshape(-1)] = dy[start:stop].reshape(-1)
+        _scatter(dy[start:stop], index[start:stop], dx[start:stop], flat)
 
     threads.run_blocks(block, shape[0], dx.itemsize * (dx.size // shape[0]))
     return dx
@@ -292,9 +291,14 @@ class TileScatter:
         return np.add(index, self.first[: argmax.shape[0]], out=index)
 
     def __call__(self, g: np.ndarray, argmax: np.ndarray, out: np.ndarray) -> None:
-        index = self.indices(argmax)
-        out.fill(0)
-        out.reshape(-1)[index.reshape(-1)] = g.reshape(-1)
+        _scatter(g, self.indices(argmax), out, out.reshape(-1))
+
+
+def _scatter(g: np.ndarray, index: np.ndarray, out: np.ndarray, flat: np.ndarray) -> None:
+    """Zero ``out`` and write each of ``g``'s values at its flat ``index`` into ``flat`` (a flat view of
+    ``out``, or of the whole array ``out`` is a block of)."""
+    out.fill(0)
+    flat[index.reshape(-1)] = g.reshape(-1)
 
 
 def _first_real_offsets(shape: tuple, a: PoolArgs, out: tuple[int, int]) -> list[np.ndarray]:
