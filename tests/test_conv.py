@@ -133,6 +133,13 @@ FLAT = [
     pytest.param(3, 4, 3, dict(padding="same", dilation=(1, 2)), (9, 6, 7), id="same-dilated"),
     pytest.param(3, 4, 1, {}, (9, 6, 7), id="1x1"),
     pytest.param(1, 4, 3, dict(padding=1, bias=False), (9, 9, 9), id="one-channel"),
+    # no more output than input channels: the forward splits the kernel too
+    pytest.param(4, 4, 3, dict(padding=1, groups=2), (9, 6, 7), id="split-forward-groups"),
+    pytest.param(5, 3, 3, dict(padding=(2, 2), dilation=2), (9, 6, 7), id="split-forward-dilated"),
+    pytest.param(4, 3, 1, {}, (9, 5, 6), id="split-forward-1x1"),
+    pytest.param(3, 3, (3, 2), dict(padding=1, dilation=(1, 2), bias=False), (9, 6, 7), id="split-even-kernel"),
+    # no kernel column is read unshifted, so the bias has no plane to ride on: the flat columns
+    pytest.param(3, 3, (3, 2), dict(padding=1, dilation=(1, 2)), (9, 6, 7), id="even-kernel-with-bias"),
 ]
 
 
@@ -142,12 +149,12 @@ def _values(layer: nn.Conv2d, x: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
     return [y, dx, layer.weight.grad] + ([] if layer.bias is None else [layer.bias.grad])
 
 
-@pytest.mark.parametrize("dx_route", ["as-conv", "col2im"])
 @pytest.mark.parametrize("cin, cout, k, opts, shape", FLAT)
-def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, dx_route, cin, cout, k, opts, shape):
-    """Stride-1 convolutions with an output as wide as the input take the flat-run columns: each dx
-    route, chunks of 2 samples (a batch of 9 makes blocks of 3: chunks of 2 and 1), against PyTorch and against
-    the general im2col path; also the ops that compute dx or dW alone (the transposed convolution's)."""
+def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, cin, cout, k, opts, shape):
+    """Stride-1 convolutions with an output as wide as the input take the flat-run columns forward
+    and, where it moves less data, the split backward: chunks of 2 samples (a batch of 9 makes blocks
+    of 3: chunks of 2 and 1), against PyTorch and against the general im2col path; also the ops that
+    compute dx or dW alone (the transposed convolution's)."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((shape[0], cin, *shape[1:]))
     ours = nn.Conv2d(cin, cout, k, **opts).to(dtype=np.float64)
@@ -171,26 +178,39 @@ def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, d
             expected += [conv_ops.conv2d_weight_grad(x, g, alone[0].shape, *alone[1:])]
 
     plans, sizes = [], []
-    real_plan, real_chunks = conv2d_cpu._flat_backward, conv2d_cpu._chunks
+    real_plan, real_bounds = conv2d_cpu._flat_backward, conv2d_cpu._chunk_bounds
 
     def spy_plan(*args, **kwargs):
         plans.append(real_plan(*args, **kwargs))
         return plans[-1]
 
-    def two_per_chunk(n, size, scratch):
-        sizes.append([stop - start for start, stop, _ in real_chunks(n, 2, lambda s: None)])
-        yield from real_chunks(n, 2, scratch)
+    def two_per_chunk(n, size):
+        sizes.append([stop - start for start, stop in real_bounds(n, 2)])
+        return real_bounds(n, 2)
 
+    forwards = set()
+    for name in ("_FlatForward", "_SplitForward"):
+        real = getattr(conv2d_cpu, name)
+
+        def spy_call(self, *args, real=real, name=name):
+            forwards.add(name)
+            return real.__call__(self, *args)
+
+        monkeypatch.setattr(conv2d_cpu, name, type(name, (real,), {"__call__": spy_call}))
     monkeypatch.setattr(conv2d_cpu, "_flat_backward", spy_plan)
-    monkeypatch.setattr(conv2d_cpu, "_chunks", two_per_chunk)
-    monkeypatch.setattr(conv2d_cpu, "DX_AS_CONV_MAX_RATIO", 1e9 if dx_route == "as-conv" else 0.0)
+    monkeypatch.setattr(conv2d_cpu, "_chunk_bounds", two_per_chunk)
     mine = _values(ours, x, g)
     assert [2, 1] in sizes  # the forward at least ran the flat path, in unequal chunks
-    plan = plans[0]
-    if plan is not None:  # None: sample-major columns and a col2im, where the general path is faster
-        dh, kh = ours.dilation[0], ours.kernel_size[0]
-        ph = dh * (kh - 1) // 2 if ours.padding == "same" else ours.padding[0]
-        assert (plan.w_conv is not None) == (dx_route == "as-conv" and ph <= dh * (kh - 1))
+    # the forward splits the kernel with no more output than input channels and a column for the bias
+    kw, dw = ours.kernel_size[1], ours.dilation[1]
+    unshifted = any(2 * j * dw == dw * (kw - 1) for j in range(kw))  # pw = dw*(kw-1)/2 as OW == W
+    assert forwards == {"_SplitForward" if cout <= cin and (ours.bias is None or unshifted) else "_FlatForward"}
+    dh, kh = ours.dilation[0], ours.kernel_size[0]
+    ph = dh * (kh - 1) // 2 if ours.padding == "same" else ours.padding[0]
+    # the split backward unless dy cannot be padded to x's height, or the general path moves less
+    fewer = kh * cout // ours.groups + 2 * ours.kernel_size[1] * cin // ours.groups
+    split = ph <= dh * (kh - 1) and fewer <= 2 * kh * ours.kernel_size[1] * cin // ours.groups + cout // ours.groups
+    assert isinstance(plans[0], conv2d_cpu._SplitBackward) == split
     if not isinstance(ours.padding, str):
         mine += [conv_ops.conv2d_input_grad(g, alone[0], x.shape, *alone[1:])]
         mine += [conv_ops.conv2d_weight_grad(x, g, alone[0].shape, *alone[1:])]
@@ -203,6 +223,39 @@ def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, d
     for name, got, want, ref_value in zip(names, mine, expected, theirs, strict=True):
         np.testing.assert_allclose(got, ref_value, err_msg=name, **TOL[np.float64])
         np.testing.assert_allclose(got, want, err_msg=name, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [None, 0], ids=["kept", "built-every-call"])
+def test_conv2d_flat_scratch_shared_by_layers_of_one_shape(monkeypatch, budget):
+    """Two layers of one shape interleaved (forward A, forward B, backward B, backward A) use the same
+    kept scratch per thread; with a budget of 0 bytes none is kept (built afresh for every call).
+    Either way the values match PyTorch's, on two threads with several blocks."""
+    from gpulayers import threads
+
+    if budget is not None:
+        monkeypatch.setattr(threads, "CACHE_BYTES", budget)
+    monkeypatch.setattr(conv2d_cpu, "COLUMN_BLOCK_BYTES", 1 << 12)  # blocks of 2 samples
+    before = gl.get_num_threads()
+    gl.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(11)
+        x = [rng.standard_normal((7, 4, 6, 5)) for _ in range(2)]
+        layers = [nn.Conv2d(4, c, 3, padding=1).to(dtype=np.float64) for c in (4, 6)]  # split and flat forward
+        for pair in (layers, [nn.Conv2d(4, 4, 3, padding=1).to(dtype=np.float64) for _ in range(2)]):
+            twins = [_torch_twin(layer, np.float64) for layer in pair]
+            ys = [layer(xi) for layer, xi in zip(pair, x, strict=True)]
+            gs = [rng.standard_normal(y.shape) for y in ys]
+            dxs = [pair[k].backward(gs[k]) for k in (1, 0)][::-1]
+            for k in range(2):
+                xt = torch.from_numpy(x[k]).requires_grad_(True)
+                yt = twins[k](xt)
+                yt.backward(torch.from_numpy(gs[k]))
+                np.testing.assert_allclose(ys[k], yt.detach().numpy(), **TOL[np.float64])
+                np.testing.assert_allclose(dxs[k], xt.grad.numpy(), **TOL[np.float64])
+                np.testing.assert_allclose(pair[k].weight.grad, twins[k].weight.grad.numpy(), **TOL[np.float64])
+                np.testing.assert_allclose(pair[k].bias.grad, twins[k].bias.grad.numpy(), **TOL[np.float64])
+    finally:
+        gl.set_num_threads(before)
 
 
 def test_conv2d_state_dict_round_trip_with_torch():

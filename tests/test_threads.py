@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,6 +81,33 @@ def test_run_blocks_raises_a_worker_error(restore_threads):
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="set_num_threads: expected a positive int"):
         gl.set_num_threads(bad)
+
+
+def test_cached_scratch_is_kept_per_key_within_a_byte_budget(monkeypatch):
+    monkeypatch.setattr(threads, "CACHE_BYTES", 100)
+    threads.clear_workspace()
+    built = []
+
+    def entry(name, nbytes):
+        def build():
+            built.append(name)
+            return SimpleNamespace(nbytes=nbytes)
+
+        return build
+
+    a = threads.cached(("test", 1), entry("a", 40))
+    assert threads.cached(("test", 1), entry("a again", 40)) is a
+    b = threads.cached(("test", 2), entry("b", 40))
+    threads.cached(("test", 1), entry("a again", 40))  # a is now the most recently used
+    threads.cached(("test", 3), entry("c", 40))  # 120 bytes > 100: the least recently used (b) goes
+    assert threads.cached(("test", 1), entry("a again", 40)) is a
+    assert threads.cached(("test", 2), entry("b again", 40)) is not b
+    big = threads.cached(("test", 4), entry("big", 500))  # over the budget on its own: not kept
+    assert threads.cached(("test", 4), entry("big again", 500)) is not big
+    assert threads.cached(("test", 1), entry("a still", 40)) is a  # and the others were left alone
+    threads.clear_workspace()
+    threads.cached(("test", 1), entry("after clear", 40))
+    assert built == ["a", "b", "c", "b again", "big", "big again", "after clear"]
 
 
 @pytest.mark.parametrize(
