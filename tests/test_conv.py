@@ -136,7 +136,8 @@ FLAT = [
     # no more output than input channels: the forward splits the kernel too
     pytest.param(4, 4, 3, dict(padding=1, groups=2), (9, 6, 7), id="split-forward-groups"),
     pytest.param(5, 3, 3, dict(padding=(2, 2), dilation=2), (9, 6, 7), id="split-forward-dilated"),
-    pytest.param(4, 3, 1, {}, (9, 5, 6), id="split-forward-1x1"),
+    pytest.param(4, 3, 1, {}, (9, 5, 6), id="1x1-fewer-out-channels"),
+    pytest.param(4, 6, 1, dict(groups=2), (9, 5, 6), id="1x1-groups"),
     pytest.param(3, 3, (3, 2), dict(padding=1, dilation=(1, 2), bias=False), (9, 6, 7), id="split-even-kernel"),
     # no kernel column is read unshifted, so the bias has no plane to ride on: the flat columns
     pytest.param(3, 3, (3, 2), dict(padding=1, dilation=(1, 2)), (9, 6, 7), id="even-kernel-with-bias"),
@@ -204,13 +205,19 @@ def test_conv2d_flat_run_columns_match_torch_and_the_general_path(monkeypatch, c
     # the forward splits the kernel with no more output than input channels and a column for the bias
     kw, dw = ours.kernel_size[1], ours.dilation[1]
     unshifted = any(2 * j * dw == dw * (kw - 1) for j in range(kw))  # pw = dw*(kw-1)/2 as OW == W
-    assert forwards == {"_SplitForward" if cout <= cin and (ours.bias is None or unshifted) else "_FlatForward"}
+    split_forward = kw > 1 and cout <= cin and (ours.bias is None or unshifted)
+    assert forwards == {"_SplitForward" if split_forward else "_FlatForward"}
     dh, kh = ours.dilation[0], ours.kernel_size[0]
     ph = dh * (kh - 1) // 2 if ours.padding == "same" else ours.padding[0]
-    # the split backward unless dy cannot be padded to x's height, or the general path moves less
+    # a 1x1 kernel: per-sample GEMMs; else the split backward unless dy cannot be padded to x's
+    # height, or the split does not move clearly less data than the general path
     fewer = kh * cout // ours.groups + 2 * ours.kernel_size[1] * cin // ours.groups
-    split = ph <= dh * (kh - 1) and fewer <= 2 * kh * ours.kernel_size[1] * cin // ours.groups + cout // ours.groups
-    assert isinstance(plans[0], conv2d_cpu._SplitBackward) == split
+    general = 2 * kh * ours.kernel_size[1] * cin // ours.groups + cout // ours.groups
+    split = ph <= dh * (kh - 1) and fewer <= conv2d_cpu.SPLIT_BACKWARD_MAX_ROWS * general
+    if ours.kernel_size == (1, 1):
+        assert isinstance(plans[0], conv2d_cpu._PointwiseBackward)
+    else:
+        assert isinstance(plans[0], conv2d_cpu._SplitBackward) == split
     if not isinstance(ours.padding, str):
         mine += [conv_ops.conv2d_input_grad(g, alone[0], x.shape, *alone[1:])]
         mine += [conv_ops.conv2d_weight_grad(x, g, alone[0].shape, *alone[1:])]

@@ -18,9 +18,10 @@ and their dilated forms: the common case) take faster routes (the section "flat 
 the columns are copied as whole contiguous runs of flat images, a few samples at a time so that
 they stay in L2, the bias is a GEMM row; the backward, and the forward when a layer has no more
 output than input channels, split the kernel between the two GEMM operands (rows one way,
-columns the other), and their scratch and views are kept per thread between calls. On a 2-core
-Xeon the reference CNN's 32->64 channel layer then ran forward in 0.8x and backward in 0.55x of
-this general path's time.
+columns the other); a 1x1 kernel's backward needs no columns at all. Their scratch and views are
+kept per thread between calls. On a 2-core Xeon (two threads) the reference CNN's 32->64 channel
+layer ran forward in 0.74x and backward in 0.69x of this general path's time, 64->32 in 0.59x
+and 0.55x.
 """
 
 from __future__ import annotations
@@ -375,6 +376,11 @@ SPLIT_CHUNK_BYTES = 5 << 18
 # input channels. On two threads: 64->32 and 32->32 channels at 14x14 took 0.81x and 0.85x of the
 # flat columns' time, 32->64 1.05x-1.09x (its shifted planes, kw*O rows, outweigh the smaller GEMM).
 SPLIT_FORWARD_MAX_RATIO = 1.0
+# The backward splits the kernel where that moves at most this fraction of the general path's rows of
+# data per pixel. Its GEMMs have kw*C/G rows or columns, so with few input channels they run slowly:
+# on two threads, at 32x32, 3->16 channels (split/general rows 0.94) took 1.62x the general path's
+# time, 4->16 (0.82) 1.17x, 8->32 (0.82) 0.90x, 8->16 (0.60) 0.72x, 4->4 (0.47) 0.89x.
+SPLIT_BACKWARD_MAX_ROWS = 0.75
 
 
 def _flat(x_shape: tuple, a: ConvArgs) -> bool:
@@ -527,10 +533,13 @@ class _FlatForward:
 
 
 def _split_forward(weight_shape: tuple, bias: bool, a: ConvArgs) -> bool:
-    """Whether the forward takes :class:`_SplitForward`: its per-column planes ``(kw*O)`` no larger than
-    the columns it saves (``kh*kw*C``, per group), and a kernel column read unshifted to carry the bias."""
+    """Whether the forward takes :class:`_SplitForward`: a kernel more than one column wide (a 1x1
+    convolution has nothing to split: 128->64 channels at 16x16 took 1.28x the flat columns' time), no
+    more output than input channels (see ``SPLIT_FORWARD_MAX_RATIO``), and a kernel column read
+    unshifted to carry the bias."""
     out_c, cg, kh, kw = weight_shape
-    return out_c // a.groups <= SPLIT_FORWARD_MAX_RATIO * cg and (not bias or 0 in _split_shifts(kw, a))
+    fewer = out_c // a.groups <= SPLIT_FORWARD_MAX_RATIO * cg
+    return kw > 1 and fewer and (not bias or 0 in _split_shifts(kw, a))
 
 
 def _split_shifts(kw: int, a: ConvArgs) -> list[int]:
@@ -604,19 +613,22 @@ class _SplitForward:
 
 def _flat_backward(
     x_shape: tuple, weight_shape: tuple, weight: Any, a: ConvArgs, itemsize: int, *, weight_grad: bool, input_grad: bool
-) -> _SplitBackward | None:
-    """The flat-run backward for these shapes, or None for the general path: where ``dy`` cannot be
-    padded to the input's height (``ph > dh*(kh-1)``), and where the general path moves less data
-    (few input channels: a 1->32 channel layer's backward took 2.3x the general path's time)."""
+) -> _SplitBackward | _PointwiseBackward | None:
+    """The backward plan for these shapes: :class:`_PointwiseBackward` for a 1x1 kernel, else the split
+    one, or None for the general path: where ``dy`` cannot be padded to the input's height
+    (``ph > dh*(kh-1)``), and where the split does not move clearly less data (see
+    ``SPLIT_BACKWARD_MAX_ROWS``)."""
     out_c, cg, kh, kw = weight_shape
     og = out_c // a.groups
     if not _flat(x_shape, a) or a.padding[0] > a.dilation[0] * (kh - 1):
         return None
+    if kh == kw == 1:
+        return _PointwiseBackward(weight_shape, weight, a, weight_grad, input_grad)
     # rows moved per pixel: dy's kh shifted copies and x's (dW) or E's (dx) kw, against the general
     # path's columns (and their gradient for dx) and dy once
     split = kh * og + kw * cg * (weight_grad + input_grad)
     general = kh * kw * cg * (weight_grad + input_grad) + og
-    if split > general:
+    if split > SPLIT_BACKWARD_MAX_ROWS * general:
         return None
     return _SplitBackward(x_shape, weight_shape, weight, a, itemsize, weight_grad, input_grad)
 
@@ -749,3 +761,29 @@ class _SplitBackward:
         if not self.weight_grad:
             return None
         return v.parts[0] if len(v.chunks) == 1 else v.parts.sum(axis=0)
+
+
+class _PointwiseBackward:
+    """Backward of one block of a 1x1 convolution (stride 1, no padding): per-sample GEMMs on ``x`` and
+    ``dy`` as they are, with no copies: ``dx[s] = W^T dy[s]`` straight into NCHW, and ``dW`` the sum
+    over the block's samples of ``dy[s] x[s]^T``. The same interface as :class:`_SplitBackward`."""
+
+    def __init__(self, weight_shape: tuple, weight: Any, a: ConvArgs, weight_grad: bool, input_grad: bool) -> None:
+        out_c, cg = weight_shape[:2]
+        self.g, self.weight_shape, self.weight_grad = a.groups, tuple(weight_shape), weight_grad
+        self.parts_shape = (a.groups, out_c // a.groups, cg)
+        self.w_t = weight.reshape(self.parts_shape).transpose(0, 2, 1) if input_grad else None
+
+    def weight_layout(self, dw: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(dw).reshape(self.weight_shape)
+
+    def __call__(self, x: np.ndarray | None, dy: np.ndarray, dx: np.ndarray | None) -> np.ndarray | None:
+        n, out_c = dy.shape[:2]
+        g, cg = self.g, self.parts_shape[2]
+        grad = dy.reshape(n, g, out_c // g, -1)
+        if dx is not None:
+            np.matmul(self.w_t, grad, out=dx.reshape(n, g, cg, -1))
+        if not self.weight_grad:
+            return None
+        # (S, G, O/G, P) @ (S, G, P, C/G), summed over the samples in order
+        return np.matmul(grad, x.reshape(n, g, cg, -1).transpose(0, 1, 3, 2)).sum(axis=0)
