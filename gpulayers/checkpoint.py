@@ -25,9 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import zipfile
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -141,22 +144,53 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     _atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
 
 
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is over.
+
+    A ``KeyboardInterrupt`` raised halfway through a writer's ``with`` statements (``np.savez``'s
+    zip member) leaves a zip file whose closing raises ``ValueError`` in its place, and whose
+    garbage collection prints a traceback. Only the main thread receives signals; elsewhere, or
+    where the handler cannot be set, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, OSError):  # not settable here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``; a
+    Ctrl-C in between takes effect once the file is complete (see :func:`_ctrl_c_deferred`)."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _ctrl_c_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
     with suppress(OSError):  # make the rename itself durable (not possible on every platform)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:

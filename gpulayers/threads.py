@@ -35,11 +35,11 @@ import ctypes
 import itertools
 import math
 import os
+import queue
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ MIN_BLOCKS = 4
 
 _lock = threading.Lock()
 _threads: int | None = None
-_pool: ThreadPoolExecutor | None = None
+_pool: _Workers | None = None
 
 
 def _blas_threads() -> int:
@@ -109,7 +109,7 @@ def set_num_threads(num_threads: int) -> None:
         old, _pool = _pool, None
         _threads = num_threads
     if old is not None:
-        old.shutdown(wait=True)
+        old.shutdown()
 
 
 def _reset_after_fork() -> None:  # a forked child has the pool object but not its threads
@@ -167,13 +167,44 @@ def _single_blas_thread() -> None:
         controls[0](1)
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
+class _Workers:
+    """The pool: daemon threads that run the callables put on their queue, one at a time.
+
+    Hand-overs go through ``queue.SimpleQueue`` (implemented in C) and list operations, which a
+    Ctrl-C cannot interrupt halfway: a ``KeyboardInterrupt`` raised inside a Python-level lock's
+    ``with`` (``concurrent.futures`` submits through a ``threading.Semaphore``) can leave the lock
+    held, and a worker then blocks on it forever, and with it the interpreter's exit. Daemon threads
+    are not joined at exit either, so a worker still finishing a block never holds the exit up.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"gpulayers-cpu_{k}", daemon=True) for k in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        _single_blas_thread()
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            task()
+
+    def shutdown(self) -> None:
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+def _executor(workers: int) -> _Workers:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="gpulayers-cpu", initializer=_single_blas_thread
-            )
+            _pool = _Workers(workers)
         return _pool
 
 
@@ -222,38 +253,67 @@ def _share(fn: Callable[[int, int], None], blocks: list[tuple[int, int]], worker
 
     A worker that wakes late takes fewer blocks (or none, and is then not waited for) instead of
     holding the caller up; which thread runs a block never changes what the block computes. After
-    an error no thread takes a new block.
+    an error, or a ``KeyboardInterrupt`` in the calling thread, no thread takes a new block; a
+    worker's error is raised in the calling thread once every worker that started has stopped.
     """
     threads = min(workers, len(blocks))
     if threads <= 1:
         _run(fn, blocks)
         return
     counter = itertools.count()  # next() on it is atomic under the GIL
-    failed: list[bool] = []
-    # The pass's work, emptied when the pass is over: a cancelled task stays in the executor's
-    # queue until a worker wakes up, and must not keep the arrays that ``fn`` refers to alive.
+    stop: list[BaseException | None] = []  # an error, or None for the caller's interruption
+    # The pass's work, emptied when the pass is over: a task not yet started stays in the queue
+    # until a worker wakes up, and must not keep the arrays that ``fn`` refers to alive.
     job: list[Any] = [fn, blocks]
+    tickets = list(range(threads - 1))  # a worker joins in only if it takes one before the caller is done
+    done: queue.SimpleQueue = queue.SimpleQueue()
 
     def take() -> None:
         work, parts = job if job else (None, ())
-        try:
+        k = next(counter)
+        while k < len(parts) and not stop:
+            work(*parts[k])
             k = next(counter)
-            while k < len(parts) and not failed:
-                work(*parts[k])
-                k = next(counter)
-        except BaseException:
-            failed.append(True)
-            raise
+
+    def task() -> None:
+        try:
+            tickets.pop()  # atomic under the GIL, as the caller's pops below
+        except IndexError:  # the caller has finished without this worker
+            return
+        try:
+            take()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            stop.append(exc)
+        finally:
+            done.put(None)
 
     pool = _executor(workers - 1)
-    futures = [pool.submit(take) for _ in range(threads - 1)]
+    for _ in range(threads - 1):
+        pool.tasks.put(task)
     try:
         take()
+    except BaseException:
+        stop.append(None)
+        raise
     finally:
-        for future in futures:
-            if not future.cancel():  # a worker that has not woken up yet is not waited for
-                future.result()
-        job.clear()
+        try:
+            started = threads - 1
+            while True:
+                try:
+                    tickets.pop()
+                except IndexError:
+                    break
+                started -= 1
+            for _ in range(started):
+                done.get()
+        except BaseException:  # interrupted while waiting: let the workers stop after their block
+            stop.append(None)
+            raise
+        finally:
+            job.clear()
+    errors = [exc for exc in stop if exc is not None]
+    if errors:
+        raise errors[0]
 
 
 # -- reusable scratch arrays ---------------------------------------------------------------------------

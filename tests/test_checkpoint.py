@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import signal
 import zipfile
 
 import numpy as np
@@ -233,6 +235,29 @@ def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
     train.save_checkpoint(path, nn.Linear(2, 2), epoch=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.abc.tmp", "ck.npz"]
     assert train.load_checkpoint(path, restore_rng=False)["epoch"] == 1
+
+
+def test_ctrl_c_during_a_save_waits_for_the_complete_file(tmp_path, monkeypatch):
+    """A Ctrl-C (SIGINT) that arrives while the checkpoint is written takes effect once the new file
+    is complete and renamed into place: KeyboardInterrupt then, no temporary file left, no zip file
+    closed halfway (which raised ValueError instead and printed a traceback when collected)."""
+    path = tmp_path / "ck.npz"
+    train.save_checkpoint(path, nn.Linear(2, 2), epoch=1)
+    real_savez = np.savez
+    calls = []
+
+    def savez_hit_by_ctrl_c(file, **arrays):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to this (main) thread at once
+        calls.append("signalled")
+        real_savez(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez_hit_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, nn.Linear(2, 2), epoch=2)
+    assert calls == ["signalled"]
+    assert train.load_checkpoint(path, restore_rng=False)["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_load_does_not_allocate_what_the_header_claims(good, tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -81,6 +84,46 @@ def test_run_blocks_raises_a_worker_error(restore_threads):
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="set_num_threads: expected a positive int"):
         gl.set_num_threads(bad)
+
+
+_INTERRUPT_STORM = """
+import random, signal, numpy as np
+from gpulayers import threads
+threads.set_num_threads(2)
+a = np.random.default_rng(0).standard_normal((64, 2000))
+out = np.empty_like(a)
+def block(start, stop):
+    np.exp(a[start:stop], out=out[start:stop])
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+rng = random.Random(0)
+interrupted = 0
+for _ in range(1000):
+    try:
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 3e-4))
+        for _ in range(20):
+            threads.run_blocks(block, 64, 16000, block_bytes=64000)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    except KeyboardInterrupt:
+        interrupted += 1
+threads.run_blocks(block, 64, 16000, block_bytes=64000)
+np.testing.assert_array_equal(out, np.exp(a))
+print("ok", interrupted)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
+def test_interrupts_at_any_point_never_deadlock_the_pool():
+    """A KeyboardInterrupt (here from a timer, at random points of a thousand parallel passes) must
+    leave the pool usable and the interpreter able to exit: with concurrent.futures the interrupt
+    could land inside its semaphore's ``with`` and leave the lock held, so that the next worker to
+    finish blocked forever, and so did the exit."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", _INTERRUPT_STORM], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok "), out.stdout
+    assert int(out.stdout.split()[1]) > 100  # the interrupts did land inside the passes
 
 
 def test_cached_scratch_is_kept_per_key_within_a_byte_budget(monkeypatch):
