@@ -439,6 +439,8 @@ def _wrapped(per_offset: np.ndarray, shifts: list[int]) -> list[np.ndarray]:
 
 
 def _im2col_shifts(kw: int, a: ConvArgs) -> list[int]:
+    """Kernel column j's columns (and the split backward's planes of ``dx``) read ``pw - j*dw``
+    further along the flat rows; the split forward's planes read the opposite (:func:`_split_shifts`)."""
     return [a.padding[1] - j * a.dilation[1] for j in range(kw)]
 
 
@@ -544,7 +546,7 @@ def _split_forward(weight_shape: tuple, bias: bool, a: ConvArgs) -> bool:
 
 def _split_shifts(kw: int, a: ConvArgs) -> list[int]:
     """The output sums the planes of kernel column j read ``j*dw - pw`` further along."""
-    return [j * a.dilation[1] - a.padding[1] for j in range(kw)]
+    return [-shift for shift in _im2col_shifts(kw, a)]
 
 
 class _SplitForward:
