@@ -28,7 +28,7 @@ import threading
 import time
 
 import numpy as np
-from cpu_train_step import alternate, blas_threads
+from cpu_train_step import alternate, blas_threads, ours_pass, torch_pass
 
 
 class Replay:
@@ -196,29 +196,13 @@ def main() -> int:
     if not same:
         return 1
 
-    def torch_pass(timed: str) -> float:
-        start = time.perf_counter()
-        with torch.enable_grad():
-            ty = theirs(tx)
-        middle = time.perf_counter()
-        torch.autograd.grad(ty, [tx, *theirs.parameters()], tdy)
-        return middle - start if timed == "forward" else time.perf_counter() - middle
-
-    def ours_pass(timed: str) -> float:
-        layer.zero_grad()
-        start = time.perf_counter()
-        layer(x)
-        middle = time.perf_counter()
-        layer.backward(dy)
-        return middle - start if timed == "forward" else time.perf_counter() - middle
-
     gemms = {"forward": ("forward_gemms",), "backward": ("weight_gemms", "input_gemms")}
     print(f"\n{threads} threads, median ms of {args.repeats} calls, the three taking turns")
     print(f"{'pass':9s} {'torch':>8s} {'gpulayers':>10s} {'ratio':>7s} {'its GEMMs alone':>16s} {'ratio':>7s}")
     for which in ("forward", "backward"):
         fns = {
-            "torch": lambda w=which: torch_pass(w),
-            "ours": lambda w=which: ours_pass(w),
+            "torch": lambda w=which: torch_pass(w, theirs, tx, tdy),
+            "ours": lambda w=which: ours_pass(w, layer, x, dy),
             "gemms": lambda w=which: replay.run(gemms[w]),
         }
         t = {k: 1e3 * statistics.median(v) for k, v in alternate(fns, args.repeats, 3, self_timed=True).items()}
@@ -234,7 +218,7 @@ def main() -> int:
         for which, kinds in (("forward", Replay.FORWARD), ("backward", Replay.BACKWARD)):
             fns = {kind: (lambda k=kind: replay.run((k,))) for kind in kinds}
             fns["in order"] = lambda k=kinds: replay.run(k)
-            fns["whole pass"] = lambda w=which: ours_pass(w)
+            fns["whole pass"] = lambda w=which: ours_pass(w, layer, x, dy)
             t = {k: 1e3 * statistics.median(v) for k, v in alternate(fns, args.repeats, 3, self_timed=True).items()}
             whole, in_order = t.pop("whole pass"), t.pop("in order")
             together, rest = in_order - sum(t.values()), whole - in_order

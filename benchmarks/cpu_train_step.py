@@ -118,6 +118,33 @@ def ms(values: list[float]) -> float:
     return 1e3 * statistics.median(values)
 
 
+# Each call is a forward and its backward, timing one of them: every backward gets a fresh forward,
+# as in training (a module's forward keeps what its backward needs until then). Both return seconds.
+
+
+def torch_pass(timed: str, layer, tx, tdy) -> float:
+    """PyTorch: ``layer(tx)`` and the gradients of its input and parameters for ``tdy``."""
+    import torch
+
+    inputs = [tx, *layer.parameters()]
+    start = time.perf_counter()
+    with torch.enable_grad():
+        ty = layer(tx)
+    middle = time.perf_counter()
+    torch.autograd.grad(ty, inputs, tdy)
+    return middle - start if timed == "forward" else time.perf_counter() - middle
+
+
+def ours_pass(timed: str, layer, x, dy) -> float:
+    """gpulayers: ``layer(x)`` and ``layer.backward(dy)``."""
+    layer.zero_grad()
+    start = time.perf_counter()
+    layer(x)
+    middle = time.perf_counter()
+    layer.backward(dy)
+    return middle - start if timed == "forward" else time.perf_counter() - middle
+
+
 def layer_functions(batch: int) -> list[tuple[str, dict]]:
     """conv2d and max_pool2d alone at the model's shapes; every gradient is computed in both."""
     import torch
@@ -140,27 +167,11 @@ def layer_functions(batch: int) -> list[tuple[str, dict]]:
             y = ours_layer(x)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         tdy = torch.from_numpy(dy)
-        inputs = [tx, *torch_layer.parameters()]
 
-        # Each call is a forward and its backward, timing one of them: every backward gets a fresh
-        # forward, as in training (a module's forward keeps what its backward needs until then).
-        def torch_pass(timed: str, layer=torch_layer, tx=tx, inputs=inputs, tdy=tdy) -> float:
-            start = time.perf_counter()
-            with torch.enable_grad():
-                ty = layer(tx)
-            middle = time.perf_counter()
-            torch.autograd.grad(ty, inputs, tdy)
-            return middle - start if timed == "forward" else time.perf_counter() - middle
-
-        def ours_pass(timed: str, layer=ours_layer, x=x, dy=dy) -> float:
-            layer.zero_grad()
-            start = time.perf_counter()
-            layer(x)
-            middle = time.perf_counter()
-            layer.backward(dy)
-            return middle - start if timed == "forward" else time.perf_counter() - middle
-
-        passes = {which: (partial(ours_pass, which), partial(torch_pass, which)) for which in ("forward", "backward")}
+        passes = {
+            which: (partial(ours_pass, which, ours_layer, x, dy), partial(torch_pass, which, torch_layer, tx, tdy))
+            for which in ("forward", "backward")
+        }
         cases.append((name, passes))
     return cases
 
