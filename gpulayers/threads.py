@@ -26,7 +26,8 @@ when its NumPy call ends, and on a virtual machine waking it again costs tens of
 (a round trip through the pool measured 74 us here). Two threads each running a 32-sample
 share of a convolution's backward took 5.5 ms against 4.4 ms for one alone, while two
 processes lost nothing. So the ops keep their per-call Python small: scratch arrays with their
-ready-made views are kept per thread between calls (:func:`cached`).
+ready-made views are kept per thread between calls (:func:`cached`); with them, two threads lose
+5% on that backward (see ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
